@@ -1,0 +1,55 @@
+//! `e2llm info`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use e2llm_model::checkpoint;
+
+/// Arguments of `e2llm info`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// HF model directory (config.json, model.safetensors or a sharded index, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+}
+
+/// Prints the summary.
+pub fn run(a: Args) -> Result<()> {
+    let cfg = checkpoint::load_config(&a.model)?;
+    println!("model            {}", a.model.display());
+    println!("architecture     Llama (LlamaForCausalLM)");
+    println!(
+        "parameters       {} ({:.2} M)",
+        cfg.num_parameters(),
+        cfg.num_parameters() as f64 / 1e6
+    );
+    println!("vocab_size       {}", cfg.vocab_size);
+    println!(
+        "layers           {} (hidden {}, intermediate {})",
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+    );
+    println!(
+        "heads            {} query, {} key/value (head_dim {})",
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim()
+    );
+    println!("context (L)      {}", cfg.max_position_embeddings);
+    println!("rope_theta       {}", cfg.rope.theta);
+    match cfg.rope.scaling.factor() {
+        Some(f) => println!("rope scaling     {} (factor {f})", cfg.rope.scaling.rope_type()),
+        None => println!("rope scaling     {}", cfg.rope.scaling.rope_type()),
+    }
+    println!("tied embeddings  {}", cfg.tie_word_embeddings);
+    let files: Vec<String> = [
+        checkpoint::WEIGHTS_FILE,
+        checkpoint::INDEX_FILE,
+        checkpoint::TOKENIZER_FILE,
+    ]
+    .iter()
+    .filter(|f| a.model.join(f).exists())
+    .map(|f| f.to_string())
+    .collect();
+    println!("files            {}", files.join(", "));
+    Ok(())
+}

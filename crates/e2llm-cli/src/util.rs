@@ -1,0 +1,33 @@
+//! Small helpers shared by the subcommands.
+
+use anyhow::{bail, Context, Result};
+use e2llm_model::Device;
+
+/// Parses a comma-separated list like `5,17,3`; `what` names the flag in errors.
+pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<T>()
+                .map_err(|_| anyhow::anyhow!("{what}: `{x}` is not a valid number"))
+        })
+        .collect()
+}
+
+/// Opens the named backend and checks it can run a tensor op, so a missing GPU adapter is
+/// one clear error instead of a panic deep inside the backend.
+pub fn open_device(name: &str) -> Result<Device> {
+    let device = e2llm_model::backend::device(name)?;
+    e2llm_model::backend::probe(&device)
+        .with_context(|| format!("backend `{name}` is not usable on this machine"))?;
+    Ok(device)
+}
+
+/// Checks a RoPE scale given on the command line.
+pub fn check_scale(g: f32) -> Result<f32> {
+    if !(g.is_finite() && g > 0.0) {
+        bail!("--rope-scale must be a positive number, got {g}");
+    }
+    Ok(g)
+}

@@ -1,0 +1,58 @@
+//! Picking the compute device by name.
+
+use burn::tensor::Device;
+
+use crate::error::{ModelError, Result};
+
+/// Backends this build can run on.
+pub const BACKENDS: &[&str] = if cfg!(feature = "wgpu") {
+    &["cpu", "wgpu"]
+} else {
+    &["cpu"]
+};
+
+/// `"cpu"` → burn's flex CPU backend; `"wgpu"` → the best wgpu adapter (Vulkan/Metal/DX12,
+/// or WebGPU in a browser; set `CUBECL_WGPU_DEFAULT_DEVICE` to choose another).
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" | "flex" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" | "gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        other => Err(ModelError::Input(format!(
+            "unknown backend `{other}`; choose one of {}",
+            BACKENDS.join(", ")
+        ))),
+    }
+}
+
+/// Runs a tiny op on `device` and reads it back; turns a backend that cannot start (no GPU
+/// adapter, driver failure) into an error instead of a panic.
+pub fn probe(device: &Device) -> Result<()> {
+    let d = device.clone();
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(move || {
+        burn::tensor::Tensor::<1>::from_floats([1.0f32, 2.0], &d)
+            .sum()
+            .into_data()
+            .try_to_vec::<f32>()
+    });
+    std::panic::set_hook(prev);
+    match r {
+        Ok(Ok(v)) if v.first() == Some(&3.0) => Ok(()),
+        Ok(Ok(v)) => Err(ModelError::Backend(format!(
+            "probe computed {v:?} instead of [3.0]"
+        ))),
+        Ok(Err(e)) => Err(ModelError::Backend(format!("{e:?}"))),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the backend panicked while starting".into());
+            Err(ModelError::Backend(format!(
+                "{msg} (no usable GPU adapter? on Linux install mesa-vulkan-drivers, or use --backend cpu)"
+            )))
+        }
+    }
+}

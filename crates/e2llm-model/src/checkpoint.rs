@@ -1,0 +1,111 @@
+//! HF model directories: `config.json` + `model.safetensors` (or a sharded index) +
+//! `tokenizer.json`. Loading also works from bytes, for the browser.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use e2llm_core::LlamaConfig;
+
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+use crate::weights::{self, HostWeights};
+
+/// File name of the single-file checkpoint.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the sharded checkpoint's index.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// File name of the config.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses `config.json` text; `name` is used in error messages.
+pub fn parse_config(name: &str, json: &str) -> Result<LlamaConfig> {
+    LlamaConfig::from_json_str(json).map_err(|source| ModelError::Config {
+        path: name.into(),
+        source,
+    })
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn load_config(dir: &Path) -> Result<LlamaConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = String::from_utf8_lossy(&read(&path)?).into_owned();
+    parse_config(&path.display().to_string(), &text)
+}
+
+/// Loads a model from in-memory files: the config text and one or more safetensors shards
+/// given as `(file name, bytes)`.
+pub fn load_from_bytes(
+    config_json: &str,
+    shards: &[(&str, &[u8])],
+    device: &Device,
+) -> Result<Llama> {
+    let config = parse_config(CONFIG_FILE, config_json)?;
+    let mut host = HostWeights::new();
+    for (name, bytes) in shards {
+        weights::decode_safetensors(name, bytes, &mut host)?;
+    }
+    let source = shards
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ");
+    weights::from_host(config, host, &source, device)
+}
+
+/// Loads `dir` (an HF model directory) onto `device`: `model.safetensors`, or the shards
+/// listed in `model.safetensors.index.json`.
+pub fn load_dir(dir: &Path, device: &Device) -> Result<Llama> {
+    let config = load_config(dir)?;
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(INDEX_FILE);
+    let files: Vec<std::path::PathBuf> = if single.exists() {
+        vec![single]
+    } else if index.exists() {
+        let text = String::from_utf8_lossy(&read(&index)?).into_owned();
+        weights::shard_files(&index.display().to_string(), &text)?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect()
+    } else {
+        return Err(ModelError::Io {
+            path: single,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no {WEIGHTS_FILE} or {INDEX_FILE} in this directory"),
+            ),
+        });
+    };
+    let mut host = HostWeights::new();
+    for f in &files {
+        weights::decode_safetensors(&f.display().to_string(), &read(f)?, &mut host)?;
+    }
+    let source = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    weights::from_host(config, host, &source, device)
+}
+
+/// Writes `model` as an HF directory (`config.json`, `model.safetensors`), each file
+/// atomically, creating `dir` if needed.
+pub fn save_dir(model: &Llama, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let bytes = weights::to_safetensors_bytes(model)?;
+    weights::write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    let config = serde_json::to_string_pretty(&model.config.to_json_value())
+        .map_err(|e| ModelError::Backend(format!("serialising config: {e}")))?;
+    weights::write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
+}

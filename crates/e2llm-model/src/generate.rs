@@ -1,0 +1,167 @@
+//! Token generation with a KV cache: greedy or temperature + top-p sampling, seeded.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{ModelError, Result};
+use crate::llama::{KvCache, Llama};
+use crate::rope::Positions;
+
+/// How the next token is picked from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingConfig {
+    /// 0 = greedy (argmax); otherwise logits are divided by it before softmax.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+    /// Seed of the sampler's RNG.
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A seeded next-token sampler.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    cfg: SamplingConfig,
+    rng: ChaCha8Rng,
+}
+
+/// Index of the largest value (the first one on ties, as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl Sampler {
+    /// A sampler seeded from `cfg.seed`.
+    pub fn new(cfg: SamplingConfig) -> Self {
+        Self {
+            cfg,
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+        }
+    }
+
+    /// Picks a token id from one row of logits `[vocab]`.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.cfg.temperature <= 0.0 {
+            return argmax(logits) as u32;
+        }
+        let t = self.cfg.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(usize, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, ((l - max) / t).exp()))
+            .collect();
+        let total: f32 = probs.iter().map(|p| p.1).sum();
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut kept = 0.0;
+        let mut n = 0;
+        for p in &probs {
+            kept += p.1 / total;
+            n += 1;
+            if kept >= self.cfg.top_p {
+                break;
+            }
+        }
+        let probs = &probs[..n.max(1)];
+        let mass: f32 = probs.iter().map(|p| p.1).sum();
+        let mut r = self.rng.random::<f32>() * mass;
+        for &(i, p) in probs {
+            r -= p;
+            if r <= 0.0 {
+                return i as u32;
+            }
+        }
+        probs[probs.len() - 1].0 as u32
+    }
+}
+
+/// Options of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most tokens to add.
+    pub max_new_tokens: usize,
+    /// RoPE scale `g` (positions are divided by it); 1 = as the config says.
+    pub rope_scale: f32,
+    /// Stop at any of these ids (not included in the output).
+    pub eos: Vec<u32>,
+    /// Sampling settings.
+    pub sampling: SamplingConfig,
+    /// Prefill chunk (tokens per forward), bounding attention memory.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 32,
+            rope_scale: 1.0,
+            eos: Vec::new(),
+            sampling: SamplingConfig::default(),
+            prefill_chunk: 512,
+        }
+    }
+}
+
+fn read_row(t: burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))
+}
+
+/// Generates after `prompt` with a KV cache, positions `0, 1, 2, …` divided by `rope_scale`.
+/// `on_token` sees each new id as it is produced and may return `false` to stop.
+/// Returns the new ids.
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(ModelError::Input(
+            "the prompt is empty; give at least one token".into(),
+        ));
+    }
+    let mut sampler = Sampler::new(opts.sampling);
+    let mut cache = KvCache::new(model.layers.len());
+    let positions: Vec<f32> = (0..prompt.len()).map(|p| p as f32).collect();
+    let mut logits = read_row(model.prefill(
+        prompt,
+        &positions,
+        opts.rope_scale,
+        &mut cache,
+        opts.prefill_chunk,
+        |_, _| {},
+    )?)?;
+    let mut out = Vec::new();
+    for step in 0..opts.max_new_tokens {
+        let next = sampler.sample(&logits);
+        if opts.eos.contains(&next) {
+            break;
+        }
+        out.push(next);
+        if !on_token(next) || step + 1 == opts.max_new_tokens {
+            break;
+        }
+        let pos = Positions::row(vec![(prompt.len() + step) as f32], opts.rope_scale);
+        let l = model.forward(&[next], &pos, Some(&mut cache))?;
+        logits = read_row(l.reshape([model.config.vocab_size]))?;
+    }
+    Ok(out)
+}

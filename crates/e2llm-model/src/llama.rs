@@ -1,0 +1,227 @@
+//! `LlamaForCausalLM` on burn: one code path for every backend.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use e2llm_core::LlamaConfig;
+
+use crate::attention::{Attention, LayerCache};
+use crate::error::{ModelError, Result};
+use crate::layers::{Linear, Mlp, RmsNorm};
+use crate::rope::{Positions, RopeTables};
+
+/// `model.layers.{i}`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// `input_layernorm`.
+    pub input_layernorm: RmsNorm,
+    /// `self_attn`.
+    pub self_attn: Attention,
+    /// `post_attention_layernorm`.
+    pub post_attention_layernorm: RmsNorm,
+    /// `mlp`.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` → same shape.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// A Llama causal language model. Field names are HF's, so `model.layers.3.mlp.up_proj.weight`
+/// is `self.layers[3].mlp.up_proj.weight`.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `model.embed_tokens.weight`, `[vocab, hidden]`.
+    pub embed_tokens: Param<Tensor<2>>,
+    /// `model.layers.{i}`.
+    pub layers: Vec<DecoderLayer>,
+    /// `model.norm`.
+    pub norm: RmsNorm,
+    /// `lm_head`; `None` when the embeddings are tied.
+    pub lm_head: Option<Linear>,
+    /// The HF config this model was built from.
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+/// Keys and values of every layer for the tokens processed so far.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `n_layers` layers.
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+        }
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |c| c.k.dims()[2])
+    }
+
+    /// True before the first forward.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Llama {
+    /// Hidden states after the final norm.
+    ///
+    /// `ids` holds `[batch * seq]` token ids row-major; `positions` gives each token's position
+    /// and each row's RoPE scale. With a cache, the new tokens attend to everything cached and
+    /// are appended to it.
+    ///
+    /// # Shapes
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward_hidden(
+        &self,
+        ids: &[u32],
+        positions: &Positions,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        let cfg = &self.config;
+        let batch = positions.batch;
+        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+            return Err(ModelError::Input(format!(
+                "{} token ids do not split into {batch} rows",
+                ids.len()
+            )));
+        }
+        if positions.pos.len() != ids.len() || positions.scale.len() != batch {
+            return Err(ModelError::Input(format!(
+                "{} token ids but {} positions and {} scales for {batch} rows",
+                ids.len(),
+                positions.pos.len(),
+                positions.scale.len()
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary (vocab_size {})",
+                cfg.vocab_size
+            )));
+        }
+        if let Some(g) = positions.scale.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
+            return Err(ModelError::Input(format!(
+                "RoPE scale {g} must be a positive number"
+            )));
+        }
+        let seq = ids.len() / batch;
+        let device = self.embed_tokens.val().device();
+        let ids_t = Tensor::<1, Int>::from_data(
+            TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [ids.len()]),
+            &device,
+        );
+        let mut x = self
+            .embed_tokens
+            .val()
+            .select(0, ids_t)
+            .reshape([batch, seq, cfg.hidden_size]);
+        let rope = RopeTables::new(
+            &cfg.rope,
+            cfg.head_dim(),
+            cfg.max_position_embeddings,
+            positions,
+            &device,
+        );
+        if let Some(c) = cache.as_deref_mut() {
+            if c.layers.len() != self.layers.len() {
+                *c = KvCache::new(self.layers.len());
+            }
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &rope, slot);
+        }
+        Ok(self.norm.forward(x))
+    }
+
+    /// Projects hidden states to vocabulary logits (through `lm_head`, or the tied embeddings).
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, s, hd] = hidden.dims();
+                hidden
+                    .reshape([b * s, hd])
+                    .matmul(self.embed_tokens.val().transpose())
+                    .reshape([b, s, self.config.vocab_size])
+            }
+        }
+    }
+
+    /// Logits for every token.
+    ///
+    /// # Shapes
+    /// - output: `[batch, seq, vocab]`
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        positions: &Positions,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        Ok(self.lm_head(self.forward_hidden(ids, positions, cache)?))
+    }
+
+    /// Runs one row through the cache in chunks of at most `chunk` tokens (bounding the
+    /// attention scores to `[chunk, total]` per head) and returns the logits of the last token.
+    ///
+    /// # Shapes
+    /// - output: `[vocab]`
+    pub fn prefill(
+        &self,
+        ids: &[u32],
+        positions: &[f32],
+        g: f32,
+        cache: &mut KvCache,
+        chunk: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Tensor<1>> {
+        if ids.is_empty() || ids.len() != positions.len() {
+            return Err(ModelError::Input(format!(
+                "prefill needs one position per token ({} ids, {} positions)",
+                ids.len(),
+                positions.len()
+            )));
+        }
+        let chunk = chunk.max(1);
+        let mut last = None;
+        for start in (0..ids.len()).step_by(chunk) {
+            let end = (start + chunk).min(ids.len());
+            let pos = Positions::row(positions[start..end].to_vec(), g);
+            let hidden = self.forward_hidden(&ids[start..end], &pos, Some(cache))?;
+            last = Some(hidden.narrow(1, end - start - 1, 1));
+            progress(end, ids.len());
+        }
+        let last = last.ok_or_else(|| ModelError::Input("empty prompt".into()))?;
+        Ok(self.lm_head(last).reshape([self.config.vocab_size]))
+    }
+
+    /// The device this model's weights live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+}

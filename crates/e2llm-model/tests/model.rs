@@ -1,0 +1,222 @@
+//! Model behaviour that needs no outside reference: KV cache vs full forward, chunked
+//! prefill, sampling reproducibility, save → load round trip, and clear errors on bad files.
+
+use e2llm_core::{LlamaConfig, RopeScaling};
+use e2llm_model::generate::{generate, GenerateOptions, Sampler, SamplingConfig};
+use e2llm_model::{checkpoint, weights, Device, KvCache, Llama, ModelError, Positions};
+
+fn small_config() -> LlamaConfig {
+    let mut c = LlamaConfig::tiny();
+    c.vocab_size = 64;
+    c.hidden_size = 32;
+    c.intermediate_size = 48;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 8;
+    c.max_position_embeddings = 64;
+    c
+}
+
+fn model(cfg: LlamaConfig) -> Llama {
+    weights::init_random(cfg, 0.2, 7, &Device::flex())
+}
+
+fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32")
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn ids(n: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 37 + 11) % 64) as u32).collect()
+}
+
+#[test]
+fn kv_cache_decode_equals_full_forward() {
+    let m = model(small_config());
+    let ids = ids(20);
+    let g = 2.5;
+    let full = to_vec(
+        m.forward(&ids, &Positions::contiguous(1, 20, 0, g), None)
+            .expect("forward"),
+    );
+    let mut cache = KvCache::new(m.layers.len());
+    let mut stepwise = to_vec(
+        m.forward(&ids[..7], &Positions::contiguous(1, 7, 0, g), Some(&mut cache))
+            .expect("prefill"),
+    );
+    for (i, &t) in ids.iter().enumerate().skip(7) {
+        let l = m
+            .forward(&[t], &Positions::row(vec![i as f32], g), Some(&mut cache))
+            .expect("step");
+        stepwise.extend(to_vec(l));
+    }
+    assert_eq!(cache.len(), 20);
+    let d = max_diff(&full, &stepwise);
+    assert!(d < 1e-4, "cached decode differs from full forward by {d}");
+}
+
+#[test]
+fn chunked_prefill_equals_full_forward() {
+    let m = model(small_config());
+    let ids = ids(23);
+    let pos: Vec<f32> = (0..23).map(|i| i as f32 * 1.5 + 3.0).collect();
+    let full = to_vec(
+        m.forward(&ids, &Positions::row(pos.clone(), 4.0), None)
+            .expect("forward"),
+    );
+    let vocab = m.config.vocab_size;
+    let mut cache = KvCache::new(m.layers.len());
+    let mut seen = Vec::new();
+    let last = m
+        .prefill(&ids, &pos, 4.0, &mut cache, 5, |done, total| seen.push((done, total)))
+        .expect("prefill");
+    let d = max_diff(&full[22 * vocab..], &to_vec(last));
+    assert!(d < 1e-4, "chunked prefill differs by {d}");
+    assert_eq!(seen.last(), Some(&(23, 23)));
+    assert_eq!(seen.len(), 5, "23 tokens in chunks of 5 is 5 chunks");
+}
+
+#[test]
+fn positions_and_scale_change_the_logits() {
+    let m = model(small_config());
+    let ids = ids(12);
+    let base = to_vec(m.forward(&ids, &Positions::contiguous(1, 12, 0, 1.0), None).expect("f"));
+    let scaled = to_vec(m.forward(&ids, &Positions::contiguous(1, 12, 0, 4.0), None).expect("f"));
+    let shifted = to_vec(m.forward(&ids, &Positions::contiguous(1, 12, 100, 1.0), None).expect("f"));
+    assert!(max_diff(&base, &scaled) > 1e-2, "scale g had no effect");
+    // RoPE is relative: shifting every position by the same amount changes nothing.
+    assert!(max_diff(&base, &shifted) < 1e-3, "a uniform shift changed the logits");
+    // ... but E²-LLM's offset applied after 4 sink tokens does.
+    let mut pos: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    for p in pos.iter_mut().skip(4) {
+        *p += 30.0;
+    }
+    let e2 = to_vec(m.forward(&ids, &Positions::row(pos, 1.0), None).expect("f"));
+    assert!(max_diff(&base, &e2) > 1e-2, "offset after the sinks had no effect");
+}
+
+#[test]
+fn batched_rows_equal_single_rows() {
+    let m = model(small_config());
+    let a = ids(9);
+    let b: Vec<u32> = a.iter().map(|t| (t + 5) % 64).collect();
+    let pa: Vec<f32> = (0..9).map(|i| i as f32).collect();
+    let pb: Vec<f32> = (0..9).map(|i| if i < 4 { i as f32 } else { i as f32 + 17.0 }).collect();
+    let both = Positions {
+        pos: [pa.clone(), pb.clone()].concat(),
+        scale: vec![1.0, 3.0],
+        batch: 2,
+    };
+    let batched = to_vec(m.forward(&[a.clone(), b.clone()].concat(), &both, None).expect("f"));
+    let one = to_vec(m.forward(&a, &Positions::row(pa, 1.0), None).expect("f"));
+    let two = to_vec(m.forward(&b, &Positions::row(pb, 3.0), None).expect("f"));
+    assert!(max_diff(&batched, &[one, two].concat()) < 1e-5);
+}
+
+#[test]
+fn sampling_is_reproducible_from_a_seed() {
+    let m = model(small_config());
+    let run = |seed| {
+        let opts = GenerateOptions {
+            max_new_tokens: 12,
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                top_p: 0.9,
+                seed,
+            },
+            ..GenerateOptions::default()
+        };
+        generate(&m, &ids(5), &opts, |_| true).expect("generate")
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2), "different seeds gave the same 12 sampled tokens");
+}
+
+#[test]
+fn top_p_keeps_only_the_nucleus() {
+    let logits = [0.0, 10.0, 9.0, -5.0];
+    let mut s = Sampler::new(SamplingConfig {
+        temperature: 1.0,
+        top_p: 0.5,
+        seed: 3,
+    });
+    for _ in 0..50 {
+        assert_eq!(s.sample(&logits), 1, "top_p 0.5 must keep only the top token here");
+    }
+    let mut greedy = Sampler::new(SamplingConfig::default());
+    assert_eq!(greedy.sample(&logits), 1);
+}
+
+#[test]
+fn save_then_load_round_trips() {
+    let mut cfg = small_config();
+    cfg.tie_word_embeddings = true;
+    cfg.attention_bias = true;
+    cfg.rope.scaling = RopeScaling::Linear { factor: 2.0 };
+    let m = model(cfg);
+    let dir = std::env::temp_dir().join(format!("e2llm-roundtrip-{}", std::process::id()));
+    checkpoint::save_dir(&m, &dir).expect("save");
+    let back = checkpoint::load_dir(&dir, &Device::flex()).expect("load");
+    assert_eq!(back.config, m.config);
+    let p = Positions::contiguous(1, 6, 0, 1.0);
+    let a = to_vec(m.forward(&ids(6), &p, None).expect("f"));
+    let b = to_vec(back.forward(&ids(6), &p, None).expect("f"));
+    assert_eq!(a, b);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let m = model(small_config());
+    let dir = std::env::temp_dir().join(format!("e2llm-bad-{}", std::process::id()));
+    checkpoint::save_dir(&m, &dir).expect("save");
+    let weights_path = dir.join("model.safetensors");
+    let good = std::fs::read(&weights_path).expect("read");
+
+    // Truncated weights.
+    std::fs::write(&weights_path, &good[..good.len() / 2]).expect("write");
+    let e = checkpoint::load_dir(&dir, &Device::flex()).expect_err("truncated");
+    assert!(matches!(e, ModelError::Safetensors { .. }), "{e}");
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+
+    // Config that disagrees with the weights.
+    std::fs::write(&weights_path, &good).expect("write");
+    let mut cfg = m.config.clone();
+    cfg.hidden_size = 40;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&cfg.to_json_value()).expect("json"),
+    )
+    .expect("write");
+    let e = checkpoint::load_dir(&dir, &Device::flex()).expect_err("shape");
+    assert!(matches!(e, ModelError::Shape { .. }), "{e}");
+    assert!(e.to_string().contains("model.embed_tokens.weight"), "{e}");
+
+    // A missing tensor.
+    let mut cfg = m.config.clone();
+    cfg.num_hidden_layers = 3;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&cfg.to_json_value()).expect("json"),
+    )
+    .expect("write");
+    let e = checkpoint::load_dir(&dir, &Device::flex()).expect_err("missing");
+    assert!(e.to_string().contains("model.layers.2."), "{e}");
+
+    // Broken JSON.
+    std::fs::write(dir.join("config.json"), "{ not json").expect("write");
+    let e = checkpoint::load_dir(&dir, &Device::flex()).expect_err("json");
+    assert!(e.to_string().contains("config.json"), "{e}");
+
+    // Out-of-vocabulary token id.
+    let e = m
+        .forward(&[999], &Positions::contiguous(1, 1, 0, 1.0), None)
+        .expect_err("oov");
+    assert!(e.to_string().contains("999"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,165 @@
+//! The model against HF transformers: logits of every fixture case (CPU ≤ 1e-4, wgpu ≤ 1e-3),
+//! RoPE frequencies, the tokenizer, greedy generation with the KV cache.
+
+use std::path::Path;
+
+use e2llm_model::generate::{generate, GenerateOptions};
+use e2llm_model::{backend, checkpoint, Device, Llama, Positions, Tokenizer};
+use e2llm_tests::{hf_cases, hf_fixtures, max_abs_diff, read_golden, GoldenTensor};
+
+const CPU_TOL: f64 = 1e-4;
+const WGPU_TOL: f64 = 1e-3;
+
+struct Golden {
+    ids: Vec<u32>,
+    positions: Vec<f32>,
+    t: std::collections::HashMap<String, GoldenTensor>,
+}
+
+fn golden(dir: &Path) -> Golden {
+    let t = read_golden(&dir.join("golden.safetensors"));
+    let ids: Vec<u32> = t["input_ids"].values.iter().map(|&v| v as u32).collect();
+    let positions: Vec<f32> = match t.get("position_ids") {
+        Some(p) => p.values.iter().map(|&v| v as f32).collect(),
+        None => (0..ids.len()).map(|i| i as f32).collect(),
+    };
+    Golden { ids, positions, t }
+}
+
+fn logits(model: &Llama, g: &Golden) -> Vec<f32> {
+    model
+        .forward(&g.ids, &Positions::row(g.positions.clone(), 1.0), None)
+        .expect("forward")
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 logits")
+}
+
+fn name(dir: &Path) -> String {
+    dir.file_name().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+#[test]
+fn fixtures_are_present() {
+    let cases = hf_cases();
+    assert!(
+        cases.len() >= 10,
+        "expected the HF golden cases under {}, found {cases:?}",
+        hf_fixtures().display()
+    );
+}
+
+#[test]
+fn cpu_logits_match_transformers_for_every_case() {
+    let device = Device::flex();
+    let mut report = Vec::new();
+    for dir in hf_cases() {
+        let g = golden(&dir);
+        let model = checkpoint::load_dir(&dir, &device)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let got = logits(&model, &g);
+        let err = max_abs_diff(&got, &g.t["logits"].values);
+        report.push(format!("{:<24} max|Δ| = {err:.2e}", name(&dir)));
+        // Dynamic NTK: a shorter forward on a fresh model uses the base for its own span.
+        if let Some(prefix) = g.t.get("logits_prefix_fresh") {
+            let n = prefix.shape[0];
+            let short = Golden {
+                ids: g.ids[..n].to_vec(),
+                positions: g.positions[..n].to_vec(),
+                t: Default::default(),
+            };
+            let e = max_abs_diff(&logits(&model, &short), &prefix.values);
+            assert!(e <= CPU_TOL, "{}: {n}-token prefix error {e:.3e}", name(&dir));
+        }
+        assert!(err <= CPU_TOL, "{}: max abs error {err:.3e} > {CPU_TOL:e}", name(&dir));
+        // Positions and the RoPE variant must visibly matter, or the test proves nothing.
+        if let Some(plain) = g.t.get("logits_no_scaling") {
+            let gap = g.t["logits"]
+                .values
+                .iter()
+                .zip(&plain.values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                gap > 100.0 * CPU_TOL,
+                "{}: dropping the RoPE scaling changes the logits by only {gap:.3e}",
+                name(&dir)
+            );
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn rope_frequencies_match_transformers() {
+    for dir in hf_cases() {
+        let g = golden(&dir);
+        let (Some(inv), Some(scale)) = (g.t.get("inv_freq"), g.t.get("attention_scaling")) else {
+            continue;
+        };
+        let cfg = checkpoint::load_config(&dir).expect("config");
+        let span = Positions::row(g.positions.clone(), 1.0).span();
+        let f = cfg
+            .rope
+            .frequencies(cfg.head_dim(), cfg.max_position_embeddings, span);
+        assert_eq!(f.inv_freq.len(), inv.values.len(), "{}", name(&dir));
+        for (j, (a, b)) in f.inv_freq.iter().zip(&inv.values).enumerate() {
+            let rel = (*a as f64 - b).abs() / b.abs().max(1e-30);
+            assert!(rel < 1e-5, "{}: inv_freq[{j}] {a} vs HF {b}", name(&dir));
+        }
+        let s = scale.values[0];
+        assert!(
+            (f.attention_scaling as f64 - s).abs() < 1e-6,
+            "{}: attention scaling {} vs HF {s}",
+            name(&dir),
+            f.attention_scaling
+        );
+    }
+}
+
+#[test]
+fn wgpu_logits_match_cpu() {
+    let Ok(gpu) = backend::device("wgpu") else {
+        println!("skipped: this build has no wgpu backend");
+        return;
+    };
+    if let Err(e) = backend::probe(&gpu) {
+        println!("skipped: no wgpu adapter ({e})");
+        return;
+    }
+    let cpu = Device::flex();
+    for dir in hf_cases() {
+        let g = golden(&dir);
+        let on_gpu = logits(&checkpoint::load_dir(&dir, &gpu).expect("load"), &g);
+        let on_cpu = logits(&checkpoint::load_dir(&dir, &cpu).expect("load"), &g);
+        let as_f64: Vec<f64> = on_cpu.iter().map(|&v| v as f64).collect();
+        let err = max_abs_diff(&on_gpu, &as_f64);
+        println!("{:<24} wgpu vs cpu max|Δ| = {err:.2e}", name(&dir));
+        assert!(err <= WGPU_TOL, "{}: wgpu vs cpu {err:.3e}", name(&dir));
+        let hf = max_abs_diff(&on_gpu, &g.t["logits"].values);
+        assert!(hf <= WGPU_TOL, "{}: wgpu vs HF {hf:.3e}", name(&dir));
+    }
+}
+
+#[test]
+fn tokenizer_and_greedy_generation_match_transformers() {
+    let dir = hf_fixtures().join("tokenizer_demo");
+    let g = golden(&dir);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("golden.json")).expect("golden.json"),
+    )
+    .expect("golden.json is JSON");
+    let cfg = checkpoint::load_config(&dir).expect("config");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), cfg.vocab_size).expect("tokenizer");
+    let text = meta["text"].as_str().expect("text");
+    assert_eq!(tok.encode(text, true).expect("encode"), g.ids, "token ids differ from HF");
+
+    let model = checkpoint::load_dir(&dir, &Device::flex()).expect("load");
+    let opts = GenerateOptions {
+        max_new_tokens: g.t["greedy_ids"].values.len(),
+        ..GenerateOptions::default()
+    };
+    let got = generate(&model, &g.ids, &opts, |_| true).expect("generate");
+    let want: Vec<u32> = g.t["greedy_ids"].values.iter().map(|&v| v as u32).collect();
+    assert_eq!(got, want, "greedy continuation differs from transformers.generate");
+}
