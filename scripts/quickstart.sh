@@ -13,9 +13,11 @@ if [ -f "$HOME/.cargo/env" ]; then
 fi
 
 MODEL=tests/fixtures/hf/tokenizer_demo
-echo "== building e2llm (release; the first build takes several minutes on 2 cores)"
-cargo build --release -p e2llm-cli
-BIN="${CARGO_TARGET_DIR:-target}/release/e2llm"
+# The dev profile optimises every dependency (opt-level 2) and shares its build with the
+# tests, so one cold build serves both commands.
+echo "== building e2llm (the first build takes 15-25 minutes on 2 cores)"
+cargo build -p e2llm-cli
+BIN="${CARGO_TARGET_DIR:-target}/debug/e2llm"
 
 echo "== e2llm info --model $MODEL"
 "$BIN" info --model "$MODEL"

@@ -57,7 +57,10 @@ pub fn read_golden(path: &Path) -> std::collections::HashMap<String, GoldenTenso
                     .chunks_exact(4)
                     .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
                     .collect(),
-                other => panic!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
+                other => panic!(
+                    "{}: tensor {name} has unsupported dtype {other:?}",
+                    path.display()
+                ),
             };
             (
                 name,

@@ -36,7 +36,10 @@ fn logits(model: &Llama, g: &Golden) -> Vec<f32> {
 }
 
 fn name(dir: &Path) -> String {
-    dir.file_name().unwrap_or_default().to_string_lossy().into_owned()
+    dir.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -69,9 +72,17 @@ fn cpu_logits_match_transformers_for_every_case() {
                 t: Default::default(),
             };
             let e = max_abs_diff(&logits(&model, &short), &prefix.values);
-            assert!(e <= CPU_TOL, "{}: {n}-token prefix error {e:.3e}", name(&dir));
+            assert!(
+                e <= CPU_TOL,
+                "{}: {n}-token prefix error {e:.3e}",
+                name(&dir)
+            );
         }
-        assert!(err <= CPU_TOL, "{}: max abs error {err:.3e} > {CPU_TOL:e}", name(&dir));
+        assert!(
+            err <= CPU_TOL,
+            "{}: max abs error {err:.3e} > {CPU_TOL:e}",
+            name(&dir)
+        );
         // Positions and the RoPE variant must visibly matter, or the test proves nothing.
         if let Some(plain) = g.t.get("logits_no_scaling") {
             let gap = g.t["logits"]
@@ -152,7 +163,11 @@ fn tokenizer_and_greedy_generation_match_transformers() {
     let cfg = checkpoint::load_config(&dir).expect("config");
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), cfg.vocab_size).expect("tokenizer");
     let text = meta["text"].as_str().expect("text");
-    assert_eq!(tok.encode(text, true).expect("encode"), g.ids, "token ids differ from HF");
+    assert_eq!(
+        tok.encode(text, true).expect("encode"),
+        g.ids,
+        "token ids differ from HF"
+    );
 
     let model = checkpoint::load_dir(&dir, &Device::flex()).expect("load");
     let opts = GenerateOptions {
@@ -161,5 +176,37 @@ fn tokenizer_and_greedy_generation_match_transformers() {
     };
     let got = generate(&model, &g.ids, &opts, |_| true).expect("generate");
     let want: Vec<u32> = g.t["greedy_ids"].values.iter().map(|&v| v as u32).collect();
-    assert_eq!(got, want, "greedy continuation differs from transformers.generate");
+    assert_eq!(
+        got, want,
+        "greedy continuation differs from transformers.generate"
+    );
+}
+
+#[test]
+fn loading_from_bytes_equals_loading_from_files() {
+    // The browser has no filesystem: the same checkpoint given as bytes must load identically.
+    let dir = hf_fixtures().join("sharded");
+    let g = golden(&dir);
+    let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
+    let index = std::fs::read_to_string(dir.join("model.safetensors.index.json")).expect("index");
+    let names = e2llm_model::weights::shard_files("index", &index).expect("index parses");
+    assert!(
+        names.len() >= 2,
+        "the sharded fixture should have several shards"
+    );
+    let bytes: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(dir.join(n)).expect("shard")))
+        .collect();
+    let shards: Vec<(&str, &[u8])> = bytes.iter().map(|(n, b)| (n.as_str(), &b[..])).collect();
+    let model = checkpoint::load_from_bytes(&config, &shards, &Device::flex()).expect("load");
+    let err = max_abs_diff(&logits(&model, &g), &g.t["logits"].values);
+    assert!(
+        err <= CPU_TOL,
+        "from-bytes logits differ from HF by {err:.3e}"
+    );
+    // One shard alone is missing tensors: a clear error, not a panic.
+    let e =
+        checkpoint::load_from_bytes(&config, &shards[..1], &Device::flex()).expect_err("partial");
+    assert!(e.to_string().contains("missing"), "{e}");
 }

@@ -39,7 +39,10 @@ fn assert_clear_error(o: &Output, needle: &str) {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(err.contains(needle), "error should mention `{needle}`: {err}");
+    assert!(
+        err.contains(needle),
+        "error should mention `{needle}`: {err}"
+    );
 }
 
 #[test]

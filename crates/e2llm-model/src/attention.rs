@@ -62,7 +62,11 @@ impl Attention {
             .forward(x.clone())
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, s, kvh, d]).swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
         let q = rope.apply(q);
         let k = rope.apply(k);
 
@@ -71,7 +75,11 @@ impl Attention {
                 let (k, v, past) = match slot.take() {
                     Some(c) => {
                         let past = c.k.dims()[2];
-                        (Tensor::cat(vec![c.k, k], 2), Tensor::cat(vec![c.v, v], 2), past)
+                        (
+                            Tensor::cat(vec![c.k, k], 2),
+                            Tensor::cat(vec![c.v, v], 2),
+                            past,
+                        )
                     }
                     None => (k, v, 0),
                 };

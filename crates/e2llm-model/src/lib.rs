@@ -23,9 +23,9 @@ pub mod rope;
 pub mod tokenizer;
 pub mod weights;
 
+/// The burn device type (re-exported so callers need no direct burn dependency).
+pub use burn::tensor::Device;
 pub use error::{ModelError, Result};
 pub use llama::{KvCache, Llama};
 pub use rope::Positions;
 pub use tokenizer::Tokenizer;
-/// The burn device type (re-exported so callers need no direct burn dependency).
-pub use burn::tensor::Device;

@@ -101,7 +101,7 @@ impl Llama {
     ) -> Result<Tensor<3>> {
         let cfg = &self.config;
         let batch = positions.batch;
-        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+        if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
             return Err(ModelError::Input(format!(
                 "{} token ids do not split into {batch} rows",
                 ids.len()
@@ -121,7 +121,11 @@ impl Llama {
                 cfg.vocab_size
             )));
         }
-        if let Some(g) = positions.scale.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
+        if let Some(g) = positions
+            .scale
+            .iter()
+            .find(|g| !(g.is_finite() && **g > 0.0))
+        {
             return Err(ModelError::Input(format!(
                 "RoPE scale {g} must be a positive number"
             )));
@@ -129,7 +133,10 @@ impl Llama {
         let seq = ids.len() / batch;
         let device = self.embed_tokens.val().device();
         let ids_t = Tensor::<1, Int>::from_data(
-            TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [ids.len()]),
+            TensorData::new(
+                ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                [ids.len()],
+            ),
             &device,
         );
         let mut x = self

@@ -20,7 +20,10 @@ use crate::llama::{DecoderLayer, Llama};
 pub fn tensor_specs(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (hid, inter, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
     let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, hid])];
+    let mut specs = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, hid],
+    )];
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let mut lin = |name: &str, out: usize, inp: usize, bias: bool| {
@@ -126,10 +129,12 @@ pub fn from_host(
 ) -> Result<Llama> {
     let specs = tensor_specs(&config);
     let mut take = |name: &str, shape: &[usize]| -> Result<TensorData> {
-        let (found, values) = weights.remove(name).ok_or_else(|| ModelError::MissingTensor {
-            file: source.to_string(),
-            name: name.to_string(),
-        })?;
+        let (found, values) = weights
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: source.to_string(),
+                name: name.to_string(),
+            })?;
         if found != shape {
             return Err(ModelError::Shape {
                 file: source.to_string(),
@@ -250,8 +255,11 @@ pub fn init_random(config: LlamaConfig, std: f32, seed: u64, device: &Device) ->
     from_host(config, host, "<random init>", device).expect("specs are self-consistent")
 }
 
+/// One weight on the host: HF name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Reads every weight back to the host, by HF name, in `tensor_specs` order.
-pub fn to_host(model: &Llama) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn to_host(model: &Llama) -> Result<Vec<NamedTensor>> {
     let mut out = Vec::new();
     let read = |t: TensorData| -> Result<Vec<f32>> {
         t.try_to_vec::<f32>()
@@ -263,7 +271,10 @@ pub fn to_host(model: &Llama) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
         Ok(())
     };
     let lin = |l: &Linear| (l.weight.val(), l.bias.as_ref().map(|b| b.val()));
-    push("model.embed_tokens.weight".into(), model.embed_tokens.val().into_data())?;
+    push(
+        "model.embed_tokens.weight".into(),
+        model.embed_tokens.val().into_data(),
+    )?;
     for (i, layer) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let a = &layer.self_attn;
@@ -292,7 +303,10 @@ pub fn to_host(model: &Llama) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
             layer.post_attention_layernorm.weight.val().into_data(),
         )?;
     }
-    push("model.norm.weight".into(), model.norm.weight.val().into_data())?;
+    push(
+        "model.norm.weight".into(),
+        model.norm.weight.val().into_data(),
+    )?;
     if let Some(head) = &model.lm_head {
         push("lm_head.weight".into(), head.weight.val().into_data())?;
     }

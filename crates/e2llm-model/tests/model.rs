@@ -28,7 +28,10 @@ fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn ids(n: usize) -> Vec<u32> {
@@ -46,8 +49,12 @@ fn kv_cache_decode_equals_full_forward() {
     );
     let mut cache = KvCache::new(m.layers.len());
     let mut stepwise = to_vec(
-        m.forward(&ids[..7], &Positions::contiguous(1, 7, 0, g), Some(&mut cache))
-            .expect("prefill"),
+        m.forward(
+            &ids[..7],
+            &Positions::contiguous(1, 7, 0, g),
+            Some(&mut cache),
+        )
+        .expect("prefill"),
     );
     for (i, &t) in ids.iter().enumerate().skip(7) {
         let l = m
@@ -73,7 +80,9 @@ fn chunked_prefill_equals_full_forward() {
     let mut cache = KvCache::new(m.layers.len());
     let mut seen = Vec::new();
     let last = m
-        .prefill(&ids, &pos, 4.0, &mut cache, 5, |done, total| seen.push((done, total)))
+        .prefill(&ids, &pos, 4.0, &mut cache, 5, |done, total| {
+            seen.push((done, total))
+        })
         .expect("prefill");
     let d = max_diff(&full[22 * vocab..], &to_vec(last));
     assert!(d < 1e-4, "chunked prefill differs by {d}");
@@ -85,19 +94,34 @@ fn chunked_prefill_equals_full_forward() {
 fn positions_and_scale_change_the_logits() {
     let m = model(small_config());
     let ids = ids(12);
-    let base = to_vec(m.forward(&ids, &Positions::contiguous(1, 12, 0, 1.0), None).expect("f"));
-    let scaled = to_vec(m.forward(&ids, &Positions::contiguous(1, 12, 0, 4.0), None).expect("f"));
-    let shifted = to_vec(m.forward(&ids, &Positions::contiguous(1, 12, 100, 1.0), None).expect("f"));
+    let base = to_vec(
+        m.forward(&ids, &Positions::contiguous(1, 12, 0, 1.0), None)
+            .expect("f"),
+    );
+    let scaled = to_vec(
+        m.forward(&ids, &Positions::contiguous(1, 12, 0, 4.0), None)
+            .expect("f"),
+    );
+    let shifted = to_vec(
+        m.forward(&ids, &Positions::contiguous(1, 12, 100, 1.0), None)
+            .expect("f"),
+    );
     assert!(max_diff(&base, &scaled) > 1e-2, "scale g had no effect");
     // RoPE is relative: shifting every position by the same amount changes nothing.
-    assert!(max_diff(&base, &shifted) < 1e-3, "a uniform shift changed the logits");
+    assert!(
+        max_diff(&base, &shifted) < 1e-3,
+        "a uniform shift changed the logits"
+    );
     // ... but E²-LLM's offset applied after 4 sink tokens does.
     let mut pos: Vec<f32> = (0..12).map(|i| i as f32).collect();
     for p in pos.iter_mut().skip(4) {
         *p += 30.0;
     }
     let e2 = to_vec(m.forward(&ids, &Positions::row(pos, 1.0), None).expect("f"));
-    assert!(max_diff(&base, &e2) > 1e-2, "offset after the sinks had no effect");
+    assert!(
+        max_diff(&base, &e2) > 1e-2,
+        "offset after the sinks had no effect"
+    );
 }
 
 #[test]
@@ -106,13 +130,18 @@ fn batched_rows_equal_single_rows() {
     let a = ids(9);
     let b: Vec<u32> = a.iter().map(|t| (t + 5) % 64).collect();
     let pa: Vec<f32> = (0..9).map(|i| i as f32).collect();
-    let pb: Vec<f32> = (0..9).map(|i| if i < 4 { i as f32 } else { i as f32 + 17.0 }).collect();
+    let pb: Vec<f32> = (0..9)
+        .map(|i| if i < 4 { i as f32 } else { i as f32 + 17.0 })
+        .collect();
     let both = Positions {
         pos: [pa.clone(), pb.clone()].concat(),
         scale: vec![1.0, 3.0],
         batch: 2,
     };
-    let batched = to_vec(m.forward(&[a.clone(), b.clone()].concat(), &both, None).expect("f"));
+    let batched = to_vec(
+        m.forward(&[a.clone(), b.clone()].concat(), &both, None)
+            .expect("f"),
+    );
     let one = to_vec(m.forward(&a, &Positions::row(pa, 1.0), None).expect("f"));
     let two = to_vec(m.forward(&b, &Positions::row(pb, 3.0), None).expect("f"));
     assert!(max_diff(&batched, &[one, two].concat()) < 1e-5);
@@ -134,7 +163,11 @@ fn sampling_is_reproducible_from_a_seed() {
         generate(&m, &ids(5), &opts, |_| true).expect("generate")
     };
     assert_eq!(run(1), run(1));
-    assert_ne!(run(1), run(2), "different seeds gave the same 12 sampled tokens");
+    assert_ne!(
+        run(1),
+        run(2),
+        "different seeds gave the same 12 sampled tokens"
+    );
 }
 
 #[test]
@@ -146,7 +179,11 @@ fn top_p_keeps_only_the_nucleus() {
         seed: 3,
     });
     for _ in 0..50 {
-        assert_eq!(s.sample(&logits), 1, "top_p 0.5 must keep only the top token here");
+        assert_eq!(
+            s.sample(&logits),
+            1,
+            "top_p 0.5 must keep only the top token here"
+        );
     }
     let mut greedy = Sampler::new(SamplingConfig::default());
     assert_eq!(greedy.sample(&logits), 1);

@@ -37,7 +37,10 @@ pub fn run(a: Args) -> Result<()> {
     println!("context (L)      {}", cfg.max_position_embeddings);
     println!("rope_theta       {}", cfg.rope.theta);
     match cfg.rope.scaling.factor() {
-        Some(f) => println!("rope scaling     {} (factor {f})", cfg.rope.scaling.rope_type()),
+        Some(f) => println!(
+            "rope scaling     {} (factor {f})",
+            cfg.rope.scaling.rope_type()
+        ),
         None => println!("rope scaling     {}", cfg.rope.scaling.rope_type()),
     }
     println!("tied embeddings  {}", cfg.tie_word_embeddings);

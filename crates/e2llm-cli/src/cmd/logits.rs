@@ -58,8 +58,11 @@ pub fn run(a: Args) -> Result<()> {
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading logits back: {e:?}"))?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), vocab], &bytes)?;
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![ids.len(), vocab],
+        &bytes,
+    )?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let file = safetensors::serialize([("logits", view)], Some(meta))?;
     e2llm_model::weights::write_atomic(&a.out, &file)
