@@ -11,6 +11,14 @@ if [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
 
+# Install what is missing (lavapipe, vulkan-tools, Rust); quick when all is present.
+scripts/setup.sh
+# Mesa's WSI looks for a runtime dir even headless; give it one so the log stays clean.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="/tmp/xdg-runtime-$(id -u)"
+    mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+fi
+
 echo "[test] Vulkan devices:"
 if command -v vulkaninfo >/dev/null 2>&1; then
     vulkaninfo --summary 2>/dev/null | grep -iE 'deviceName|driverName|deviceType' | sed 's/^/[test]   /' ||

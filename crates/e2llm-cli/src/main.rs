@@ -23,6 +23,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Generate text after a prompt, streaming it to stdout.
     Generate(cmd::generate::Args),
+    /// Train or extend a model (methods: none, pi, pose, yarn, e2llm and its ablations).
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd::info::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

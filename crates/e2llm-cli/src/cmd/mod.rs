@@ -3,3 +3,4 @@
 pub mod generate;
 pub mod info;
 pub mod logits;
+pub mod train;

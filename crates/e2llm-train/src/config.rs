@@ -1,0 +1,284 @@
+//! A training run described as TOML: every field has a default that just runs.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// How positions and the RoPE scale are chosen for each training row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Method {
+    /// Train at `L` with positions `0..R`, no scaling.
+    None,
+    /// Position interpolation with a fixed scale `g`.
+    Pi {
+        /// The scale.
+        g: u32,
+    },
+    /// PoSE: two chunks, the second shifted by a skip up to `s·L − R`.
+    Pose {
+        /// The target extension factor `s`.
+        s: u32,
+    },
+    /// YaRN with a fixed factor (written into the checkpoint's config).
+    Yarn {
+        /// The factor.
+        factor: f64,
+    },
+    /// E²-LLM: g ~ U{1..g_max}, t ~ U{0..g·L−R}, 4 sink tokens.
+    E2llm {
+        /// Largest scale drawn.
+        g_max: u32,
+        /// Draw (g, t) once per batch instead of once per row.
+        #[serde(default)]
+        per_batch: bool,
+    },
+    /// Ablation: E²-LLM without the offset t (t = 0).
+    E2llmNoT {
+        /// Largest scale drawn.
+        g_max: u32,
+    },
+    /// Ablation: E²-LLM without scale augmentation (g fixed).
+    E2llmNoG {
+        /// The fixed scale.
+        g: u32,
+    },
+}
+
+/// Model shape of a run started from scratch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelShape {
+    /// Width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Vocabulary (the trained tokenizer's size).
+    pub vocab_size: usize,
+    /// RoPE base.
+    pub rope_theta: f64,
+}
+
+impl Default for ModelShape {
+    fn default() -> Self {
+        Self {
+            hidden_size: 128,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            intermediate_size: 344,
+            vocab_size: 1024,
+            rope_theta: 10_000.0,
+        }
+    }
+}
+
+/// One training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Shape of a model trained from scratch (ignored when `init` names a checkpoint).
+    pub model: ModelShape,
+    /// Start from this HF checkpoint directory instead of random weights.
+    pub init: Option<String>,
+    /// The base model's context `L` (max_position_embeddings).
+    pub orig_len: usize,
+    /// Training window `R` in tokens.
+    pub train_len: usize,
+    /// Position / scale method.
+    pub method: Method,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Cosine decay floor as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// AdamW decoupled weight decay (matrices only; not norms or biases).
+    pub weight_decay: f64,
+    /// AdamW β1.
+    pub beta1: f64,
+    /// AdamW β2.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    /// Share of rows that are passkey-retrieval examples.
+    pub passkey_share: f64,
+    /// Loss weight of the passkey answer tokens (the rest weigh 1).
+    pub answer_weight: f32,
+    /// Seed of everything (init, data, positions).
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// `cpu` or `wgpu`.
+    pub backend: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelShape::default(),
+            init: None,
+            orig_len: 128,
+            train_len: 128,
+            method: Method::None,
+            batch_size: 16,
+            grad_accum: 1,
+            steps: 1000,
+            lr: 2e-3,
+            warmup_steps: 50,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            passkey_share: 0.5,
+            answer_weight: 20.0,
+            seed: 0,
+            checkpoint_every: 200,
+            backend: "cpu".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parses TOML text; `file` names the source in errors.
+    pub fn from_toml(file: &str, text: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate().map_err(|reason| TrainError::Config {
+            file: file.into(),
+            reason,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&path.display().to_string(), &text)
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks ranges; returns what is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let m = &self.model;
+        let pos = |v: usize, name: &str| {
+            if v == 0 {
+                Err(format!("`{name}` must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        pos(self.train_len, "train_len")?;
+        pos(self.orig_len, "orig_len")?;
+        pos(self.batch_size, "batch_size")?;
+        pos(self.grad_accum, "grad_accum")?;
+        pos(m.hidden_size, "model.hidden_size")?;
+        pos(m.num_attention_heads, "model.num_attention_heads")?;
+        pos(m.num_key_value_heads, "model.num_key_value_heads")?;
+        if !m.hidden_size.is_multiple_of(m.num_attention_heads) {
+            return Err(
+                "`model.hidden_size` must be a multiple of `model.num_attention_heads`".into(),
+            );
+        }
+        if !(m.hidden_size / m.num_attention_heads).is_multiple_of(2) {
+            return Err("the head width (hidden_size / num_attention_heads) must be even".into());
+        }
+        if !m.num_attention_heads.is_multiple_of(m.num_key_value_heads) {
+            return Err(
+                "`model.num_attention_heads` must be a multiple of `model.num_key_value_heads`"
+                    .into(),
+            );
+        }
+        if m.vocab_size < 300 {
+            return Err(
+                "`model.vocab_size` must be at least 300 (256 bytes + specials + merges)".into(),
+            );
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("`lr` must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.passkey_share) {
+            return Err(format!(
+                "`passkey_share` must be in [0, 1], got {}",
+                self.passkey_share
+            ));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err("`beta1` and `beta2` must be in [0, 1)".into());
+        }
+        match self.method {
+            Method::Pi { g } | Method::E2llmNoG { g } if g == 0 => {
+                Err("method scale `g` must be at least 1".into())
+            }
+            Method::E2llm { g_max, .. } | Method::E2llmNoT { g_max } if g_max == 0 => {
+                Err("method `g_max` must be at least 1".into())
+            }
+            Method::Pose { s: 0 } => Err("PoSE `s` must be at least 1".into()),
+            Method::Yarn { factor } if factor.is_nan() || factor < 1.0 => {
+                Err("yarn `factor` must be at least 1".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Applies `key.path=value` overrides (value as a TOML literal, or a bare string) to a config.
+pub fn apply_overrides(cfg: &TrainConfig, overrides: &[String]) -> Result<TrainConfig> {
+    let bad = |reason: String| TrainError::Config {
+        file: "--set".into(),
+        reason,
+    };
+    let mut root = toml::Value::try_from(cfg).map_err(|e| bad(e.to_string()))?;
+    for o in overrides {
+        let (path, raw) = o
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{o}` is not KEY=VALUE (e.g. steps=500)")))?;
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let mut node = &mut root;
+        let keys: Vec<&str> = path.trim().split('.').collect();
+        for (i, k) in keys.iter().enumerate() {
+            let table = node
+                .as_table_mut()
+                .ok_or_else(|| bad(format!("`{path}`: `{k}` is inside a non-table value")))?;
+            if i + 1 == keys.len() {
+                table.insert(k.to_string(), value.clone());
+                break;
+            }
+            node = table
+                .entry(k.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+    }
+    let text = toml::to_string(&root).map_err(|e| bad(e.to_string()))?;
+    TrainConfig::from_toml("--set", &text)
+}

@@ -1,0 +1,147 @@
+//! Each training method as a rule for the positions and RoPE scale of a batch's rows.
+
+use e2llm_core::positions::{contiguous_positions, E2LlmSampler, Granularity, PoseSampler};
+use e2llm_core::{LlamaConfig, RopeScaling};
+use e2llm_model::Positions;
+use rand::Rng;
+
+use crate::config::Method;
+use crate::error::{Result, TrainError};
+
+/// Positions of a batch plus what was sampled (for logs and histograms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// Positions and per-row scale.
+    pub positions: Positions,
+    /// Scale `g` of each row.
+    pub g: Vec<u32>,
+    /// Offset `t` (E²-LLM) or skip (PoSE) of each row; 0 otherwise.
+    pub t: Vec<usize>,
+}
+
+/// A method bound to its lengths, ready to place batches.
+#[derive(Debug, Clone)]
+pub enum Placer {
+    /// Contiguous positions with a fixed scale.
+    Fixed(u32),
+    /// PoSE skips.
+    Pose(PoseSampler),
+    /// E²-LLM (and its ablations).
+    E2(E2LlmSampler, Granularity),
+}
+
+impl Placer {
+    /// Binds `method` to the base context `orig_len` (L) and window `train_len` (R).
+    pub fn new(method: Method, orig_len: usize, train_len: usize) -> Result<Self> {
+        let bad = |e: e2llm_core::positions::PositionError| TrainError::Config {
+            file: "<run config>".into(),
+            reason: format!("method {method:?}: {e}"),
+        };
+        Ok(match method {
+            Method::None | Method::Yarn { .. } => Placer::Fixed(1),
+            Method::Pi { g } => Placer::Fixed(g),
+            Method::Pose { s } => {
+                Placer::Pose(PoseSampler::new(orig_len, train_len, s).map_err(bad)?)
+            }
+            Method::E2llm { g_max, per_batch } => Placer::E2(
+                E2LlmSampler::new(g_max, orig_len, train_len).map_err(bad)?,
+                if per_batch {
+                    Granularity::PerBatch
+                } else {
+                    Granularity::PerExample
+                },
+            ),
+            Method::E2llmNoT { g_max } => Placer::E2(
+                E2LlmSampler::without_t(g_max, orig_len, train_len).map_err(bad)?,
+                Granularity::PerExample,
+            ),
+            Method::E2llmNoG { g } => Placer::E2(
+                E2LlmSampler::without_g(g, orig_len, train_len).map_err(bad)?,
+                Granularity::PerExample,
+            ),
+        })
+    }
+
+    /// Positions for `batch` rows of `len` tokens.
+    pub fn place<R: Rng + ?Sized>(&self, batch: usize, len: usize, rng: &mut R) -> Placement {
+        let mut pos = Vec::with_capacity(batch * len);
+        let (mut g, mut t) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+        match self {
+            Placer::Fixed(s) => {
+                for _ in 0..batch {
+                    pos.extend(contiguous_positions(len));
+                    g.push(*s);
+                    t.push(0);
+                }
+            }
+            Placer::Pose(p) => {
+                for _ in 0..batch {
+                    let s = p.sample(rng);
+                    pos.extend(p.positions(s));
+                    g.push(1);
+                    t.push(s.skip);
+                }
+            }
+            Placer::E2(sampler, gran) => {
+                for s in sampler.sample_batch(batch, *gran, rng) {
+                    pos.extend(sampler.positions(len, s.t));
+                    g.push(s.g);
+                    t.push(s.t);
+                }
+            }
+        }
+        Placement {
+            positions: Positions {
+                pos,
+                scale: g.iter().map(|&x| x as f32).collect(),
+                batch,
+            },
+            g,
+            t,
+        }
+    }
+}
+
+/// The RoPE scaling a model trained with `method` uses — during training (yarn trains with
+/// its factor) and, written into the checkpoint's `config.json`, at inference.
+pub fn rope_scaling_for(method: Method, orig_len: usize) -> RopeScaling {
+    match method {
+        Method::Pi { g } => RopeScaling::Linear { factor: g as f64 },
+        Method::Yarn { factor } => {
+            let mut y = RopeScaling::yarn(factor);
+            if let RopeScaling::Yarn {
+                original_max_position_embeddings,
+                ..
+            } = &mut y
+            {
+                *original_max_position_embeddings = Some(orig_len);
+            }
+            y
+        }
+        _ => RopeScaling::Default,
+    }
+}
+
+/// The model config for a run: its shape, `L` as `max_position_embeddings`, the method's RoPE.
+pub fn model_config(
+    shape: &crate::config::ModelShape,
+    orig_len: usize,
+    method: Method,
+    vocab_size: usize,
+) -> LlamaConfig {
+    let mut c = LlamaConfig::tiny();
+    c.vocab_size = vocab_size;
+    c.hidden_size = shape.hidden_size;
+    c.num_hidden_layers = shape.num_hidden_layers;
+    c.num_attention_heads = shape.num_attention_heads;
+    c.num_key_value_heads = shape.num_key_value_heads;
+    c.head_dim = shape.hidden_size / shape.num_attention_heads;
+    c.intermediate_size = shape.intermediate_size;
+    c.max_position_embeddings = orig_len;
+    c.rope.theta = shape.rope_theta;
+    c.rope.scaling = rope_scaling_for(method, orig_len);
+    c.tie_word_embeddings = false;
+    c.bos_token_id = None;
+    c.eos_token_id = Vec::new();
+    c
+}

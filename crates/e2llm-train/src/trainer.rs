@@ -1,0 +1,284 @@
+//! The training loop: one code path for CPU (flex) and wgpu, seeded so a resumed run
+//! reproduces the uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use e2llm_model::{backend, weights, Llama, Tokenizer};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::TrainConfig;
+use crate::data::{train_tokenizer, Corpus, DataSource, Row};
+use crate::error::{Result, TrainError};
+use crate::loss::weighted_cross_entropy;
+use crate::method::{model_config, Placement, Placer};
+use crate::optim::{lr_at, AdamW, AdamWConfig, NamedGrads};
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Steps completed (1-based after this step).
+    pub step: usize,
+    /// Planned steps.
+    pub steps: usize,
+    /// Mean weighted loss over the step's micro-batches.
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Training tokens per second of this step.
+    pub tokens_per_s: f64,
+    /// Scales `g` sampled for this step's rows.
+    pub g: Vec<u32>,
+    /// Offsets `t` (or PoSE skips) sampled for this step's rows.
+    pub t: Vec<usize>,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    /// The run's config.
+    pub cfg: TrainConfig,
+    /// Where checkpoints go.
+    pub run_dir: PathBuf,
+    /// The model (on the autodiff device).
+    pub model: Llama,
+    /// Optimizer state.
+    pub opt: AdamW,
+    /// Rows come from here.
+    pub data: DataSource,
+    placer: Placer,
+    /// Steps completed.
+    pub step: usize,
+    /// Loss of every completed step.
+    pub losses: Vec<f32>,
+}
+
+/// The RNG of micro-batch `micro` of step `step`: every step's data is a pure function of
+/// (seed, step), which is what makes resuming exact.
+pub fn step_rng(seed: u64, step: usize, micro: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(((step as u64) << 16) | micro as u64);
+    rng
+}
+
+fn devices(name: &str) -> Result<(Device, Device)> {
+    let base = backend::device(name)?;
+    backend::probe(&base)?;
+    Ok((base.clone().autodiff(), base))
+}
+
+impl Trainer {
+    /// Starts a fresh run in `run_dir`: trains the tokenizer on the corpus's training split
+    /// (or uses the `init` checkpoint's), builds or loads the model.
+    pub fn new(cfg: TrainConfig, run_dir: &Path, corpus: &Corpus) -> Result<Self> {
+        cfg.validate().map_err(|reason| TrainError::Config {
+            file: "<run config>".into(),
+            reason,
+        })?;
+        let (device, _) = devices(&cfg.backend)?;
+        let (model, tokenizer) = match &cfg.init {
+            Some(dir) => {
+                let dir = Path::new(dir);
+                let mut model = e2llm_model::checkpoint::load_dir(dir, &device)?;
+                let tok = Tokenizer::from_file(
+                    &dir.join(e2llm_model::checkpoint::TOKENIZER_FILE),
+                    model.config.vocab_size,
+                )?;
+                model.config.rope.scaling =
+                    crate::method::rope_scaling_for(cfg.method, cfg.orig_len);
+                (model, tok)
+            }
+            None => {
+                let tok = train_tokenizer(&corpus.train, cfg.model.vocab_size)?;
+                let mc = model_config(&cfg.model, cfg.orig_len, cfg.method, cfg.model.vocab_size);
+                (weights::init_random(mc, 0.02, cfg.seed, &device), tok)
+            }
+        };
+        let data = DataSource::new(corpus, tokenizer, cfg.passkey_share, cfg.answer_weight)?;
+        let placer = Placer::new(cfg.method, cfg.orig_len, cfg.train_len)?;
+        std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            cfg,
+            run_dir: run_dir.to_path_buf(),
+            model,
+            opt: AdamW::default(),
+            data,
+            placer,
+            step: 0,
+            losses: Vec::new(),
+        })
+    }
+
+    /// Continues the run whose newest checkpoint is in `run_dir`.
+    pub fn resume(run_dir: &Path, corpus: &Corpus) -> Result<Self> {
+        let dir = checkpoint::latest(run_dir).ok_or_else(|| TrainError::Checkpoint {
+            path: run_dir.to_path_buf(),
+            reason: "no complete checkpoint here (looked for checkpoint/ and checkpoint.old/)"
+                .into(),
+        })?;
+        let state_cfg = {
+            let text =
+                std::fs::read_to_string(dir.join(checkpoint::STATE_FILE)).map_err(|source| {
+                    TrainError::Io {
+                        path: dir.join(checkpoint::STATE_FILE),
+                        source,
+                    }
+                })?;
+            serde_json::from_str::<TrainState>(&text)
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("unreadable trainer state: {e}"),
+                })?
+                .config
+        };
+        let (device, base) = devices(&state_cfg.backend)?;
+        let loaded = checkpoint::load(&dir, &device, &base)?;
+        let cfg = loaded.state.config.clone();
+        let data = DataSource::new(
+            corpus,
+            loaded.tokenizer,
+            cfg.passkey_share,
+            cfg.answer_weight,
+        )?;
+        let placer = Placer::new(cfg.method, cfg.orig_len, cfg.train_len)?;
+        Ok(Self {
+            cfg,
+            run_dir: run_dir.to_path_buf(),
+            model: loaded.model,
+            opt: loaded.opt,
+            data,
+            placer,
+            step: loaded.state.step,
+            losses: loaded.state.losses,
+        })
+    }
+
+    /// The rows and positions of micro-batch `micro` of step `step`.
+    pub fn batch(&self, step: usize, micro: usize) -> Result<(Vec<Row>, Placement)> {
+        let mut rng = step_rng(self.cfg.seed, step, micro);
+        let len = self.cfg.train_len;
+        let rows = (0..self.cfg.batch_size)
+            .map(|_| self.data.row(len, &mut rng))
+            .collect::<Result<Vec<_>>>()?;
+        let placement = self.placer.place(self.cfg.batch_size, len, &mut rng);
+        Ok((rows, placement))
+    }
+
+    /// Loss of a batch on the current model (tracked for autodiff).
+    pub fn loss(&self, rows: &[Row], placement: &Placement) -> Result<burn::tensor::Tensor<1>> {
+        let len = self.cfg.train_len;
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut targets = Vec::with_capacity(rows.len() * len);
+        let mut w = Vec::with_capacity(rows.len() * len);
+        for r in rows {
+            ids.extend_from_slice(&r.ids[..len]);
+            targets.extend_from_slice(&r.ids[1..=len]);
+            w.extend_from_slice(&r.weights);
+        }
+        let logits = self.model.forward(&ids, &placement.positions, None)?;
+        Ok(weighted_cross_entropy(logits, &targets, &w))
+    }
+
+    /// One optimizer step (with gradient accumulation and clipping).
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t0 = Instant::now();
+        let mut grads = NamedGrads::default();
+        let mut loss_sum = 0.0f32;
+        let (mut gs, mut ts) = (Vec::new(), Vec::new());
+        for micro in 0..self.cfg.grad_accum {
+            let (rows, placement) = self.batch(self.step, micro)?;
+            let loss = self.loss(&rows, &placement)?;
+            let value = loss
+                .to_data()
+                .try_to_vec::<f32>()
+                .ok()
+                .and_then(|v| v.first().copied())
+                .unwrap_or(f32::NAN);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    loss: value,
+                });
+            }
+            loss_sum += value;
+            let g = loss.backward();
+            grads.accumulate(&self.model, &g);
+            gs.extend(placement.g);
+            ts.extend(placement.t);
+        }
+        let micro = self.cfg.grad_accum as f32;
+        if self.cfg.grad_accum > 1 {
+            grads.scale(1.0 / micro);
+        }
+        let norm = grads.global_norm();
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step + 1,
+                loss: norm,
+            });
+        }
+        if self.cfg.grad_clip > 0.0 && norm as f64 > self.cfg.grad_clip {
+            grads.scale((self.cfg.grad_clip / norm as f64) as f32);
+        }
+        let c = &self.cfg;
+        let lr = lr_at(self.step, c.steps, c.warmup_steps, c.lr, c.min_lr_ratio);
+        let adam = AdamWConfig {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        };
+        // `Module::map` consumes the model; a clone only copies tensor handles.
+        self.model = self.opt.step(self.model.clone(), &grads, lr, adam);
+        self.step += 1;
+        let loss = loss_sum / micro;
+        self.losses.push(loss);
+        let tokens = (c.batch_size * c.grad_accum * c.train_len) as f64;
+        Ok(StepReport {
+            step: self.step,
+            steps: c.steps,
+            loss,
+            lr,
+            grad_norm: norm,
+            tokens_per_s: tokens / t0.elapsed().as_secs_f64().max(1e-9),
+            g: gs,
+            t: ts,
+        })
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn save(&self) -> Result<PathBuf> {
+        checkpoint::save(
+            &self.run_dir,
+            &self.model,
+            &self.data.tokenizer,
+            &self.opt,
+            &TrainState {
+                step: self.step,
+                losses: self.losses.clone(),
+                config: self.cfg.clone(),
+            },
+        )
+    }
+
+    /// Trains to `cfg.steps`, checkpointing every `checkpoint_every` steps and at the end.
+    /// A non-finite loss stops the run and leaves the last good checkpoint in place.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<PathBuf> {
+        while self.step < self.cfg.steps {
+            let report = self.step()?;
+            on_step(&report);
+            let every = self.cfg.checkpoint_every;
+            if every > 0 && self.step.is_multiple_of(every) && self.step < self.cfg.steps {
+                self.save()?;
+            }
+        }
+        self.save()
+    }
+}

@@ -1,0 +1,354 @@
+//! The trainer on CPU: gradients against finite differences, AdamW against a host reference,
+//! loss falls, resume reproduces the uninterrupted run exactly, crash-safe checkpoints,
+//! NaN stops the run, bad configs are clear errors.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+use e2llm_core::LlamaConfig;
+use e2llm_model::{weights, Positions};
+use e2llm_train::data::Corpus;
+use e2llm_train::loss::{cross_entropy_host, weighted_cross_entropy};
+use e2llm_train::optim::{AdamW, AdamWConfig, NamedGrads};
+use e2llm_train::{checkpoint, Method, ModelShape, TrainConfig, TrainError, Trainer};
+
+/// A small slice of the embedded corpus, so tokenizer training and tokenizing stay quick.
+fn corpus() -> &'static Corpus {
+    static C: OnceLock<Corpus> = OnceLock::new();
+    C.get_or_init(|| {
+        let full = Corpus::embedded().expect("embedded corpus");
+        let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        Corpus {
+            train: cut(&full.train, 150_000),
+            heldout: cut(&full.heldout, 20_000),
+        }
+    })
+}
+
+fn tiny_run() -> TrainConfig {
+    TrainConfig {
+        model: ModelShape {
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            intermediate_size: 64,
+            vocab_size: 320,
+            rope_theta: 10_000.0,
+        },
+        orig_len: 48,
+        train_len: 48,
+        method: Method::E2llm {
+            g_max: 4,
+            per_batch: false,
+        },
+        batch_size: 4,
+        grad_accum: 2,
+        steps: 6,
+        lr: 3e-3,
+        warmup_steps: 2,
+        checkpoint_every: 0,
+        // The passkey prompt alone is longer than 48 tokens; passkey rows get their own test.
+        passkey_share: 0.0,
+        ..TrainConfig::default()
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("e2llm-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn small_model_config() -> LlamaConfig {
+    let mut c = LlamaConfig::tiny();
+    c.vocab_size = 40;
+    c.hidden_size = 16;
+    c.intermediate_size = 24;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 2;
+    c.num_key_value_heads = 1;
+    c.head_dim = 8;
+    c
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let cfg = small_model_config();
+    let ids: Vec<u32> = (0..10).map(|i| (i * 7 + 3) % 40).collect();
+    let targets: Vec<u32> = (0..10).map(|i| (i * 5 + 1) % 40).collect();
+    let weights_: Vec<f32> = (0..10).map(|i| if i == 6 { 20.0 } else { 1.0 }).collect();
+    let pos = Positions::row(vec![0., 1., 2., 3., 20., 21., 22., 23., 24., 25.], 3.0);
+
+    let ad = Device::flex().autodiff();
+    let model = weights::init_random(cfg.clone(), 0.3, 5, &ad);
+    let loss = weighted_cross_entropy(
+        model.forward(&ids, &pos, None).expect("f"),
+        &targets,
+        &weights_,
+    );
+    let mut grads = NamedGrads::default();
+    grads.accumulate(&model, &loss.backward());
+
+    let host = weights::to_host(&model).expect("host");
+    let loss_at = |name: &str, idx: usize, delta: f32| -> f64 {
+        let mut h = weights::HostWeights::new();
+        for (n, s, v) in &host {
+            let mut v = v.clone();
+            if n == name {
+                v[idx] += delta;
+            }
+            h.insert(n.clone(), (s.clone(), v));
+        }
+        let m = weights::from_host(cfg.clone(), h, "fd", &Device::flex()).expect("model");
+        let logits = m
+            .forward(&ids, &pos, None)
+            .expect("f")
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("v");
+        cross_entropy_host(&logits, 40, &targets, &weights_)
+    };
+    let mut checked = 0;
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.input_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ] {
+        let g = grads.grads[name]
+            .to_data()
+            .try_to_vec::<f32>()
+            .expect("grad");
+        for idx in [0, g.len() / 3, g.len() - 1] {
+            let eps = 1e-2;
+            let fd = (loss_at(name, idx, eps) - loss_at(name, idx, -eps)) / (2.0 * eps as f64);
+            let err = (fd - g[idx] as f64).abs();
+            assert!(
+                err < 2e-3 + 0.02 * fd.abs(),
+                "{name}[{idx}]: autodiff {} vs finite difference {fd}",
+                g[idx]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 21);
+}
+
+#[test]
+fn adamw_matches_a_host_reference() {
+    let cfg = small_model_config();
+    let ad = Device::flex().autodiff();
+    let model = weights::init_random(cfg, 0.3, 9, &ad);
+    let before = weights::to_host(&model).expect("host");
+    let ids: Vec<u32> = (0..6).collect();
+    let loss = weighted_cross_entropy(
+        model
+            .forward(&ids, &Positions::contiguous(1, 6, 0, 1.0), None)
+            .expect("f"),
+        &[1, 2, 3, 4, 5, 6],
+        &[1.0; 6],
+    );
+    let mut grads = NamedGrads::default();
+    grads.accumulate(&model, &loss.backward());
+    let c = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut opt = AdamW::default();
+    let lr = 0.01;
+    let after = weights::to_host(&opt.step(model, &grads, lr, c)).expect("host");
+    for ((name, shape, w0), (_, _, w1)) in before.iter().zip(&after) {
+        let g = grads.grads[name].to_data().try_to_vec::<f32>().expect("g");
+        let decay = if shape.len() >= 2 {
+            c.weight_decay
+        } else {
+            0.0
+        };
+        for i in [0, w0.len() / 2, w0.len() - 1] {
+            let (gi, wi) = (g[i] as f64, w0[i] as f64);
+            let m = (1.0 - c.beta1) * gi / (1.0 - c.beta1);
+            let v = (1.0 - c.beta2) * gi * gi / (1.0 - c.beta2);
+            let want = wi * (1.0 - lr * decay) - lr * m / (v.sqrt() + c.eps);
+            assert!(
+                (w1[i] as f64 - want).abs() < 1e-5,
+                "{name}[{i}]: {} vs {want}",
+                w1[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn loss_falls_on_the_corpus() {
+    let cfg = TrainConfig {
+        steps: 40,
+        lr: 1e-2,
+        grad_accum: 1,
+        batch_size: 8,
+        passkey_share: 0.0,
+        ..tiny_run()
+    };
+    let mut t = Trainer::new(cfg, &tmp("falls"), corpus()).expect("trainer");
+    let mut losses = Vec::new();
+    t.run(|r| losses.push(r.loss)).expect("run");
+    let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = losses[35..].iter().sum::<f32>() / 5.0;
+    assert!(last < first - 0.5, "loss did not fall: {first} → {last}");
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let full_dir = tmp("full");
+    let mut full = Trainer::new(tiny_run(), &full_dir, corpus()).expect("trainer");
+    full.run(|_| {}).expect("run");
+
+    let dir = tmp("resumed");
+    let mut first = Trainer::new(tiny_run(), &dir, corpus()).expect("trainer");
+    for _ in 0..3 {
+        first.step().expect("step");
+    }
+    first.save().expect("save");
+    drop(first);
+    let mut resumed = Trainer::resume(&dir, corpus()).expect("resume");
+    assert_eq!(resumed.step, 3);
+    resumed.run(|_| {}).expect("run");
+    assert_eq!(
+        resumed.losses, full.losses,
+        "resumed losses differ from the uninterrupted run"
+    );
+}
+
+#[test]
+fn an_interrupted_checkpoint_write_keeps_the_previous_one() {
+    let dir = tmp("crash");
+    let mut t = Trainer::new(tiny_run(), &dir, corpus()).expect("trainer");
+    t.step().expect("step");
+    t.save().expect("save");
+    // A crash while writing the next one: a half-written checkpoint.tmp/ ...
+    let tmpdir = dir.join("checkpoint.tmp");
+    std::fs::create_dir_all(&tmpdir).expect("mkdir");
+    std::fs::write(tmpdir.join("model.safetensors"), b"partial").expect("write");
+    let r = Trainer::resume(&dir, corpus()).expect("resume ignores checkpoint.tmp");
+    assert_eq!(r.step, 1);
+    // ... or between the two renames: only checkpoint.old/ is complete.
+    std::fs::rename(dir.join("checkpoint"), dir.join("checkpoint.old")).expect("rename");
+    let r = Trainer::resume(&dir, corpus()).expect("resume from checkpoint.old");
+    assert_eq!(r.step, 1);
+    assert_eq!(checkpoint::latest(&dir), Some(dir.join("checkpoint.old")));
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tmp("nan");
+    let cfg = TrainConfig {
+        lr: 1e9,
+        warmup_steps: 1,
+        grad_clip: 0.0,
+        steps: 30,
+        checkpoint_every: 1,
+        ..tiny_run()
+    };
+    let mut t = Trainer::new(cfg, &dir, corpus()).expect("trainer");
+    let e = t.run(|_| {}).expect_err("lr 1e9 must blow up");
+    assert!(matches!(e, TrainError::NonFinite { .. }), "{e}");
+    assert!(e.to_string().contains("last good checkpoint"), "{e}");
+    let r = Trainer::resume(&dir, corpus()).expect("the last good checkpoint loads");
+    assert!(r.losses.iter().all(|l| l.is_finite()));
+}
+
+#[test]
+fn bad_configs_are_clear_errors() {
+    let e = TrainConfig::from_toml("run.toml", "stepz = 3").expect_err("unknown key");
+    assert!(
+        e.to_string().contains("run.toml") && e.to_string().contains("stepz"),
+        "{e}"
+    );
+    let e = TrainConfig::from_toml("run.toml", "lr = -1.0").expect_err("negative lr");
+    assert!(e.to_string().contains("lr"), "{e}");
+    let e = TrainConfig::from_toml("run.toml", "[method]\nname = \"e2llm\"").expect_err("no g_max");
+    assert!(e.to_string().contains("g_max"), "{e}");
+    let e = TrainConfig::from_toml("run.toml", "[method]\nname = \"magic\"")
+        .expect_err("unknown method");
+    assert!(e.to_string().contains("magic"), "{e}");
+    let ok = TrainConfig::from_toml("run.toml", "steps = 7\n[method]\nname = \"pi\"\ng = 4")
+        .expect("ok");
+    assert_eq!(ok.method, Method::Pi { g: 4 });
+    let set = e2llm_train::config::apply_overrides(
+        &ok,
+        &[
+            "method.name=e2llm".into(),
+            "method.g_max=20".into(),
+            "lr=0.5".into(),
+        ],
+    )
+    .expect("overrides");
+    assert_eq!(
+        set.method,
+        Method::E2llm {
+            g_max: 20,
+            per_batch: false
+        }
+    );
+    assert_eq!(set.lr, 0.5);
+}
+
+#[test]
+fn corrupt_checkpoints_are_clear_errors() {
+    let dir = tmp("corrupt");
+    let mut t = Trainer::new(tiny_run(), &dir, corpus()).expect("trainer");
+    t.step().expect("step");
+    t.save().expect("save");
+    let opt = dir.join("checkpoint").join(checkpoint::OPTIM_FILE);
+    std::fs::write(&opt, b"garbage").expect("write");
+    let e = Trainer::resume(&dir, corpus())
+        .err()
+        .expect("corrupt optimizer state");
+    assert!(e.to_string().contains("optimizer.safetensors"), "{e}");
+    let e = Trainer::resume(&tmp("empty"), corpus())
+        .err()
+        .expect("no checkpoint");
+    assert!(e.to_string().contains("no complete checkpoint"), "{e}");
+}
+
+#[test]
+fn passkey_rows_weight_exactly_the_answer() {
+    let cfg = TrainConfig {
+        train_len: 256,
+        orig_len: 256,
+        passkey_share: 1.0,
+        ..tiny_run()
+    };
+    let t = Trainer::new(cfg, &tmp("passkey"), corpus()).expect("trainer");
+    let tok = &t.data.tokenizer;
+    let mut rng = e2llm_train::trainer::step_rng(3, 0, 0);
+    for _ in 0..5 {
+        let row = t.data.passkey_row(256, &mut rng).expect("row");
+        assert_eq!(row.ids.len(), 257);
+        let text = tok.decode(&row.ids).expect("decode");
+        let key = e2llm_core::passkey::first_integer(&text).expect("a key in the text");
+        assert!(
+            text.contains(&format!("The pass key is {key}. Remember it.")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("What is the pass key? The pass key is {key}.")),
+            "{text}"
+        );
+        // The weighted targets decode to the answer " {key}.".
+        let answer: Vec<u32> = row
+            .weights
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w > 1.0)
+            .map(|(j, _)| row.ids[j + 1])
+            .collect();
+        assert_eq!(tok.decode(&answer).expect("decode"), format!(" {key}."));
+    }
+}
