@@ -23,6 +23,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Generate text after a prompt, streaming it to stdout.
     Generate(cmd::generate::Args),
+    /// Passkey retrieval accuracy over a length × depth grid (table + JSON).
+    Passkey(cmd::passkey::Args),
     /// Train or extend a model (methods: none, pi, pose, yarn, e2llm and its ablations).
     Train(cmd::train::Args),
 }
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Passkey(a) => cmd::passkey::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,7 +47,14 @@ fn assert_clear_error(o: &Output, needle: &str) {
 
 #[test]
 fn help_is_available_everywhere() {
-    for sub in [&[][..], &["info"], &["logits"], &["generate"]] {
+    for sub in [
+        &[][..],
+        &["info"],
+        &["logits"],
+        &["generate"],
+        &["train"],
+        &["passkey"],
+    ] {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");
         let o = e2llm(&args);

@@ -352,3 +352,50 @@ fn passkey_rows_weight_exactly_the_answer() {
         assert_eq!(tok.decode(&answer).expect("decode"), format!(" {key}."));
     }
 }
+
+#[test]
+fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
+    use e2llm_train::eval::{markdown_table, passkey_grid, PasskeyEval, ScaleMode};
+    let cfg = TrainConfig {
+        steps: 1,
+        ..tiny_run()
+    };
+    let t = Trainer::new(cfg, &tmp("grid"), corpus()).expect("trainer");
+    let eval = PasskeyEval {
+        lengths: vec![200, 400],
+        depths: vec![0.0, 1.0],
+        trials: 2,
+        max_new_tokens: 4,
+        scale: ScaleMode::Safe,
+        filler: e2llm_core::passkey::Filler::Standard,
+        seed: 1,
+    };
+    let mut progress = Vec::new();
+    let cells = passkey_grid(&t.model, &t.data.tokenizer, &eval, |d, n| {
+        progress.push((d, n))
+    })
+    .expect("grid");
+    assert_eq!(cells.len(), 4);
+    assert_eq!(progress.last(), Some(&(8, 8)));
+    for c in &cells {
+        assert_eq!(c.trials, 2);
+        assert!(c.correct <= 2);
+        // L = 48: the smallest integer g with (prompt + 4) / g ≤ 48.
+        let need = ((c.length as f32 + 4.0) / 48.0).ceil();
+        assert!(
+            c.g <= need && c.g >= need - 1.0,
+            "length {} got g {}",
+            c.length,
+            c.g
+        );
+    }
+    let table = markdown_table(&cells);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.contains("| 200 |") && table.contains("depth 1"),
+        "{table}"
+    );
+    assert_eq!("auto".parse::<ScaleMode>(), Ok(ScaleMode::Auto));
+    assert_eq!("8".parse::<ScaleMode>(), Ok(ScaleMode::Fixed(8.0)));
+    assert!("-1".parse::<ScaleMode>().is_err());
+}

@@ -3,4 +3,5 @@
 pub mod generate;
 pub mod info;
 pub mod logits;
+pub mod passkey;
 pub mod train;
