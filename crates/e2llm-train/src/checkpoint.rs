@@ -131,16 +131,28 @@ pub struct Loaded {
     pub state: TrainState,
 }
 
-/// Loads the checkpoint in `dir` (model on `device`, moments on `moment_device`).
-pub fn load(dir: &Path, device: &Device, moment_device: &Device) -> Result<Loaded> {
+/// Reads `dir/trainer_state.json` (step, losses, the run's config).
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: format!("{STATE_FILE} is not a trainer state: {e}"),
+    })
+}
+
+/// Loads the rest of the checkpoint in `dir` whose `state` was read with [`read_state`]
+/// (model on `device`, moments on `moment_device`).
+pub fn load(
+    dir: &Path,
+    state: TrainState,
+    device: &Device,
+    moment_device: &Device,
+) -> Result<Loaded> {
     let bad = |reason: String| TrainError::Checkpoint {
         path: dir.to_path_buf(),
         reason,
     };
-    let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: TrainState = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("{STATE_FILE} is not a trainer state: {e}")))?;
     let model = hf::load_dir(dir, device)?;
     let tokenizer = Tokenizer::from_file(&dir.join(hf::TOKENIZER_FILE), model.config.vocab_size)?;
     let opt_path = dir.join(OPTIM_FILE);

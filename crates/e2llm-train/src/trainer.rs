@@ -123,23 +123,9 @@ impl Trainer {
             reason: "no complete checkpoint here (looked for checkpoint/ and checkpoint.old/)"
                 .into(),
         })?;
-        let state_cfg = {
-            let text =
-                std::fs::read_to_string(dir.join(checkpoint::STATE_FILE)).map_err(|source| {
-                    TrainError::Io {
-                        path: dir.join(checkpoint::STATE_FILE),
-                        source,
-                    }
-                })?;
-            serde_json::from_str::<TrainState>(&text)
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.clone(),
-                    reason: format!("unreadable trainer state: {e}"),
-                })?
-                .config
-        };
-        let (device, base) = devices(&state_cfg.backend)?;
-        let loaded = checkpoint::load(&dir, &device, &base)?;
+        let state = checkpoint::read_state(&dir)?;
+        let (device, base) = devices(&state.config.backend)?;
+        let loaded = checkpoint::load(&dir, state, &device, &base)?;
         let cfg = loaded.state.config.clone();
         let data = DataSource::new(
             corpus,
