@@ -1,10 +1,11 @@
-//! `e2llm` — E²-LLM context extension for Llama models: inspect, run and (soon) train.
+//! `e2llm` — E²-LLM context extension for Llama models: inspect, run, train, evaluate.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod plot;
 mod util;
 
 /// E²-LLM: train once on short sequences, read long ones with position interpolation.
@@ -25,8 +26,16 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Passkey retrieval accuracy over a length × depth grid (table + JSON).
     Passkey(cmd::passkey::Args),
+    /// Sliding-window perplexity vs context length on held-out text.
+    Ppl(cmd::ppl::Args),
     /// Train or extend a model (methods: none, pi, pose, yarn, e2llm and its ablations).
     Train(cmd::train::Args),
+    /// The main job: pretrain a tiny Llama, extend it with E²-LLM, find passkeys at 1×..32× L.
+    Quickstart(cmd::experiment::QuickstartArgs),
+    /// Benchmarks (training throughput per backend), as a table and JSON.
+    Bench(cmd::bench::Args),
+    /// The paper's ablation at small scale: one base, every method, one results table.
+    Experiment(cmd::experiment::ExperimentArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,10 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Passkey(a) => cmd::passkey::run(a),
+        Command::Ppl(a) => cmd::ppl::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Quickstart(a) => cmd::experiment::quickstart(a),
+        Command::Experiment(a) => cmd::experiment::experiment(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,10 @@ fn help_is_available_everywhere() {
         &["generate"],
         &["train"],
         &["passkey"],
+        &["ppl"],
+        &["quickstart"],
+        &["experiment"],
+        &["bench", "train"],
     ] {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");
@@ -182,4 +186,173 @@ fn bad_input_gives_one_clear_error() {
         "hi",
     ]);
     assert_clear_error(&o, "tokenizer.json");
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.len() > 100 && b.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+/// `experiment --preset ci`: one base, every arm, evaluated; a well-formed table, JSON, plots;
+/// running it again reuses every finished stage instead of training anew.
+#[test]
+fn experiment_ci_preset_runs_end_to_end() {
+    let out = tmp("experiment");
+    let out_s = out.to_str().expect("utf-8 path");
+    let o = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out_s,
+        "--jobs",
+        "2",
+    ]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("results.json")).expect("results.json written"),
+    )
+    .expect("results.json parses");
+    let results = json["results"].as_array().expect("results array");
+    let names: Vec<&str> = results.iter().filter_map(|r| r["name"].as_str()).collect();
+    let expected = [
+        "base",
+        "none",
+        "pi",
+        "pose",
+        "yarn",
+        "e2llm-g2",
+        "e2llm-g4",
+        "e2llm-no-t",
+        "e2llm-no-g",
+    ];
+    assert_eq!(names, expected);
+    let l = json["orig_len"].as_u64().expect("orig_len") as usize;
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    let table: Vec<&str> = md.lines().filter(|x| x.starts_with("| ")).collect();
+    for r in results {
+        let name = r["name"].as_str().expect("name");
+        let cells = r["passkey"].as_array().expect("passkey cells");
+        let lengths: Vec<u64> = cells.iter().filter_map(|c| c["length"].as_u64()).collect();
+        assert_eq!(lengths, vec![4 * l as u64, 8 * l as u64], "{name}");
+        for c in cells {
+            let (k, n) = (
+                c["correct"].as_u64().expect("n"),
+                c["trials"].as_u64().expect("t"),
+            );
+            assert!(k <= n && n == 1, "{name}: {k}/{n}");
+            assert!(c["g"].as_f64().expect("g") >= 1.0);
+        }
+        let ppl = r["ppl"].as_array().expect("ppl points");
+        assert_eq!(ppl.len(), 2, "{name}");
+        for p in ppl {
+            let v = p["ppl"].as_f64().expect("ppl");
+            // A 512-token vocabulary bounds a sane model's perplexity far below 10^4.
+            assert!(v.is_finite() && v > 1.0 && v < 1e4, "{name}: ppl {v}");
+        }
+        let row = table
+            .iter()
+            .find(|x| x.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no table row for {name}"));
+        // name, g, 2 passkey columns, 2 ppl columns, tok/s.
+        assert_eq!(row.matches('|').count(), 8, "{row}");
+        assert!(
+            is_png(&out.join(format!("passkey_{name}.png"))),
+            "{name} heatmap"
+        );
+    }
+    // E²-LLM picks g per length; the fixed-scale arms do not.
+    let g_of = |name: &str| -> Vec<f64> {
+        results.iter().find(|r| r["name"] == name).expect("arm")["passkey"]
+            .as_array()
+            .expect("cells")
+            .iter()
+            .filter_map(|c| c["g"].as_f64())
+            .collect()
+    };
+    let g = g_of("e2llm-g4");
+    assert!(g[1] > g[0] && g[0] >= 4.0, "{g:?}");
+    assert_eq!(g_of("e2llm-no-g"), vec![4.0, 4.0]);
+    assert_eq!(g_of("none"), vec![1.0, 1.0]);
+    assert!(is_png(&out.join("passkey_vs_length.png")));
+    assert!(is_png(&out.join("ppl_vs_length.png")));
+    // Every arm started from the base checkpoint.
+    let arm_cfg = std::fs::read_to_string(out.join("pi/checkpoint/trainer_state.json"))
+        .expect("pi trainer state");
+    assert!(arm_cfg.contains("base/checkpoint"), "{arm_cfg}");
+
+    // A second run reuses all of it (the stages finished, nothing is rewritten) and writes
+    // the same table.
+    let state = out.join("e2llm-g4/checkpoint/trainer_state.json");
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let before = mtime(&state);
+    let again = e2llm(&["experiment", "--preset", "ci", "--out", out_s]);
+    assert!(again.status.success(), "stderr: {}", stderr(&again));
+    let md2 = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    let strip_tps = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|x| x.starts_with("| "))
+            .map(|x| x.rsplitn(3, '|').nth(2).unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(strip_tps(&md), strip_tps(&md2));
+    assert_eq!(mtime(&state), before, "a finished stage was trained again");
+
+    // A different plan in the same directory is refused, not overwritten.
+    let clash = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out_s,
+        "--base-steps",
+        "5",
+    ]);
+    assert_clear_error(&clash, "different config");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn ppl_reports_every_length() {
+    let out = tmp("ppl");
+    let json = out.join("ppl.json");
+    let o = e2llm(&[
+        "ppl",
+        "--model",
+        case("tokenizer_demo").to_str().expect("utf-8"),
+        "--lengths",
+        "16,32",
+        "--max-windows",
+        "2",
+        "--json",
+        json.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    let pts = v["points"].as_array().expect("points");
+    assert_eq!(pts.len(), 2);
+    for p in pts {
+        let (nll, ppl) = (
+            p["nll"].as_f64().expect("nll"),
+            p["ppl"].as_f64().expect("ppl"),
+        );
+        assert!((ppl - nll.exp()).abs() < 1e-6 * ppl, "{p}");
+        assert_eq!(
+            p["tokens"].as_u64(),
+            Some(2 * p["length"].as_u64().expect("len"))
+        );
+    }
+    let bad = e2llm(&[
+        "ppl",
+        "--model",
+        case("tokenizer_demo").to_str().expect("utf-8"),
+        "--lengths",
+        "0",
+    ]);
+    assert_clear_error(&bad, "--lengths");
+    std::fs::remove_dir_all(&out).ok();
 }

@@ -10,9 +10,11 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod loss;
 pub mod method;
 pub mod optim;
+pub mod ppl;
 pub mod trainer;
 
 pub use config::{Method, ModelShape, TrainConfig};

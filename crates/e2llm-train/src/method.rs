@@ -22,8 +22,8 @@ pub struct Placement {
 /// A method bound to its lengths, ready to place batches.
 #[derive(Debug, Clone)]
 pub enum Placer {
-    /// Contiguous positions with a fixed scale.
-    Fixed(u32),
+    /// Contiguous positions `0..R`, scale 1 (any scaling lives in the model config).
+    Plain,
     /// PoSE skips.
     Pose(PoseSampler),
     /// E²-LLM (and its ablations).
@@ -38,8 +38,9 @@ impl Placer {
             reason: format!("method {method:?}: {e}"),
         };
         Ok(match method {
-            Method::None | Method::Yarn { .. } => Placer::Fixed(1),
-            Method::Pi { g } => Placer::Fixed(g),
+            // PI and YaRN carry their scaling in the model config (written to config.json, so
+            // inference applies it too); positions stay plain here or it would apply twice.
+            Method::None | Method::Yarn { .. } | Method::Pi { .. } => Placer::Plain,
             Method::Pose { s } => {
                 Placer::Pose(PoseSampler::new(orig_len, train_len, s).map_err(bad)?)
             }
@@ -67,10 +68,10 @@ impl Placer {
         let mut pos = Vec::with_capacity(batch * len);
         let (mut g, mut t) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
         match self {
-            Placer::Fixed(s) => {
+            Placer::Plain => {
                 for _ in 0..batch {
                     pos.extend(contiguous_positions(len));
-                    g.push(*s);
+                    g.push(1);
                     t.push(0);
                 }
             }

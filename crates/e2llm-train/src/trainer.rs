@@ -38,6 +38,15 @@ pub struct StepReport {
     pub t: Vec<usize>,
 }
 
+impl StepReport {
+    /// The step as one JSON line for `log.jsonl`.
+    pub fn log_line(&self) -> String {
+        serde_json::json!({"step": self.step, "loss": self.loss, "lr": self.lr,
+            "grad_norm": self.grad_norm, "tokens_per_s": self.tokens_per_s})
+        .to_string()
+    }
+}
+
 /// A training run in progress.
 pub struct Trainer {
     /// The run's config.

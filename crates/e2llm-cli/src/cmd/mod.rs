@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod experiment;
 pub mod generate;
 pub mod info;
 pub mod logits;
 pub mod passkey;
+pub mod ppl;
 pub mod train;

@@ -44,6 +44,9 @@ pub struct Args {
     /// Write the grid as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw the grid as a PNG heatmap here (default: beside --json, with a .png extension).
+    #[arg(long)]
+    png: Option<PathBuf>,
 }
 
 /// Runs the grid and prints the table.
@@ -117,6 +120,21 @@ pub fn run(a: Args) -> Result<()> {
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         println!("\nwrote {}", path.display());
+    }
+    if let Some(png) = a
+        .png
+        .or_else(|| a.json.as_ref().map(|j| j.with_extension("png")))
+    {
+        crate::plot::passkey_heatmap(
+            &cells,
+            &format!(
+                "passkey accuracy: {} (L = {})",
+                a.model.display(),
+                cfg.max_position_embeddings
+            ),
+            &png,
+        )?;
+        println!("wrote {}", png.display());
     }
     Ok(())
 }

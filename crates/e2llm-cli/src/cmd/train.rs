@@ -68,12 +68,7 @@ pub fn run(a: Args) -> Result<()> {
             "loss {:.3}  lr {:.2e}  |g| {:.2}  {:.0} tok/s",
             r.loss, r.lr, r.grad_norm, r.tokens_per_s
         ));
-        let _ = writeln!(
-            log,
-            "{}",
-            serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr,
-                "grad_norm": r.grad_norm, "tokens_per_s": r.tokens_per_s})
-        );
+        let _ = writeln!(log, "{}", r.log_line());
     });
     bar.finish();
     let ckpt = ckpt?;

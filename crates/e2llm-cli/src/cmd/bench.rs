@@ -1,0 +1,130 @@
+//! `e2llm bench train`: training throughput of the quickstart model per backend.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use e2llm_train::config::apply_overrides;
+use e2llm_train::data::Corpus;
+use e2llm_train::experiment::{Plan, Preset};
+use e2llm_train::Trainer;
+
+use crate::util::parse_list;
+
+/// Arguments of `e2llm bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum What {
+    /// Training tokens/s of the quickstart base model (forward, backward, AdamW) per backend.
+    Train(TrainArgs),
+}
+
+/// Arguments of `e2llm bench train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Backends to measure, comma-separated; one that cannot start is reported and skipped.
+    #[arg(long, default_value = "cpu,wgpu")]
+    backends: String,
+    /// Timed optimizer steps per backend.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed warm-up steps before them (kernel compilation, allocator growth).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Override a field of the training config, e.g. `--set batch_size=32`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs the benchmark.
+pub fn run(a: Args) -> Result<()> {
+    match a.what {
+        What::Train(t) => train(t),
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
+    let backends: Vec<String> = parse_list(&a.backends, "--backends")?;
+    let corpus = Corpus::embedded()?;
+    let tmp = std::env::temp_dir().join(format!("e2llm-bench-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for name in &backends {
+        let mut cfg = Plan::preset(Preset::Quickstart).base;
+        cfg.backend = name.clone();
+        cfg.checkpoint_every = 0;
+        cfg.steps = a.warmup + a.steps;
+        let cfg = apply_overrides(&cfg, &a.set)?;
+        let mut trainer = match Trainer::new(cfg.clone(), &tmp.join(name), &corpus) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{name}: skipped ({e})");
+                rows.push(serde_json::json!({"backend": name, "skipped": e.to_string()}));
+                continue;
+            }
+        };
+        eprintln!("{name}: {} warm-up + {} timed steps …", a.warmup, a.steps);
+        for _ in 0..a.warmup {
+            trainer.step()?;
+        }
+        let t0 = Instant::now();
+        let mut loss = 0.0;
+        for _ in 0..a.steps {
+            loss = trainer.step()?.loss;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let tokens = (a.steps * cfg.batch_size * cfg.grad_accum * cfg.train_len) as f64;
+        rows.push(serde_json::json!({
+            "backend": name,
+            "adapter": if name == "cpu" { "burn flex (CPU)" } else { "burn wgpu, default adapter" },
+            "steps": a.steps,
+            "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.train_len,
+            "seconds": secs,
+            "tokens_per_s": tokens / secs,
+            "ms_per_step": 1e3 * secs / a.steps as f64,
+            "final_loss": loss,
+            "params": trainer.model.config.num_parameters(),
+        }));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("training throughput, quickstart model; host: {host}, {threads} threads\n");
+    println!("| backend | device | ms/step | tokens/s |\n|---|---|---:|---:|");
+    for r in &rows {
+        if let Some(why) = r.get("skipped") {
+            println!("| {} | skipped: {} | – | – |", r["backend"], why);
+        } else {
+            println!(
+                "| {} | {} | {:.1} | {:.0} |",
+                r["backend"].as_str().unwrap_or("?"),
+                r["adapter"].as_str().unwrap_or("?"),
+                r["ms_per_step"].as_f64().unwrap_or(f64::NAN),
+                r["tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({"host": host, "threads": threads, "results": rows});
+        e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}

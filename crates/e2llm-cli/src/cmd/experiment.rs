@@ -1,0 +1,263 @@
+//! `e2llm quickstart` and `e2llm experiment`: pretrain a base, extend it, evaluate, report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use e2llm_train::data::Corpus;
+use e2llm_train::experiment::{self, Observer, Plan, Preset, Report};
+use e2llm_train::StepReport;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::plot;
+
+/// Arguments of `e2llm quickstart`.
+#[derive(clap::Args, Debug)]
+pub struct QuickstartArgs {
+    /// Run directory (base/, e2llm/, results and plots). Running again continues or reuses it.
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Arguments of `e2llm experiment`.
+#[derive(clap::Args, Debug)]
+pub struct ExperimentArgs {
+    /// `ci` (test-sized, minutes) or `paper` (the README's table).
+    #[arg(long, default_value = "ci")]
+    preset: Preset,
+    /// Output directory (default: runs/experiment-<preset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Extension arms trained at the same time (each takes one training thread).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Only these arms, comma-separated (default: all of the preset's).
+    #[arg(long)]
+    arms: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Overrides shared by both commands.
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// Compute backend of training and evaluation.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
+    backend: String,
+    /// Base pretraining steps (default: the preset's).
+    #[arg(long)]
+    base_steps: Option<usize>,
+    /// Extension steps per arm (default: the preset's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Passkey trials per (length, depth) cell (default: the preset's).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Override a field of every stage's training config, e.g. `--set passkey_share=0.7`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Override a field of the extension stages only, e.g. `--set-extend lr=5e-4`.
+    #[arg(long = "set-extend", value_name = "KEY=VALUE")]
+    set_extend: Vec<String>,
+}
+
+fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
+    plan = plan.with_backend(&c.backend);
+    if let Some(s) = c.base_steps {
+        plan.base.steps = s;
+    }
+    if let Some(s) = c.steps {
+        plan.extend.steps = s;
+    }
+    if let Some(t) = c.trials {
+        anyhow::ensure!(t > 0, "--trials must be at least 1");
+        plan.eval.trials = t;
+    }
+    plan.base = e2llm_train::config::apply_overrides(&plan.base, &c.set)?;
+    plan.extend = e2llm_train::config::apply_overrides(&plan.extend, &c.set)?;
+    plan.extend = e2llm_train::config::apply_overrides(&plan.extend, &c.set_extend)?;
+    for cfg in [&plan.base, &plan.extend] {
+        cfg.validate()
+            .map_err(|r| anyhow::anyhow!("invalid stage config: {r}"))?;
+    }
+    Ok(plan)
+}
+
+/// Progress bars, one per running stage.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    fn bar(&self, name: &str, len: usize, pos: usize, what: &str) -> ProgressBar {
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{name}/{what}");
+        bars.entry(key)
+            .or_insert_with(|| {
+                let b = self.multi.add(ProgressBar::new(len as u64));
+                b.set_style(
+                    ProgressStyle::with_template(&format!(
+                        "{{spinner}} {name:>12} {what:<5} [{{elapsed_precise}}<{{eta_precise}}] \
+                         {{bar:24}} {{pos}}/{{len}} {{msg}}"
+                    ))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b.set_position(pos as u64);
+                b
+            })
+            .clone()
+    }
+}
+
+impl Observer for Bars {
+    fn stage(&self, name: &str, done: usize, steps: usize) {
+        let b = self.bar(name, steps, done, "train");
+        if done >= steps {
+            b.finish_with_message("(done earlier, reused)");
+        }
+    }
+    fn step(&self, name: &str, r: &StepReport) {
+        let b = self.bar(name, r.steps, r.step, "train");
+        b.set_position(r.step as u64);
+        b.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
+        if r.step >= r.steps {
+            b.finish();
+        }
+    }
+    fn eval(&self, name: &str, done: usize, total: usize) {
+        let b = self.bar(name, total, done, "eval");
+        b.set_position(done as u64);
+    }
+    fn done(&self, name: &str) {
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = bars.get(&format!("{name}/eval")) {
+            b.finish();
+        }
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    e2llm_model::weights::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes results.md, results.json and the plots; prints the table.
+fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
+    let table = rep.markdown();
+    let md = format!(
+        "# {title}\n\nL = {} tokens; passkey: {} trials per (length, depth) cell, depths {:?}; \
+         values are accuracy averaged over depths.\n\n{table}\n## Passkey grids\n\n{}",
+        rep.orig_len,
+        rep.plan.eval.trials,
+        rep.plan.eval.depths,
+        rep.grids_markdown()
+    );
+    write(&out.join("results.md"), md.as_bytes())?;
+    write(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(rep)?.as_bytes(),
+    )?;
+    let mut curves = Vec::new();
+    let mut ppl = Vec::new();
+    for r in &rep.results {
+        plot::passkey_heatmap(
+            &r.passkey,
+            &format!("passkey accuracy: {} (L = {})", r.name, rep.orig_len),
+            &out.join(format!("passkey_{}.png", r.name)),
+        )?;
+        curves.push(plot::Series {
+            name: r.name.clone(),
+            points: rep
+                .passkey_lengths()
+                .into_iter()
+                .filter_map(|l| r.passkey_at(l).map(|a| (l, 100.0 * a)))
+                .collect(),
+        });
+        ppl.push(plot::Series {
+            name: r.name.clone(),
+            points: r.ppl.iter().map(|p| (p.length, p.ppl)).collect(),
+        });
+    }
+    plot::curves(
+        &curves,
+        "passkey accuracy vs context length",
+        "accuracy (%)",
+        &out.join("passkey_vs_length.png"),
+    )?;
+    if ppl.iter().any(|s| !s.points.is_empty()) {
+        plot::curves(
+            &ppl,
+            "held-out perplexity vs context length",
+            "perplexity",
+            &out.join("ppl_vs_length.png"),
+        )?;
+    }
+    println!("\n{title} (L = {} tokens)\n\n{table}", rep.orig_len);
+    println!(
+        "results: {0}/results.md, {0}/results.json; plots: {0}/*.png",
+        out.display()
+    );
+    Ok(())
+}
+
+fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str) -> Result<Report> {
+    let corpus = Corpus::embedded()?;
+    let bars = Bars {
+        multi: MultiProgress::new(),
+        bars: Mutex::new(HashMap::new()),
+    };
+    let rep = experiment::run(plan, out, &corpus, jobs, &bars)?;
+    report(&rep, out, title)?;
+    Ok(rep)
+}
+
+/// `e2llm quickstart`.
+pub fn quickstart(a: QuickstartArgs) -> Result<()> {
+    let plan = apply(Plan::preset(Preset::Quickstart), &a.common)?;
+    println!(
+        "quickstart: pretrain a {}-layer, {}-wide Llama at L = {} for {} steps, extend it with \
+         E²-LLM ({} steps), then find passkeys at {:?}× L. Output: {}",
+        plan.base.model.num_hidden_layers,
+        plan.base.model.hidden_size,
+        plan.base.orig_len,
+        plan.base.steps,
+        plan.extend.steps,
+        plan.eval.passkey_multiples,
+        a.out.display()
+    );
+    execute(&plan, &a.out, 1, "E²-LLM quickstart")?;
+    Ok(())
+}
+
+/// `e2llm experiment`.
+pub fn experiment(a: ExperimentArgs) -> Result<()> {
+    let mut plan = apply(Plan::preset(a.preset), &a.common)?;
+    if let Some(list) = &a.arms {
+        let want: Vec<&str> = list.split(',').map(str::trim).collect();
+        for w in &want {
+            anyhow::ensure!(
+                plan.arms.iter().any(|x| x.name == *w),
+                "--arms: no arm `{w}` in this preset (it has: {})",
+                plan.arms
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        plan.arms.retain(|x| want.contains(&x.name.as_str()));
+    }
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/experiment-{}",
+            format!("{:?}", a.preset).to_lowercase()
+        ))
+    });
+    let title = format!("E²-LLM ablation ({:?} preset)", a.preset);
+    execute(&plan, &out, a.jobs, &title)?;
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! Multi-stage runs: pretrain one base model at `L`, extend it with one or more methods on
+//! equal token budgets, and evaluate each on passkey retrieval and perplexity at multiples of
+//! `L`. `e2llm quickstart` is the one-arm case; `e2llm experiment` the paper's ablation.
+//!
+//! Every stage is a normal run directory (checkpoints, `log.jsonl`), so an interrupted
+//! experiment continues where it stopped when run again with the same plan.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use e2llm_model::{backend, checkpoint as hf, Tokenizer};
+use serde::Serialize;
+
+use crate::checkpoint;
+use crate::config::{Method, TrainConfig};
+use crate::data::Corpus;
+use crate::error::{Result, TrainError};
+use crate::eval::{markdown_table, passkey_grid, Cell, PasskeyEval, ScaleMode};
+use crate::ppl::{perplexity, PplPoint};
+use crate::trainer::{StepReport, Trainer};
+
+/// One extension arm: a method trained from the base checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Arm {
+    /// Short name (also the stage directory).
+    pub name: String,
+    /// The method.
+    pub method: Method,
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalPlan {
+    /// Passkey prompt lengths as multiples of `L`.
+    pub passkey_multiples: Vec<usize>,
+    /// Key depths.
+    pub depths: Vec<f64>,
+    /// Trials per (length, depth) cell.
+    pub trials: usize,
+    /// Tokens generated per answer.
+    pub max_new_tokens: usize,
+    /// Perplexity context lengths as multiples of `L` (empty = no perplexity).
+    pub ppl_multiples: Vec<usize>,
+    /// Windows per perplexity length.
+    pub ppl_windows: usize,
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The base pretraining run (method `none`).
+    pub base: TrainConfig,
+    /// Template of every extension run (`init` and `method` are set per arm).
+    pub extend: TrainConfig,
+    /// The extension arms.
+    pub arms: Vec<Arm>,
+    /// Evaluation.
+    pub eval: EvalPlan,
+}
+
+/// The named plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Preset {
+    /// `e2llm quickstart`: base + E²-LLM, passkey at 1×…32× `L`.
+    Quickstart,
+    /// The full ablation at test size (a few minutes).
+    Ci,
+    /// The full ablation at the size the README reports.
+    Paper,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "quickstart" => Ok(Self::Quickstart),
+            "ci" => Ok(Self::Ci),
+            "paper" => Ok(Self::Paper),
+            _ => Err(format!("unknown preset `{s}` (quickstart, ci, paper)")),
+        }
+    }
+}
+
+/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max`, and the two
+/// ablations at the largest `g_max`.
+pub fn ablation_arms(target: u32, g_maxes: &[u32]) -> Vec<Arm> {
+    let arm = |name: &str, method| Arm {
+        name: name.into(),
+        method,
+    };
+    let g_top = g_maxes.iter().copied().max().unwrap_or(target);
+    let mut arms = vec![
+        arm("none", Method::None),
+        arm("pi", Method::Pi { g: target }),
+        arm("pose", Method::Pose { s: target }),
+        arm(
+            "yarn",
+            Method::Yarn {
+                factor: target as f64,
+            },
+        ),
+    ];
+    for &g in g_maxes {
+        arms.push(arm(
+            &format!("e2llm-g{g}"),
+            Method::E2llm {
+                g_max: g,
+                per_batch: false,
+            },
+        ));
+    }
+    arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }));
+    arms.push(arm("e2llm-no-g", Method::E2llmNoG { g: target }));
+    arms
+}
+
+impl Plan {
+    /// The plan of a preset.
+    pub fn preset(p: Preset) -> Self {
+        let mut base = TrainConfig {
+            checkpoint_every: 250,
+            ..TrainConfig::default()
+        };
+        let mut extend = TrainConfig {
+            lr: 1e-3,
+            warmup_steps: 20,
+            checkpoint_every: 250,
+            ..TrainConfig::default()
+        };
+        let depths = vec![0.0, 0.25, 0.5, 0.75, 1.0];
+        match p {
+            Preset::Quickstart => {
+                base.steps = 800;
+                extend.steps = 800;
+                Self {
+                    base,
+                    extend,
+                    arms: vec![Arm {
+                        name: "e2llm".into(),
+                        method: Method::E2llm {
+                            g_max: 36,
+                            per_batch: false,
+                        },
+                    }],
+                    eval: EvalPlan {
+                        passkey_multiples: vec![1, 2, 4, 8, 16, 32],
+                        depths,
+                        trials: 4,
+                        max_new_tokens: 8,
+                        ppl_multiples: vec![],
+                        ppl_windows: 0,
+                    },
+                }
+            }
+            Preset::Ci => {
+                for c in [&mut base, &mut extend] {
+                    c.model.hidden_size = 32;
+                    c.model.num_hidden_layers = 1;
+                    c.model.num_attention_heads = 2;
+                    c.model.num_key_value_heads = 1;
+                    c.model.intermediate_size = 64;
+                    c.model.vocab_size = 512;
+                    c.orig_len = 64;
+                    c.train_len = 64;
+                    c.batch_size = 2;
+                    c.passkey_share = 0.0;
+                    c.checkpoint_every = 0;
+                }
+                base.steps = 4;
+                extend.steps = 2;
+                extend.warmup_steps = 0;
+                Self {
+                    base,
+                    extend,
+                    arms: ablation_arms(4, &[2, 4]),
+                    eval: EvalPlan {
+                        passkey_multiples: vec![4, 8],
+                        depths: vec![0.5],
+                        trials: 1,
+                        max_new_tokens: 4,
+                        ppl_multiples: vec![1, 4],
+                        ppl_windows: 1,
+                    },
+                }
+            }
+            Preset::Paper => {
+                base.steps = 1500;
+                extend.steps = 1000;
+                Self {
+                    base,
+                    extend,
+                    arms: ablation_arms(32, &[5, 10, 20, 36]),
+                    eval: EvalPlan {
+                        passkey_multiples: vec![1, 2, 4, 8, 16, 32],
+                        depths,
+                        trials: 10,
+                        max_new_tokens: 8,
+                        ppl_multiples: vec![1, 2, 4, 8, 16, 32],
+                        ppl_windows: 4,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Sets the compute backend of every stage.
+    pub fn with_backend(mut self, backend: &str) -> Self {
+        self.base.backend = backend.into();
+        self.extend.backend = backend.into();
+        self
+    }
+
+    /// The run config of an arm, starting from the base checkpoint `init`.
+    pub fn arm_config(&self, arm: &Arm, init: &Path) -> TrainConfig {
+        TrainConfig {
+            init: Some(init.display().to_string()),
+            method: arm.method,
+            ..self.extend.clone()
+        }
+    }
+}
+
+/// How a model trained with `method` is read at length `ℓ`: E²-LLM picks `g` per length
+/// (METHOD.md's safe rule, `(prompt + answer) / g ≤ L`); the no-g ablation keeps its one `g`;
+/// PI and YaRN carry their scaling in `config.json`; `none` and PoSE read plain positions.
+pub fn inference_scale(method: Method) -> ScaleMode {
+    match method {
+        Method::E2llm { .. } | Method::E2llmNoT { .. } => ScaleMode::Safe,
+        Method::E2llmNoG { g } => ScaleMode::Fixed(g as f32),
+        Method::None | Method::Pi { .. } | Method::Pose { .. } | Method::Yarn { .. } => {
+            ScaleMode::Fixed(1.0)
+        }
+    }
+}
+
+/// Results of one evaluated model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmResult {
+    /// Arm name (`base` for the pretrained model).
+    pub name: String,
+    /// Method it was trained with.
+    pub method: Method,
+    /// How `g` was chosen at inference.
+    pub inference: String,
+    /// Final checkpoint.
+    pub checkpoint: PathBuf,
+    /// Mean training loss of the last 20 steps.
+    pub final_loss: f32,
+    /// Mean training tokens/s.
+    pub tokens_per_s: f64,
+    /// Passkey grid.
+    pub passkey: Vec<Cell>,
+    /// Perplexity vs length.
+    pub ppl: Vec<PplPoint>,
+}
+
+impl ArmResult {
+    /// Passkey accuracy at `length`, averaged over depths.
+    pub fn passkey_at(&self, length: usize) -> Option<f64> {
+        let cells: Vec<&Cell> = self.passkey.iter().filter(|c| c.length == length).collect();
+        (!cells.is_empty())
+            .then(|| cells.iter().map(|c| c.accuracy()).sum::<f64>() / cells.len() as f64)
+    }
+}
+
+/// The whole experiment's results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The plan that ran.
+    pub plan: Plan,
+    /// `L`.
+    pub orig_len: usize,
+    /// The base model, then each arm.
+    pub results: Vec<ArmResult>,
+}
+
+impl Report {
+    /// Passkey lengths evaluated, in tokens.
+    pub fn passkey_lengths(&self) -> Vec<usize> {
+        let m = &self.plan.eval.passkey_multiples;
+        m.iter().map(|k| k * self.orig_len).collect()
+    }
+
+    /// One table: a row per model, passkey accuracy per length, then perplexity per length.
+    pub fn markdown(&self) -> String {
+        let l = self.orig_len;
+        let pk = &self.plan.eval.passkey_multiples;
+        let pp = &self.plan.eval.ppl_multiples;
+        let mut s = String::from("| model | inference g |");
+        for k in pk {
+            s += &format!(" passkey {k}× |");
+        }
+        for k in pp {
+            s += &format!(" ppl {k}× |");
+        }
+        s += " tok/s |\n|---|---|";
+        s += &"---:|".repeat(pk.len() + pp.len() + 1);
+        s.push('\n');
+        for r in &self.results {
+            s += &format!("| {} | {} |", r.name, r.inference);
+            for k in pk {
+                match r.passkey_at(k * l) {
+                    Some(a) => s += &format!(" {:.0}% |", 100.0 * a),
+                    None => s += " – |",
+                }
+            }
+            for k in pp {
+                match r.ppl.iter().find(|p| p.length == k * l) {
+                    Some(p) => s += &format!(" {:.1} |", p.ppl),
+                    None => s += " – |",
+                }
+            }
+            s += &format!(" {:.0} |\n", r.tokens_per_s);
+        }
+        s
+    }
+
+    /// Each model's passkey grid (length × depth) as markdown.
+    pub fn grids_markdown(&self) -> String {
+        self.results
+            .iter()
+            .map(|r| format!("### {}\n\n{}", r.name, markdown_table(&r.passkey)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// What a running experiment tells its caller. Called from worker threads when arms run in
+/// parallel, hence `Sync`.
+pub trait Observer: Sync {
+    /// A stage starts (or resumes at `done` of `steps`).
+    fn stage(&self, name: &str, done: usize, steps: usize);
+    /// A training step finished.
+    fn step(&self, name: &str, report: &StepReport);
+    /// Evaluation progress of a stage.
+    fn eval(&self, name: &str, done: usize, total: usize);
+    /// A stage finished (trained and evaluated).
+    fn done(&self, name: &str);
+}
+
+/// Trains `cfg` in `dir`, or continues it, or reuses it when it already finished. A directory
+/// holding a different run is an error rather than something to overwrite.
+pub fn train_stage(
+    name: &str,
+    cfg: &TrainConfig,
+    dir: &Path,
+    corpus: &Corpus,
+    obs: &dyn Observer,
+) -> Result<(PathBuf, f64)> {
+    let mut trainer = match checkpoint::latest(dir) {
+        Some(ckpt) => {
+            let state = checkpoint::read_state(&ckpt)?;
+            if state.config != *cfg {
+                return Err(TrainError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    reason: "holds a run with a different config; use another output \
+                             directory or delete this one"
+                        .into(),
+                });
+            }
+            if state.step >= cfg.steps {
+                obs.stage(name, state.step, cfg.steps);
+                return Ok((ckpt, 0.0));
+            }
+            Trainer::resume(dir, corpus)?
+        }
+        None => Trainer::new(cfg.clone(), dir, corpus)?,
+    };
+    obs.stage(name, trainer.step, cfg.steps);
+    let log_path = dir.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| TrainError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+    let mut tps = Vec::new();
+    let ckpt = trainer.run(|r| {
+        use std::io::Write;
+        tps.push(r.tokens_per_s);
+        let _ = writeln!(log, "{}", r.log_line());
+        obs.step(name, r);
+    })?;
+    let mean = tps.iter().sum::<f64>() / tps.len().max(1) as f64;
+    Ok((ckpt, mean))
+}
+
+/// Evaluates the model in `ckpt` (passkey grid and perplexity), on `backend`.
+pub fn evaluate(
+    name: &str,
+    method: Method,
+    ckpt: &Path,
+    plan: &EvalPlan,
+    heldout: &str,
+    backend_name: &str,
+    obs: &dyn Observer,
+) -> Result<(Vec<Cell>, Vec<PplPoint>)> {
+    let device = backend::device(backend_name)?;
+    let model = hf::load_dir(ckpt, &device)?;
+    let tok = Tokenizer::from_file(&ckpt.join(hf::TOKENIZER_FILE), model.config.vocab_size)?;
+    let l = model.config.max_position_embeddings;
+    let scale = inference_scale(method);
+    let eval = PasskeyEval {
+        lengths: plan.passkey_multiples.iter().map(|k| k * l).collect(),
+        depths: plan.depths.clone(),
+        trials: plan.trials,
+        max_new_tokens: plan.max_new_tokens,
+        scale,
+        filler: e2llm_core::passkey::Filler::Standard,
+        seed: 0,
+    };
+    let pk_total = eval.lengths.len() * eval.depths.len() * eval.trials;
+    let ppl_total = plan.ppl_multiples.len() * plan.ppl_windows;
+    let total = pk_total + ppl_total;
+    let cells = passkey_grid(&model, &tok, &eval, |d, _| obs.eval(name, d, total))?;
+    let mut ppl = Vec::new();
+    if !plan.ppl_multiples.is_empty() {
+        let lengths: Vec<usize> = plan.ppl_multiples.iter().map(|k| k * l).collect();
+        let longest = lengths.iter().copied().max().unwrap_or(l);
+        // Enough held-out text for every window (about 3 characters a token, doubled).
+        let need = 6 * (longest + 1) * plan.ppl_windows.max(1);
+        let text: String = heldout.chars().take(need.max(20_000)).collect();
+        let tokens = tok.encode(&text, false)?;
+        ppl = perplexity(
+            &model,
+            &tokens,
+            &lengths,
+            None,
+            scale,
+            plan.ppl_windows,
+            |d, _| obs.eval(name, pk_total + d, total),
+        )?;
+    }
+    Ok((cells, ppl))
+}
+
+fn scale_label(s: ScaleMode) -> String {
+    match s {
+        ScaleMode::Auto => "ceil(len/L)".into(),
+        ScaleMode::Safe => "ceil((len+answer)/L)".into(),
+        ScaleMode::Fixed(1.0) => "1 (config)".into(),
+        ScaleMode::Fixed(g) => format!("{g}"),
+    }
+}
+
+fn final_loss(ckpt: &Path) -> Result<f32> {
+    let state = checkpoint::read_state(ckpt)?;
+    let tail = &state.losses[state.losses.len().saturating_sub(20)..];
+    Ok(tail.iter().sum::<f32>() / tail.len().max(1) as f32)
+}
+
+/// Runs the plan in `out`: the base, then the arms (`jobs` at a time), each evaluated.
+pub fn run(
+    plan: &Plan,
+    out: &Path,
+    corpus: &Corpus,
+    jobs: usize,
+    obs: &dyn Observer,
+) -> Result<Report> {
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let (base_ckpt, base_tps) = train_stage("base", &plan.base, &out.join("base"), corpus, obs)?;
+    let (cells, ppl) = evaluate(
+        "base",
+        Method::None,
+        &base_ckpt,
+        &plan.eval,
+        &corpus.heldout,
+        &plan.base.backend,
+        obs,
+    )?;
+    obs.done("base");
+    let base = ArmResult {
+        name: "base".into(),
+        method: Method::None,
+        inference: scale_label(inference_scale(Method::None)),
+        final_loss: final_loss(&base_ckpt)?,
+        checkpoint: base_ckpt.clone(),
+        tokens_per_s: base_tps,
+        passkey: cells,
+        ppl,
+    };
+    let results: Mutex<Vec<Option<Result<ArmResult>>>> =
+        Mutex::new(plan.arms.iter().map(|_| None).collect());
+    let next = Mutex::new(0usize);
+    let one = |i: usize| -> Result<ArmResult> {
+        let arm = &plan.arms[i];
+        let cfg = plan.arm_config(arm, &base_ckpt);
+        let (ckpt, tps) = train_stage(&arm.name, &cfg, &out.join(&arm.name), corpus, obs)?;
+        let (cells, ppl) = evaluate(
+            &arm.name,
+            arm.method,
+            &ckpt,
+            &plan.eval,
+            &corpus.heldout,
+            &cfg.backend,
+            obs,
+        )?;
+        obs.done(&arm.name);
+        Ok(ArmResult {
+            name: arm.name.clone(),
+            method: arm.method,
+            inference: scale_label(inference_scale(arm.method)),
+            final_loss: final_loss(&ckpt)?,
+            checkpoint: ckpt,
+            tokens_per_s: tps,
+            passkey: cells,
+            ppl,
+        })
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, plan.arms.len().max(1)) {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                if i >= plan.arms.len() {
+                    break;
+                }
+                let r = one(i);
+                let failed = r.is_err();
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                if failed {
+                    // Stop handing out arms; the ones running finish.
+                    *next.lock().unwrap_or_else(|e| e.into_inner()) = plan.arms.len();
+                }
+            });
+        }
+    });
+    let mut all = vec![base];
+    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        match r {
+            Some(r) => all.push(r?),
+            None => continue,
+        }
+    }
+    Ok(Report {
+        plan: plan.clone(),
+        orig_len: plan.base.orig_len,
+        results: all,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_share_one_base_and_budget() {
+        for p in [Preset::Quickstart, Preset::Ci, Preset::Paper] {
+            let plan = Plan::preset(p);
+            plan.base.validate().expect("base config valid");
+            for arm in &plan.arms {
+                let cfg = plan.arm_config(arm, Path::new("/base"));
+                cfg.validate().expect("arm config valid");
+                assert_eq!(cfg.steps, plan.extend.steps, "equal token budgets");
+                crate::method::Placer::new(cfg.method, cfg.orig_len, cfg.train_len)
+                    .expect("method binds to L and R");
+            }
+            assert_eq!(plan.base.method, Method::None);
+        }
+        let names: Vec<String> = Plan::preset(Preset::Paper)
+            .arms
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        for n in [
+            "none",
+            "pi",
+            "pose",
+            "yarn",
+            "e2llm-g5",
+            "e2llm-g10",
+            "e2llm-g20",
+        ] {
+            assert!(names.iter().any(|x| x == n), "paper preset lacks {n}");
+        }
+        assert!(names.iter().any(|x| x == "e2llm-no-t") && names.iter().any(|x| x == "e2llm-no-g"));
+    }
+}
