@@ -79,7 +79,7 @@ def main():
     t0 = time.perf_counter()
     for _ in range(a.steps):
         loss = step()
-    loss = float(loss)
+    loss = float(loss.detach())
     if a.device.startswith("cuda"):
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0

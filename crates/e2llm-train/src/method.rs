@@ -146,3 +146,57 @@ pub fn model_config(
     c.eos_token_id = Vec::new();
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Every method divides positions by its scale exactly once: PI and YaRN through the model
+    /// config (which inference reads too), E²-LLM and its ablations through the placement.
+    #[test]
+    fn each_method_applies_its_scale_once() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let cases = [
+            (Method::None, 1.0, 1.0),
+            (Method::Pi { g: 4 }, 4.0, 1.0),
+            (Method::Yarn { factor: 4.0 }, 4.0, 1.0),
+            (Method::Pose { s: 4 }, 1.0, 1.0),
+            (Method::E2llmNoG { g: 4 }, 1.0, 4.0),
+        ];
+        for (m, config_factor, placed) in cases {
+            let p = Placer::new(m, 32, 32)
+                .expect("placer")
+                .place(3, 32, &mut rng);
+            assert!(
+                p.positions.scale.iter().all(|&s| s == placed),
+                "{m:?}: {:?}",
+                p.positions.scale
+            );
+            let f = rope_scaling_for(m, 32).factor().unwrap_or(1.0);
+            assert_eq!(f, config_factor, "{m:?}");
+        }
+        let e2 = Placer::new(
+            Method::E2llm {
+                g_max: 8,
+                per_batch: false,
+            },
+            32,
+            32,
+        )
+        .expect("placer");
+        let p = e2.place(64, 32, &mut rng);
+        assert!(p.positions.scale.iter().any(|&s| s > 1.0));
+        assert_eq!(
+            rope_scaling_for(
+                Method::E2llm {
+                    g_max: 8,
+                    per_batch: false
+                },
+                32
+            )
+            .factor(),
+            None
+        );
+    }
+}
