@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch twin of `e2llm bench train`: the same Llama (HF transformers' LlamaForCausalLM with the
-quickstart base config), the same batch (16 x 128 tokens), the same optimizer (AdamW, beta 0.9/0.95,
+quickstart base config), the same batch (8 x 256 tokens), the same optimizer (AdamW, beta 0.9/0.95,
 weight decay 0.1, grad clip 1.0), eager mode, for the same number of timed steps after the same
 warm-up. Prints a table and writes JSON, so the two tokens/s can be divided on one machine.
 
 Not run in CI (it needs torch + transformers). Usage:
     python3 scripts/bench_torch.py [--device cpu|cuda] [--threads N] [--steps 20] [--json OUT]
 The config must match `e2llm train --print-config` (hidden 128, 4 layers, 4 heads, MLP 344,
-vocab 1024, L = R = 128, batch 16); `--hidden/--layers/...` change it for other shapes.
+vocab 1024, L = R = 256, batch 8); `--hidden/--layers/--batch/--seq` change it.
 """
 import argparse
 import json
@@ -21,8 +21,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)

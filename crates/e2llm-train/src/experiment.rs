@@ -128,6 +128,14 @@ impl Plan {
             ..TrainConfig::default()
         };
         let depths = vec![0.0, 0.25, 0.5, 0.75, 1.0];
+        // L = 256: METHOD's passkey prompt without filler is ~110 tokens with the 1024-token
+        // BPE, so at L = 128 training rows held almost no filler and the model never learned to
+        // find a key in a long haystack. 8 rows of 256 keep 2048 tokens per step.
+        for c in [&mut base, &mut extend] {
+            c.orig_len = 256;
+            c.train_len = 256;
+            c.batch_size = 8;
+        }
         match p {
             Preset::Quickstart => {
                 base.steps = 800;
@@ -145,7 +153,7 @@ impl Plan {
                     eval: EvalPlan {
                         passkey_multiples: vec![1, 2, 4, 8, 16, 32],
                         depths,
-                        trials: 4,
+                        trials: 3,
                         max_new_tokens: 8,
                         ppl_multiples: vec![],
                         ppl_windows: 0,
