@@ -1,0 +1,246 @@
+//! Plain-Rust CPU twins of every kernel: slices in, slices out, loops written for clarity.
+//! The GPU kernels are tested against these, and the backward twins against finite
+//! differences of the forward twins.
+
+/// RoPE in HF's rotate_half layout with positions as data; `dir = -1.0` is the inverse
+/// rotation (the backward pass).
+///
+/// # Shapes
+/// - `x`: `[tokens, heads, head_dim]`
+/// - `pos`, `g`: `[tokens]` (angle uses `pos / g`)
+/// - `inv_freq`: `[head_dim / 2]`
+/// - returns `[tokens, heads, head_dim]`
+pub fn rope(
+    x: &[f32],
+    pos: &[f32],
+    g: &[f32],
+    inv_freq: &[f32],
+    heads: usize,
+    factor: f32,
+    dir: f32,
+) -> Vec<f32> {
+    let half = inv_freq.len();
+    let d = 2 * half;
+    let mut y = vec![0.0; x.len()];
+    for (th, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+        let t = th / heads;
+        for j in 0..half {
+            let a = dir * (pos[t] / g[t]) * inv_freq[j];
+            let (s, c) = a.sin_cos();
+            let (c, s) = (c * factor, s * factor);
+            yr[j] = xr[j] * c - xr[j + half] * s;
+            yr[j + half] = xr[j + half] * c + xr[j] * s;
+        }
+    }
+    y
+}
+
+/// RMSNorm; returns `(y, rstd)`.
+///
+/// # Shapes
+/// - `x`: `[rows, width]`, `w`: `[width]` → `y`: `[rows, width]`, `rstd`: `[rows]`
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut y = vec![0.0; x.len()];
+    let mut rstd = Vec::with_capacity(x.len() / d);
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / d as f64;
+        let r = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for i in 0..d {
+            yr[i] = xr[i] * r * w[i];
+        }
+        rstd.push(r);
+    }
+    (y, rstd)
+}
+
+/// Backward of [`rmsnorm`]; returns `(dx, dw)`.
+///
+/// # Shapes
+/// - `x`, `dy`: `[rows, width]`, `w`: `[width]`, `rstd`: `[rows]`
+pub fn rmsnorm_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0f64; d];
+    for (row, ((xr, dyr), dxr)) in x
+        .chunks_exact(d)
+        .zip(dy.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+        .enumerate()
+    {
+        let r = rstd[row] as f64;
+        let dot: f64 = (0..d)
+            .map(|i| dyr[i] as f64 * w[i] as f64 * xr[i] as f64)
+            .sum();
+        let k = dot * r * r * r / d as f64;
+        for i in 0..d {
+            dxr[i] = (dyr[i] as f64 * w[i] as f64 * r - xr[i] as f64 * k) as f32;
+            dw[i] += dyr[i] as f64 * xr[i] as f64 * r;
+        }
+    }
+    (dx, dw.into_iter().map(|v| v as f32).collect())
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// `silu(a) · b`, elementwise.
+pub fn swiglu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect()
+}
+
+/// Backward of [`swiglu`]; returns `(da, db)`.
+pub fn swiglu_backward(a: &[f32], b: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut da = Vec::with_capacity(a.len());
+    let mut db = Vec::with_capacity(a.len());
+    for i in 0..a.len() {
+        let s = sigmoid(a[i]);
+        da.push(dh[i] * b[i] * s * (1.0 + a[i] * (1.0 - s)));
+        db.push(dh[i] * a[i] * s);
+    }
+    (da, db)
+}
+
+/// Weighted cross-entropy per row and the gradient of `scale · Σ loss`; returns
+/// `(loss, dlogits)`.
+///
+/// # Shapes
+/// - `logits`: `[rows, vocab]`, `targets`, `weights`: `[rows]` → `loss`: `[rows]`,
+///   `dlogits`: `[rows, vocab]`
+pub fn cross_entropy(
+    logits: &[f32],
+    targets: &[u32],
+    weights: &[f32],
+    vocab: usize,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut loss = Vec::with_capacity(targets.len());
+    let mut grad = vec![0.0; logits.len()];
+    for (n, (z, dz)) in logits
+        .chunks_exact(vocab)
+        .zip(grad.chunks_exact_mut(vocab))
+        .enumerate()
+    {
+        let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = mx + z.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+        let c = targets[n] as usize;
+        loss.push((weights[n] as f64 * (lse - z[c] as f64)) as f32);
+        let k = scale as f64 * weights[n] as f64;
+        for v in 0..vocab {
+            let p = (z[v] as f64 - lse).exp() - if v == c { 1.0 } else { 0.0 };
+            dz[v] = (k * p) as f32;
+        }
+    }
+    (loss, grad)
+}
+
+/// AdamW hyper-parameters of one update (`step` is 1-based, for the bias corrections).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWParams {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// ε.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// The step being taken, 1-based.
+    pub step: i32,
+}
+
+/// One AdamW update in place (the semantics of e2llm-train's `optim::AdamW`).
+///
+/// # Shapes
+/// `param`, `grad`, `m`, `v`: `[n]`
+pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], p: AdamWParams) {
+    let c1 = 1.0 - p.beta1.powi(p.step);
+    let c2 = 1.0 - p.beta2.powi(p.step);
+    for i in 0..param.len() {
+        m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * grad[i];
+        v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * grad[i] * grad[i];
+        let update = (m[i] / c1) / ((v[i] / c2).sqrt() + p.eps);
+        param[i] = param[i] * (1.0 - p.lr * p.weight_decay) - p.lr * update;
+    }
+}
+
+/// Shape and RoPE settings of an attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Query tokens.
+    pub sq: usize,
+    /// Key/value tokens (`sq` new ones last: query `i` sees keys `..= skv − sq + i`).
+    pub skv: usize,
+    /// Query heads.
+    pub hq: usize,
+    /// Key/value heads (divides `hq`).
+    pub hkv: usize,
+    /// Head width (even, ≤ 128 on the GPU).
+    pub head_dim: usize,
+    /// Score scale, usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Positions are divided by this.
+    pub g: f32,
+    /// RoPE attention factor.
+    pub factor: f32,
+}
+
+/// Causal GQA attention with RoPE applied to q and k first: the plain
+/// matmul–mask–softmax–matmul path. Returns `(o, lse)`.
+///
+/// # Shapes
+/// - `q`: `[sq, hq, d]`, `k`, `v`: `[skv, hkv, d]`, `qpos`: `[sq]`, `kpos`: `[skv]`,
+///   `inv_freq`: `[d / 2]`
+/// - `o`: `[sq, hq, d]`, `lse`: `[hq, sq]`
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+) -> (Vec<f32>, Vec<f32>) {
+    let d = s.head_dim;
+    let qr = rope(q, qpos, &vec![s.g; s.sq], inv_freq, s.hq, s.factor, 1.0);
+    let kr = rope(k, kpos, &vec![s.g; s.skv], inv_freq, s.hkv, s.factor, 1.0);
+    let past = s.skv - s.sq;
+    let group = s.hq / s.hkv;
+    let mut o = vec![0.0; q.len()];
+    let mut lse = vec![0.0; s.hq * s.sq];
+    let mut scores = vec![0.0f64; s.skv];
+    for h in 0..s.hq {
+        let kh = h / group;
+        for i in 0..s.sq {
+            let qi = &qr[(i * s.hq + h) * d..][..d];
+            let n = past + i + 1;
+            for (j, sc) in scores.iter_mut().enumerate().take(n) {
+                let kj = &kr[(j * s.hkv + kh) * d..][..d];
+                *sc = s.scale as f64
+                    * qi.iter()
+                        .zip(kj)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>();
+            }
+            let mx = scores[..n]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores[..n].iter().map(|x| (x - mx).exp()).sum();
+            lse[h * s.sq + i] = (mx + z.ln()) as f32;
+            let out = &mut o[(i * s.hq + h) * d..][..d];
+            for (j, sc) in scores.iter().enumerate().take(n) {
+                let p = (sc - mx).exp() / z;
+                let vj = &v[(j * s.hkv + kh) * d..][..d];
+                for c in 0..d {
+                    out[c] += (p * vj[c] as f64) as f32;
+                }
+            }
+        }
+    }
+    (o, lse)
+}

@@ -1,0 +1,16 @@
+//! # e2llm-kernels
+//!
+//! The project's WGSL compute kernels (`shaders/`, one file per op family): RoPE with
+//! positions as data, causal GQA flash attention with RoPE inside, RMSNorm, SwiGLU,
+//! cross-entropy and AdamW — each with a plain-Rust CPU twin ([`cpu`]) and a GPU entry point
+//! ([`ops`]) over a cached-pipeline wgpu context ([`gpu::Gpu`]). Every shader stays inside
+//! WebGPU's default limits so the same source runs in a browser.
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod shaders;
+
+pub use error::{KernelError, Result};
+pub use gpu::Gpu;
