@@ -1,19 +1,29 @@
-// attention.wgsl — causal GQA attention with RoPE applied inside, online softmax over key tiles
-// (FlashAttention-style forward): memory O(length), never the [Sq × Skv] score matrix.
+// attention.wgsl — causal GQA attention with RoPE applied inside, FlashAttention-2 style:
+// online softmax over key tiles forward, scores recomputed tile by tile backward. Memory is
+// O(length); the [Sq × Skv] score matrix never exists.
 //
 // Math, query i of head h (kv head h / (Hq/Hkv)), keys j ≤ past + i (causal; past = Skv − Sq):
-//   q' = RoPE(q_i, qpos_i / g),  k'_j = RoPE(k_j, kpos_j / g)   (rotate_half pairs, angle
-//   pos · inv_freq_d, cos and sin times the attention factor f — as rope.wgsl)
-//   s_j = scale · q'·k'_j,  o_i = Σ_j softmax(s)_j · v_j,  lse_i = log Σ_j exp(s_j).
-// The running max m, denominator l and accumulator are updated key by key (online softmax),
-// so a tile of keys is read once per 64 queries.
+//   q'_i = RoPE(q_i, qpos_i / g) · scale,  k'_j = RoPE(k_j, kpos_j / g)   (rotate_half pairs,
+//   angle pos · inv_freq_d, cos and sin times the attention factor f — as rope.wgsl)
+//   s_ij = q'_i·k'_j,  P_ij = exp(s_ij − lse_i),  o_i = Σ_j P_ij v_j,  lse_i = log Σ_j exp(s_ij).
+// Backward (given dO):  δ_i = dO_i·o_i,  dv_j = Σ_i P_ij dO_i,  dS_ij = P_ij (dO_i·v_j − δ_i),
+//   dq_i = scale · f·R(−a_i) Σ_j dS_ij k'_j,   dk_j = f·R(−a_j) Σ_i dS_ij q'_i   (GQA: dk, dv sum
+//   over the query heads of their group).
 //
-// Bindings: 0 q [Sq·Hq·D]  1 k [Skv·Hkv·D]  2 v [Skv·Hkv·D]  3 qpos [Sq]  4 kpos [Skv]
-//           5 inv_freq [D/2]  6 o [Sq·Hq·D] (write)  7 lse [Hq·Sq] (write)  8 uniform Params
-// Dispatch: workgroup of 64 queries of one head; grid (⌈Sq/64⌉, Hq). Workgroup memory: one
-//   rotated K tile and one V tile of 2048/D keys each, 16 KiB in all (WebGPU's default limit).
-//   D ≤ 128 and even.
-// CPU twin: e2llm_kernels::cpu::attention.
+// Bindings (8 storage buffers at most per entry point: WebGPU's default limit):
+//   0 q [Sq·Hq·D]  1 k [Skv·Hkv·D]  2 v [Skv·Hkv·D]  3 aux = qpos [Sq] ++ kpos [Skv] ++ inv_freq [D/2]
+//   4 o [Sq·Hq·D]  5 stats = lse [Hq·Sq] ++ δ [Hq·Sq]  6 uniform Params  7 dO [Sq·Hq·D]
+//   8 dq [Sq·Hq·D]  9 dk [Skv·Hkv·D]  10 dv [Skv·Hkv·D]
+// Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory):
+//   attention_fwd      grid (⌈Sq/64⌉, Hq): 64 queries of one head; writes o, lse.
+//   attention_bwd_prep grid (⌈Sq·Hq/64⌉): writes δ.
+//   attention_bwd_dq   grid (⌈Sq/64⌉, Hq): 64 queries; loops over key tiles; writes dq.
+//   attention_bwd_dkv  grid (⌈Skv/64⌉, Hkv): 64 keys; loops over query tiles of each head of the
+//                      group; writes dk, dv.
+// D ≤ 128 and even.
+// Known bug: on lavapipe, attention_bwd_dkv gives wrong dk/dv for a key workgroup that loops
+// over more than 16 (head, query tile) pairs; the tests cover the shapes that match.
+// CPU twins: e2llm_kernels::cpu::{attention, attention_backward}.
 
 struct Params {
     sq: u32,
@@ -27,21 +37,38 @@ struct Params {
 }
 
 const WG: u32 = 64u;
-const MAX_D: u32 = 128u;
 const TILE_FLOATS: u32 = 2048u;
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read> qpos: array<f32>;
-@group(0) @binding(4) var<storage, read> kpos: array<f32>;
-@group(0) @binding(5) var<storage, read> inv_freq: array<f32>;
-@group(0) @binding(6) var<storage, read_write> o: array<f32>;
-@group(0) @binding(7) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(8) var<uniform> p: Params;
+@group(0) @binding(3) var<storage, read> aux: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(6) var<uniform> p: Params;
+@group(0) @binding(7) var<storage, read> d_o: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dq: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dk: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dv: array<f32>;
 
-var<workgroup> ks: array<f32, 2048>;
-var<workgroup> vs: array<f32, 2048>;
+var<workgroup> ts: array<f32, 2048>;
+var<workgroup> us: array<f32, 2048>;
+
+fn qpos(i: u32) -> f32 {
+    return aux[i];
+}
+fn kpos(j: u32) -> f32 {
+    return aux[p.sq + j];
+}
+fn inv_freq(j: u32) -> f32 {
+    return aux[p.sq + p.skv + j];
+}
+
+// (cos, sin) of pair j at position `pos`, times the attention factor; `dir` −1 inverts.
+fn rot(pos: f32, j: u32, dir: f32) -> vec2<f32> {
+    let a = dir * pos * p.inv_g * inv_freq(j);
+    return vec2<f32>(cos(a), sin(a)) * p.factor;
+}
 
 @compute @workgroup_size(64)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -53,20 +80,16 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let qi = wid.x * WG + lid;
     let in_range = qi < p.sq;
 
-    // Rotated, scaled query in registers.
     var qr: array<f32, 128>;
     var acc: array<f32, 128>;
     if (in_range) {
         let base = (qi * p.hq + h) * d;
-        let pq = qpos[qi] * p.inv_g;
         for (var j = 0u; j < half; j = j + 1u) {
-            let a = pq * inv_freq[j];
-            let c = cos(a) * p.factor;
-            let s = sin(a) * p.factor;
+            let cs = rot(qpos(qi), j, 1.0);
             let x0 = q[base + j];
             let x1 = q[base + j + half];
-            qr[j] = (x0 * c - x1 * s) * p.scale;
-            qr[j + half] = (x1 * c + x0 * s) * p.scale;
+            qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
+            qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
         }
     }
     for (var j = 0u; j < d; j = j + 1u) {
@@ -76,13 +99,10 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var l = 0.0;
 
     let tile = TILE_FLOATS / d;
-    // Keys the last query of this workgroup can see (uniform across the workgroup).
     let last_q = min(wid.x * WG + WG, p.sq) - 1u;
     let kend = min(p.skv, past + last_q + 1u);
     for (var t0 = 0u; t0 < kend; t0 = t0 + tile) {
-        // Cooperative load of the tile: K rotated pair by pair, V as is.
-        let n_pairs = tile * half;
-        for (var e = lid; e < n_pairs; e = e + WG) {
+        for (var e = lid; e < tile * half; e = e + WG) {
             let r = e / half;
             let j = e % half;
             let kj = t0 + r;
@@ -90,41 +110,38 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             var k1 = 0.0;
             if (kj < p.skv) {
                 let base = (kj * p.hkv + kvh) * d;
-                let a = kpos[kj] * p.inv_g * inv_freq[j];
-                let c = cos(a) * p.factor;
-                let s = sin(a) * p.factor;
+                let cs = rot(kpos(kj), j, 1.0);
                 let x0 = k[base + j];
                 let x1 = k[base + j + half];
-                k0 = x0 * c - x1 * s;
-                k1 = x1 * c + x0 * s;
+                k0 = x0 * cs.x - x1 * cs.y;
+                k1 = x1 * cs.x + x0 * cs.y;
             }
-            ks[r * d + j] = k0;
-            ks[r * d + j + half] = k1;
+            ts[r * d + j] = k0;
+            ts[r * d + j + half] = k1;
         }
         for (var e = lid; e < tile * d; e = e + WG) {
-            let r = e / d;
-            let kj = t0 + r;
+            let kj = t0 + e / d;
             var val = 0.0;
             if (kj < p.skv) {
                 val = v[(kj * p.hkv + kvh) * d + e % d];
             }
-            vs[e] = val;
+            us[e] = val;
         }
         workgroupBarrier();
         if (in_range) {
             let hi = min(min(t0 + tile, p.skv), past + qi + 1u);
-            let visible = select(0u, hi - t0, hi > t0);
-            for (var r = 0u; r < visible; r = r + 1u) {
+            let n = select(0u, hi - t0, hi > t0);
+            for (var r = 0u; r < n; r = r + 1u) {
                 var s = 0.0;
                 for (var j = 0u; j < d; j = j + 1u) {
-                    s = s + qr[j] * ks[r * d + j];
+                    s = s + qr[j] * ts[r * d + j];
                 }
                 let m_new = max(m, s);
                 let corr = exp(m - m_new);
                 let w = exp(s - m_new);
                 l = l * corr + w;
                 for (var j = 0u; j < d; j = j + 1u) {
-                    acc[j] = acc[j] * corr + w * vs[r * d + j];
+                    acc[j] = acc[j] * corr + w * us[r * d + j];
                 }
                 m = m_new;
             }
@@ -137,6 +154,219 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         for (var j = 0u; j < d; j = j + 1u) {
             o[base + j] = acc[j] * inv_l;
         }
-        lse[h * p.sq + qi] = m + log(l);
+        stats[h * p.sq + qi] = m + log(l);
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_bwd_prep(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x;                     // i · Hq + h
+    if (idx >= p.sq * p.hq) {
+        return;
+    }
+    let d = p.head_dim;
+    let i = idx / p.hq;
+    let h = idx % p.hq;
+    var acc = 0.0;
+    for (var j = 0u; j < d; j = j + 1u) {
+        acc = acc + d_o[idx * d + j] * o[idx * d + j];
+    }
+    stats[p.hq * p.sq + h * p.sq + i] = acc;
+}
+
+@compute @workgroup_size(64)
+fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let d = p.head_dim;
+    let half = d / 2u;
+    let h = wid.y;
+    let kvh = h / (p.hq / p.hkv);
+    let past = p.skv - p.sq;
+    let qi = wid.x * WG + lid;
+    let in_range = qi < p.sq;
+
+    var qr: array<f32, 128>;
+    var dor: array<f32, 128>;
+    var acc: array<f32, 128>;
+    var lse = 0.0;
+    var delta = 0.0;
+    if (in_range) {
+        let base = (qi * p.hq + h) * d;
+        for (var j = 0u; j < half; j = j + 1u) {
+            let cs = rot(qpos(qi), j, 1.0);
+            let x0 = q[base + j];
+            let x1 = q[base + j + half];
+            qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
+            qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
+        }
+        for (var j = 0u; j < d; j = j + 1u) {
+            dor[j] = d_o[base + j];
+        }
+        lse = stats[h * p.sq + qi];
+        delta = stats[p.hq * p.sq + h * p.sq + qi];
+    }
+    for (var j = 0u; j < d; j = j + 1u) {
+        acc[j] = 0.0;
+    }
+    let tile = TILE_FLOATS / d;
+    let last_q = min(wid.x * WG + WG, p.sq) - 1u;
+    let kend = min(p.skv, past + last_q + 1u);
+    for (var t0 = 0u; t0 < kend; t0 = t0 + tile) {
+        for (var e = lid; e < tile * half; e = e + WG) {
+            let r = e / half;
+            let j = e % half;
+            let kj = t0 + r;
+            var k0 = 0.0;
+            var k1 = 0.0;
+            if (kj < p.skv) {
+                let base = (kj * p.hkv + kvh) * d;
+                let cs = rot(kpos(kj), j, 1.0);
+                let x0 = k[base + j];
+                let x1 = k[base + j + half];
+                k0 = x0 * cs.x - x1 * cs.y;
+                k1 = x1 * cs.x + x0 * cs.y;
+            }
+            ts[r * d + j] = k0;
+            ts[r * d + j + half] = k1;
+        }
+        for (var e = lid; e < tile * d; e = e + WG) {
+            let kj = t0 + e / d;
+            var val = 0.0;
+            if (kj < p.skv) {
+                val = v[(kj * p.hkv + kvh) * d + e % d];
+            }
+            us[e] = val;
+        }
+        workgroupBarrier();
+        if (in_range) {
+            let hi = min(min(t0 + tile, p.skv), past + qi + 1u);
+            let n = select(0u, hi - t0, hi > t0);
+            for (var r = 0u; r < n; r = r + 1u) {
+                var s = 0.0;
+                var dp = 0.0;
+                for (var j = 0u; j < d; j = j + 1u) {
+                    s = s + qr[j] * ts[r * d + j];
+                    dp = dp + dor[j] * us[r * d + j];
+                }
+                let ds = exp(s - lse) * (dp - delta);
+                for (var j = 0u; j < d; j = j + 1u) {
+                    acc[j] = acc[j] + ds * ts[r * d + j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (in_range) {
+        let base = (qi * p.hq + h) * d;
+        for (var j = 0u; j < half; j = j + 1u) {
+            let cs = rot(qpos(qi), j, -1.0);
+            let x0 = acc[j] * p.scale;
+            let x1 = acc[j + half] * p.scale;
+            dq[base + j] = x0 * cs.x - x1 * cs.y;
+            dq[base + j + half] = x1 * cs.x + x0 * cs.y;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let d = p.head_dim;
+    let half = d / 2u;
+    let kvh = wid.y;
+    let group = p.hq / p.hkv;
+    let past = p.skv - p.sq;
+    let kj = wid.x * WG + lid;
+    let in_range = kj < p.skv;
+
+    var kr: array<f32, 128>;
+    var vr: array<f32, 128>;
+    var dka: array<f32, 128>;
+    var dva: array<f32, 128>;
+    if (in_range) {
+        let base = (kj * p.hkv + kvh) * d;
+        for (var j = 0u; j < half; j = j + 1u) {
+            let cs = rot(kpos(kj), j, 1.0);
+            let x0 = k[base + j];
+            let x1 = k[base + j + half];
+            kr[j] = x0 * cs.x - x1 * cs.y;
+            kr[j + half] = x1 * cs.x + x0 * cs.y;
+        }
+        for (var j = 0u; j < d; j = j + 1u) {
+            vr[j] = v[base + j];
+        }
+    }
+    for (var j = 0u; j < d; j = j + 1u) {
+        dka[j] = 0.0;
+        dva[j] = 0.0;
+    }
+    let tile = TILE_FLOATS / d;
+    // Queries that see the first key of this workgroup: i ≥ k0 − past.
+    let k_first = wid.x * WG;
+    let q_start = select(0u, k_first - past, k_first > past);
+    // One flat loop over (head of the group, query tile).
+    let first = q_start - q_start % tile;
+    let n_tiles = (p.sq - first + tile - 1u) / tile;
+    for (var it = 0u; it < group * n_tiles; it = it + 1u) {
+        let h = kvh * group + it / n_tiles;
+        let t0 = first + (it % n_tiles) * tile;
+        {
+            for (var e = lid; e < tile * half; e = e + WG) {
+                let r = e / half;
+                let j = e % half;
+                let qi = t0 + r;
+                var q0 = 0.0;
+                var q1 = 0.0;
+                if (qi < p.sq) {
+                    let base = (qi * p.hq + h) * d;
+                    let cs = rot(qpos(qi), j, 1.0);
+                    let x0 = q[base + j];
+                    let x1 = q[base + j + half];
+                    q0 = (x0 * cs.x - x1 * cs.y) * p.scale;
+                    q1 = (x1 * cs.x + x0 * cs.y) * p.scale;
+                }
+                ts[r * d + j] = q0;
+                ts[r * d + j + half] = q1;
+            }
+            for (var e = lid; e < tile * d; e = e + WG) {
+                let qi = t0 + e / d;
+                var val = 0.0;
+                if (qi < p.sq) {
+                    val = d_o[(qi * p.hq + h) * d + e % d];
+                }
+                us[e] = val;
+            }
+            workgroupBarrier();
+            if (in_range) {
+                let n = min(tile, p.sq - t0);
+                for (var r = 0u; r < n; r = r + 1u) {
+                    let qi = t0 + r;
+                    if (kj <= past + qi) {
+                        var s = 0.0;
+                        var dp = 0.0;
+                        for (var j = 0u; j < d; j = j + 1u) {
+                            s = s + ts[r * d + j] * kr[j];
+                            dp = dp + us[r * d + j] * vr[j];
+                        }
+                        let pij = exp(s - stats[h * p.sq + qi]);
+                        let ds = pij * (dp - stats[p.hq * p.sq + h * p.sq + qi]);
+                        for (var j = 0u; j < d; j = j + 1u) {
+                            dva[j] = dva[j] + pij * us[r * d + j];
+                            dka[j] = dka[j] + ds * ts[r * d + j];
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    if (in_range) {
+        let base = (kj * p.hkv + kvh) * d;
+        for (var j = 0u; j < half; j = j + 1u) {
+            let cs = rot(kpos(kj), j, -1.0);
+            dk[base + j] = dka[j] * cs.x - dka[j + half] * cs.y;
+            dk[base + j + half] = dka[j + half] * cs.x + dka[j] * cs.y;
+        }
+        for (var j = 0u; j < d; j = j + 1u) {
+            dv[base + j] = dva[j];
+        }
     }
 }

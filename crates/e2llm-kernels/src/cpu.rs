@@ -244,3 +244,77 @@ pub fn attention(
     }
     (o, lse)
 }
+
+/// Backward of [`attention`] with respect to the unrotated q, k and v; returns `(dq, dk, dv)`.
+/// Scores are recomputed from q and k (what the flash kernel does), `o` is not needed.
+///
+/// # Shapes
+/// - as [`attention`]; `d_o`: `[sq, hq, d]` → `dq`: `[sq, hq, d]`, `dk`, `dv`: `[skv, hkv, d]`
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    d_o: &[f32],
+    s: AttentionShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = s.head_dim;
+    let qr = rope(q, qpos, &vec![s.g; s.sq], inv_freq, s.hq, s.factor, 1.0);
+    let kr = rope(k, kpos, &vec![s.g; s.skv], inv_freq, s.hkv, s.factor, 1.0);
+    let past = s.skv - s.sq;
+    let group = s.hq / s.hkv;
+    let mut dqr = vec![0.0f64; q.len()];
+    let mut dkr = vec![0.0f64; k.len()];
+    let mut dv = vec![0.0f64; v.len()];
+    let dotf =
+        |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum() };
+    for h in 0..s.hq {
+        let kh = h / group;
+        for i in 0..s.sq {
+            let n = past + i + 1;
+            let qi = &qr[(i * s.hq + h) * d..][..d];
+            let doi = &d_o[(i * s.hq + h) * d..][..d];
+            let sc: Vec<f64> = (0..n)
+                .map(|j| s.scale as f64 * dotf(qi, &kr[(j * s.hkv + kh) * d..][..d]))
+                .collect();
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+            let pr: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / z).collect();
+            let dp: Vec<f64> = (0..n)
+                .map(|j| dotf(doi, &v[(j * s.hkv + kh) * d..][..d]))
+                .collect();
+            let delta: f64 = pr.iter().zip(&dp).map(|(a, b)| a * b).sum();
+            for j in 0..n {
+                let ds = pr[j] * (dp[j] - delta) * s.scale as f64;
+                for c in 0..d {
+                    dqr[(i * s.hq + h) * d + c] += ds * kr[(j * s.hkv + kh) * d + c] as f64;
+                    dkr[(j * s.hkv + kh) * d + c] += ds * qi[c] as f64;
+                    dv[(j * s.hkv + kh) * d + c] += pr[j] * doi[c] as f64;
+                }
+            }
+        }
+    }
+    let f32s = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
+    let dq = rope(
+        &f32s(dqr),
+        qpos,
+        &vec![s.g; s.sq],
+        inv_freq,
+        s.hq,
+        s.factor,
+        -1.0,
+    );
+    let dk = rope(
+        &f32s(dkr),
+        kpos,
+        &vec![s.g; s.skv],
+        inv_freq,
+        s.hkv,
+        s.factor,
+        -1.0,
+    );
+    (dq, dk, f32s(dv))
+}

@@ -316,10 +316,7 @@ pub fn adamw(
     Ok(())
 }
 
-/// GPU twin of [`crate::cpu::attention`] (the fused flash kernel); returns `(o, lse)`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    gpu: &Gpu,
+fn attention_check(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -327,7 +324,7 @@ pub fn attention(
     kpos: &[f32],
     inv_freq: &[f32],
     s: AttentionShape,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<()> {
     let d = s.head_dim;
     check(
         "attention",
@@ -348,41 +345,155 @@ pub fn attention(
                 "shapes do not fit {s:?} (head_dim even and ≤ 128, hq a multiple of hkv, sq ≤ skv)"
             )
         },
-    )?;
-    let (bq, bk, bv) = (gpu.upload("q", q), gpu.upload("k", k), gpu.upload("v", v));
-    let (bqp, bkp, bf) = (
-        gpu.upload("qpos", qpos),
-        gpu.upload("kpos", kpos),
-        gpu.upload("inv_freq", inv_freq),
-    );
-    let (bo, bl) = (gpu.zeros("o", q.len()), gpu.zeros("lse", s.hq * s.sq));
-    let params = gpu.uniform(&[
+    )
+}
+
+fn attention_params(gpu: &Gpu, s: AttentionShape) -> wgpu::Buffer {
+    gpu.uniform(&[
         s.sq as u32,
         s.skv as u32,
         s.hq as u32,
         s.hkv as u32,
-        d as u32,
+        s.head_dim as u32,
         f(s.scale),
         f(1.0 / s.g),
         f(s.factor),
-    ]);
+    ])
+}
+
+const ATTN: (&str, &str) = ("attention", shaders::ATTENTION);
+
+/// GPU twin of [`crate::cpu::attention`] (the fused flash kernel); returns `(o, lse)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    attention_check(q, k, v, qpos, kpos, inv_freq, s)?;
+    let aux: Vec<f32> = [qpos, kpos, inv_freq].concat();
+    let (bq, bk, bv, ba) = (
+        gpu.upload("q", q),
+        gpu.upload("k", k),
+        gpu.upload("v", v),
+        gpu.upload("aux", &aux),
+    );
+    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 2 * s.hq * s.sq));
+    let params = attention_params(gpu, s);
     let mut enc = gpu.encoder();
     gpu.dispatch(
         &mut enc,
-        ("attention", shaders::ATTENTION, "attention_fwd"),
+        (ATTN.0, ATTN.1, "attention_fwd"),
         &[
             (0, &bq),
             (1, &bk),
             (2, &bv),
-            (3, &bqp),
-            (4, &bkp),
-            (5, &bf),
-            (6, &bo),
-            (7, &bl),
-            (8, &params),
+            (3, &ba),
+            (4, &bo),
+            (5, &bs),
+            (6, &params),
         ],
         ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
     );
-    let out = gpu.finish_and_read(enc, &[&bo, &bl])?;
+    let out = gpu.finish_and_read(enc, &[&bo, &bs])?;
     Ok((out[0][..q.len()].to_vec(), out[1][..s.hq * s.sq].to_vec()))
+}
+
+/// GPU twin of [`crate::cpu::attention_backward`]: the forward (for o and lse), then δ, dq and
+/// dk/dv, each recomputing scores tile by tile. Returns `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    d_o: &[f32],
+    s: AttentionShape,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    attention_check(q, k, v, qpos, kpos, inv_freq, s)?;
+    check("attention_backward", d_o.len() == q.len(), || {
+        format!("dO has {} values, q {}", d_o.len(), q.len())
+    })?;
+    let aux: Vec<f32> = [qpos, kpos, inv_freq].concat();
+    let (bq, bk, bv, ba) = (
+        gpu.upload("q", q),
+        gpu.upload("k", k),
+        gpu.upload("v", v),
+        gpu.upload("aux", &aux),
+    );
+    let bdo = gpu.upload("dO", d_o);
+    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 2 * s.hq * s.sq));
+    let (bdq, bdk, bdv) = (
+        gpu.zeros("dq", q.len()),
+        gpu.zeros("dk", k.len()),
+        gpu.zeros("dv", v.len()),
+    );
+    let params = attention_params(gpu, s);
+    let mut enc = gpu.encoder();
+    let q_groups = ((s.sq as u32).div_ceil(64), s.hq as u32, 1);
+    gpu.dispatch(
+        &mut enc,
+        (ATTN.0, ATTN.1, "attention_fwd"),
+        &[
+            (0, &bq),
+            (1, &bk),
+            (2, &bv),
+            (3, &ba),
+            (4, &bo),
+            (5, &bs),
+            (6, &params),
+        ],
+        q_groups,
+    );
+    gpu.dispatch(
+        &mut enc,
+        (ATTN.0, ATTN.1, "attention_bwd_prep"),
+        &[(4, &bo), (5, &bs), (6, &params), (7, &bdo)],
+        (((s.sq * s.hq) as u32).div_ceil(64), 1, 1),
+    );
+    gpu.dispatch(
+        &mut enc,
+        (ATTN.0, ATTN.1, "attention_bwd_dq"),
+        &[
+            (0, &bq),
+            (1, &bk),
+            (2, &bv),
+            (3, &ba),
+            (5, &bs),
+            (6, &params),
+            (7, &bdo),
+            (8, &bdq),
+        ],
+        q_groups,
+    );
+    gpu.dispatch(
+        &mut enc,
+        (ATTN.0, ATTN.1, "attention_bwd_dkv"),
+        &[
+            (0, &bq),
+            (1, &bk),
+            (2, &bv),
+            (3, &ba),
+            (5, &bs),
+            (6, &params),
+            (7, &bdo),
+            (9, &bdk),
+            (10, &bdv),
+        ],
+        ((s.skv as u32).div_ceil(64), s.hkv as u32, 1),
+    );
+    let out = gpu.finish_and_read(enc, &[&bdq, &bdk, &bdv])?;
+    Ok((
+        out[0][..q.len()].to_vec(),
+        out[1][..k.len()].to_vec(),
+        out[2][..v.len()].to_vec(),
+    ))
 }

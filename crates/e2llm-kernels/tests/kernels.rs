@@ -331,3 +331,113 @@ fn flash_attention_matches_the_plain_path() {
         assert_close(&format!("{tag} lse"), &l1, &l0, 2e-5, 1e-4);
     }
 }
+
+#[test]
+fn attention_backward_twin_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (sq, skv, hq, hkv, d) = (3, 5, 2, 1, 4);
+    let s = AttentionShape {
+        sq,
+        skv,
+        hq,
+        hkv,
+        head_dim: d,
+        scale: 0.7,
+        g: 2.5,
+        factor: 1.1,
+    };
+    let q = rand_vec(&mut rng, sq * hq * d, 1.0);
+    let k = rand_vec(&mut rng, skv * hkv * d, 1.0);
+    let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
+    let kpos = vec![0.0, 1.0, 2.0, 9.5, 11.0];
+    let qpos = kpos[skv - sq..].to_vec();
+    let f = inv_freq(d, 100.0);
+    let c = rand_vec(&mut rng, q.len(), 1.0);
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+        let (o, _) = cpu::attention(q, k, v, &qpos, &kpos, &f, s);
+        o.iter().zip(&c).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let (dq, dk, dv) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &c, s);
+    let h = 1e-3f32;
+    let bump = |x: &[f32], i: usize, by: f32| {
+        let mut y = x.to_vec();
+        y[i] += by;
+        y
+    };
+    for (i, want) in dq.iter().enumerate() {
+        let fd =
+            (loss(&bump(&q, i, h), &k, &v) - loss(&bump(&q, i, -h), &k, &v)) / (2.0 * h as f64);
+        assert!(
+            (fd - *want as f64).abs() < 1e-3,
+            "dq[{i}]: fd {fd} vs {want}"
+        );
+    }
+    for i in 0..k.len() {
+        let fdk =
+            (loss(&q, &bump(&k, i, h), &v) - loss(&q, &bump(&k, i, -h), &v)) / (2.0 * h as f64);
+        let fdv =
+            (loss(&q, &k, &bump(&v, i, h)) - loss(&q, &k, &bump(&v, i, -h))) / (2.0 * h as f64);
+        assert!(
+            (fdk - dk[i] as f64).abs() < 1e-3,
+            "dk[{i}]: fd {fdk} vs {}",
+            dk[i]
+        );
+        assert!(
+            (fdv - dv[i] as f64).abs() < 1e-3,
+            "dv[{i}]: fd {fdv} vs {}",
+            dv[i]
+        );
+    }
+}
+
+#[test]
+fn flash_attention_backward_matches_its_twin() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    // Known bug, not yet found: on lavapipe, dk/dv of a key workgroup that loops over more
+    // than 16 (query head, query tile) pairs come out wrong — e.g. (300, 300, 4, 1, 32) or
+    // (65, 65, 4, 1, 128) — while dq and every shape below match. The backward kernel is not
+    // wired into training until it is fixed; see the kernels issue's notes.
+    let cases = [
+        (1, 1, 1, 1, 32, 1.0),
+        (70, 70, 4, 4, 32, 1.0),
+        (33, 100, 4, 2, 64, 5.0),
+        (65, 65, 4, 2, 128, 1.0),
+        (40, 40, 8, 2, 128, 17.0),
+        (130, 130, 2, 1, 32, 64.0),
+    ];
+    for (sq, skv, hq, hkv, d, g) in cases {
+        let q = rand_vec(&mut rng, sq * hq * d, 1.0);
+        let k = rand_vec(&mut rng, skv * hkv * d, 1.0);
+        let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
+        let d_o = rand_vec(&mut rng, sq * hq * d, 1.0);
+        let kpos: Vec<f32> = (0..skv)
+            .map(|i| {
+                if i < 4 {
+                    i as f32
+                } else {
+                    i as f32 * 1.5 + 7.0
+                }
+            })
+            .collect();
+        let qpos = kpos[skv - sq..].to_vec();
+        let s = AttentionShape {
+            sq,
+            skv,
+            hq,
+            hkv,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            g,
+            factor: 1.0,
+        };
+        let f = inv_freq(d, 10000.0);
+        let (dq0, dk0, dv0) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &d_o, s);
+        let (dq1, dk1, dv1) =
+            ops::attention_backward(&gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s).expect("backward");
+        let tag = format!("attention bwd sq{sq} skv{skv} hq{hq} hkv{hkv} d{d} g{g}");
+        assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-5, 1e-3);
+        assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-5, 1e-3);
+        assert_close(&format!("{tag} dv"), &dv1, &dv0, 5e-5, 1e-3);
+    }
+}
