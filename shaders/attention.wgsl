@@ -12,7 +12,7 @@
 //
 // Bindings (8 storage buffers at most per entry point: WebGPU's default limit):
 //   0 q [Sq·Hq·D]  1 k [Skv·Hkv·D]  2 v [Skv·Hkv·D]  3 aux = qpos [Sq] ++ kpos [Skv] ++ inv_freq [D/2]
-//   4 o [Sq·Hq·D]  5 stats = lse [Hq·Sq] ++ δ [Hq·Sq]  6 uniform Params  7 dO [Sq·Hq·D]
+//   4 o [Sq·Hq·D]  5 stats = lse [Hq·Sq] ++ δ [Hq·Sq] ++ l [Hq·Sq]  6 uniform Params  7 dO [Sq·Hq·D]
 //   8 dq [Sq·Hq·D]  9 dk [Skv·Hkv·D]  10 dv [Skv·Hkv·D]
 // Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory):
 //   attention_fwd      grid (⌈Sq/64⌉, Hq): 64 queries of one head; writes o, lse.
@@ -21,8 +21,11 @@
 //   attention_bwd_dkv  grid (⌈Skv/64⌉, Hkv): 64 keys; loops over query tiles of each head of the
 //                      group; writes dk, dv.
 // D ≤ 128 and even.
-// Known bug: on lavapipe, attention_bwd_dkv gives wrong dk/dv for a key workgroup that loops
-// over more than 16 (head, query tile) pairs; the tests cover the shapes that match.
+// Long loops are split across dispatches (c_begin/c_end, at most 8 tiles each): lavapipe
+// silently dropped the output of workgroups that looped over 16+ tiles with barriers inside.
+// Between chunks the running state lives in the output buffers: the forward keeps the
+// unnormalised accumulator in o and (m, l) in stats[2·Hq·Sq..]; dq and dk keep the unrotated
+// sums in dq and dk, dv its sum in dv.
 // CPU twins: e2llm_kernels::cpu::{attention, attention_backward}.
 
 struct Params {
@@ -34,6 +37,13 @@ struct Params {
     scale: f32,
     inv_g: f32,
     factor: f32,
+    // The chunk of the tile loop this dispatch runs: key rows [c_begin, c_end) for the forward
+    // and dq (multiples of the tile), loop steps [c_begin, c_end) of (head, query tile) for dkv.
+    c_begin: u32,
+    c_end: u32,
+    // 1 on the last chunk: finish (normalise / rotate back) instead of storing the state.
+    last: u32,
+    _pad: u32,
 }
 
 const WG: u32 = 64u;
@@ -79,29 +89,37 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let past = p.skv - p.sq;
     let qi = wid.x * WG + lid;
     let in_range = qi < p.sq;
+    let base_q = (qi * p.hq + h) * d;
+    let hn = p.hq * p.sq;
 
     var qr: array<f32, 128>;
     var acc: array<f32, 128>;
-    if (in_range) {
-        let base = (qi * p.hq + h) * d;
-        for (var j = 0u; j < half; j = j + 1u) {
-            let cs = rot(qpos(qi), j, 1.0);
-            let x0 = q[base + j];
-            let x1 = q[base + j + half];
-            qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
-            qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
-        }
-    }
+    var m = -3.0e38;
+    var l = 0.0;
     for (var j = 0u; j < d; j = j + 1u) {
         acc[j] = 0.0;
     }
-    var m = -3.0e38;
-    var l = 0.0;
+    if (in_range) {
+        for (var j = 0u; j < half; j = j + 1u) {
+            let cs = rot(qpos(qi), j, 1.0);
+            let x0 = q[base_q + j];
+            let x1 = q[base_q + j + half];
+            qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
+            qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
+        }
+        if (p.c_begin > 0u) {
+            m = stats[h * p.sq + qi];
+            l = stats[2u * hn + h * p.sq + qi];
+            for (var j = 0u; j < d; j = j + 1u) {
+                acc[j] = o[base_q + j];
+            }
+        }
+    }
 
     let tile = TILE_FLOATS / d;
     let last_q = min(wid.x * WG + WG, p.sq) - 1u;
-    let kend = min(p.skv, past + last_q + 1u);
-    for (var t0 = 0u; t0 < kend; t0 = t0 + tile) {
+    let kend = min(min(p.skv, past + last_q + 1u), p.c_end);
+    for (var t0 = p.c_begin; t0 < kend; t0 = t0 + tile) {
         for (var e = lid; e < tile * half; e = e + WG) {
             let r = e / half;
             let j = e % half;
@@ -149,12 +167,19 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
     }
     if (in_range) {
-        let base = (qi * p.hq + h) * d;
-        let inv_l = 1.0 / l;
-        for (var j = 0u; j < d; j = j + 1u) {
-            o[base + j] = acc[j] * inv_l;
+        if (p.last == 1u) {
+            let inv_l = 1.0 / l;
+            for (var j = 0u; j < d; j = j + 1u) {
+                o[base_q + j] = acc[j] * inv_l;
+            }
+            stats[h * p.sq + qi] = m + log(l);
+        } else {
+            for (var j = 0u; j < d; j = j + 1u) {
+                o[base_q + j] = acc[j];
+            }
+            stats[h * p.sq + qi] = m;
+            stats[2u * hn + h * p.sq + qi] = l;
         }
-        stats[h * p.sq + qi] = m + log(l);
     }
 }
 
@@ -207,10 +232,16 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     for (var j = 0u; j < d; j = j + 1u) {
         acc[j] = 0.0;
     }
+    if (in_range && p.c_begin > 0u) {
+        let base = (qi * p.hq + h) * d;
+        for (var j = 0u; j < d; j = j + 1u) {
+            acc[j] = dq[base + j];
+        }
+    }
     let tile = TILE_FLOATS / d;
     let last_q = min(wid.x * WG + WG, p.sq) - 1u;
-    let kend = min(p.skv, past + last_q + 1u);
-    for (var t0 = 0u; t0 < kend; t0 = t0 + tile) {
+    let kend = min(min(p.skv, past + last_q + 1u), p.c_end);
+    for (var t0 = p.c_begin; t0 < kend; t0 = t0 + tile) {
         for (var e = lid; e < tile * half; e = e + WG) {
             let r = e / half;
             let j = e % half;
@@ -255,7 +286,13 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         }
         workgroupBarrier();
     }
-    if (in_range) {
+    if (in_range && p.last == 0u) {
+        let base = (qi * p.hq + h) * d;
+        for (var j = 0u; j < d; j = j + 1u) {
+            dq[base + j] = acc[j];
+        }
+    }
+    if (in_range && p.last == 1u) {
         let base = (qi * p.hq + h) * d;
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(qpos(qi), j, -1.0);
@@ -298,6 +335,13 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         dka[j] = 0.0;
         dva[j] = 0.0;
     }
+    if (in_range && p.c_begin > 0u) {
+        let base = (kj * p.hkv + kvh) * d;
+        for (var j = 0u; j < d; j = j + 1u) {
+            dka[j] = dk[base + j];
+            dva[j] = dv[base + j];
+        }
+    }
     let tile = TILE_FLOATS / d;
     // Queries that see the first key of this workgroup: i ≥ k0 − past.
     let k_first = wid.x * WG;
@@ -305,7 +349,7 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     // One flat loop over (head of the group, query tile).
     let first = q_start - q_start % tile;
     let n_tiles = (p.sq - first + tile - 1u) / tile;
-    for (var it = 0u; it < group * n_tiles; it = it + 1u) {
+    for (var it = p.c_begin; it < min(group * n_tiles, p.c_end); it = it + 1u) {
         let h = kvh * group + it / n_tiles;
         let t0 = first + (it % n_tiles) * tile;
         {
@@ -358,7 +402,14 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             workgroupBarrier();
         }
     }
-    if (in_range) {
+    if (in_range && p.last == 0u) {
+        let base = (kj * p.hkv + kvh) * d;
+        for (var j = 0u; j < d; j = j + 1u) {
+            dk[base + j] = dka[j];
+            dv[base + j] = dva[j];
+        }
+    }
+    if (in_range && p.last == 1u) {
         let base = (kj * p.hkv + kvh) * d;
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(kpos(kj), j, -1.0);

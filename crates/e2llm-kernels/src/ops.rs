@@ -348,7 +348,22 @@ fn attention_check(
     )
 }
 
-fn attention_params(gpu: &Gpu, s: AttentionShape) -> wgpu::Buffer {
+/// Loop steps (tiles) one dispatch of an attention kernel runs at most: longer loops are split
+/// into chunks (see the shader header for why).
+pub const TILES_PER_DISPATCH: usize = 8;
+
+/// Key (or query) rows per tile for head width `d`: two tiles fill 16 KiB of workgroup memory.
+pub fn attention_tile(d: usize) -> usize {
+    2048 / d
+}
+
+fn attention_params(
+    gpu: &Gpu,
+    s: AttentionShape,
+    begin: usize,
+    end: usize,
+    last: bool,
+) -> wgpu::Buffer {
     gpu.uniform(&[
         s.sq as u32,
         s.skv as u32,
@@ -358,10 +373,49 @@ fn attention_params(gpu: &Gpu, s: AttentionShape) -> wgpu::Buffer {
         f(s.scale),
         f(1.0 / s.g),
         f(s.factor),
+        begin as u32,
+        end as u32,
+        u32::from(last),
+        0,
     ])
 }
 
+/// `(begin, end, last)` of each chunk of a loop over `total` steps of `step` each.
+fn chunks(total: usize, step: usize) -> Vec<(usize, usize, bool)> {
+    let span = step * TILES_PER_DISPATCH;
+    let n = total.div_ceil(span).max(1);
+    (0..n)
+        .map(|c| (c * span, (c + 1) * span, c + 1 == n))
+        .collect()
+}
+
 const ATTN: (&str, &str) = ("attention", shaders::ATTENTION);
+
+/// Records the chunked forward: o and lse (stats[..Hq·Sq]) of q, k, v, aux.
+fn forward_into(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    [bq, bk, bv, ba, bo, bs]: [&wgpu::Buffer; 6],
+    s: AttentionShape,
+) {
+    for (begin, end, last) in chunks(s.skv, attention_tile(s.head_dim)) {
+        let params = attention_params(gpu, s, begin, end, last);
+        gpu.dispatch(
+            enc,
+            (ATTN.0, ATTN.1, "attention_fwd"),
+            &[
+                (0, bq),
+                (1, bk),
+                (2, bv),
+                (3, ba),
+                (4, bo),
+                (5, bs),
+                (6, &params),
+            ],
+            ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
+        );
+    }
+}
 
 /// GPU twin of [`crate::cpu::attention`] (the fused flash kernel); returns `(o, lse)`.
 #[allow(clippy::too_many_arguments)]
@@ -383,23 +437,9 @@ pub fn attention(
         gpu.upload("v", v),
         gpu.upload("aux", &aux),
     );
-    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 2 * s.hq * s.sq));
-    let params = attention_params(gpu, s);
+    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 3 * s.hq * s.sq));
     let mut enc = gpu.encoder();
-    gpu.dispatch(
-        &mut enc,
-        (ATTN.0, ATTN.1, "attention_fwd"),
-        &[
-            (0, &bq),
-            (1, &bk),
-            (2, &bv),
-            (3, &ba),
-            (4, &bo),
-            (5, &bs),
-            (6, &params),
-        ],
-        ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
-    );
+    forward_into(gpu, &mut enc, [&bq, &bk, &bv, &ba, &bo, &bs], s);
     let out = gpu.finish_and_read(enc, &[&bo, &bs])?;
     Ok((out[0][..q.len()].to_vec(), out[1][..s.hq * s.sq].to_vec()))
 }
@@ -430,66 +470,61 @@ pub fn attention_backward(
         gpu.upload("aux", &aux),
     );
     let bdo = gpu.upload("dO", d_o);
-    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 2 * s.hq * s.sq));
+    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 3 * s.hq * s.sq));
     let (bdq, bdk, bdv) = (
         gpu.zeros("dq", q.len()),
         gpu.zeros("dk", k.len()),
         gpu.zeros("dv", v.len()),
     );
-    let params = attention_params(gpu, s);
     let mut enc = gpu.encoder();
-    let q_groups = ((s.sq as u32).div_ceil(64), s.hq as u32, 1);
-    gpu.dispatch(
-        &mut enc,
-        (ATTN.0, ATTN.1, "attention_fwd"),
-        &[
-            (0, &bq),
-            (1, &bk),
-            (2, &bv),
-            (3, &ba),
-            (4, &bo),
-            (5, &bs),
-            (6, &params),
-        ],
-        q_groups,
-    );
+    forward_into(gpu, &mut enc, [&bq, &bk, &bv, &ba, &bo, &bs], s);
+    let prep = attention_params(gpu, s, 0, 0, true);
     gpu.dispatch(
         &mut enc,
         (ATTN.0, ATTN.1, "attention_bwd_prep"),
-        &[(4, &bo), (5, &bs), (6, &params), (7, &bdo)],
+        &[(4, &bo), (5, &bs), (6, &prep), (7, &bdo)],
         (((s.sq * s.hq) as u32).div_ceil(64), 1, 1),
     );
-    gpu.dispatch(
-        &mut enc,
-        (ATTN.0, ATTN.1, "attention_bwd_dq"),
-        &[
-            (0, &bq),
-            (1, &bk),
-            (2, &bv),
-            (3, &ba),
-            (5, &bs),
-            (6, &params),
-            (7, &bdo),
-            (8, &bdq),
-        ],
-        q_groups,
-    );
-    gpu.dispatch(
-        &mut enc,
-        (ATTN.0, ATTN.1, "attention_bwd_dkv"),
-        &[
-            (0, &bq),
-            (1, &bk),
-            (2, &bv),
-            (3, &ba),
-            (5, &bs),
-            (6, &params),
-            (7, &bdo),
-            (9, &bdk),
-            (10, &bdv),
-        ],
-        ((s.skv as u32).div_ceil(64), s.hkv as u32, 1),
-    );
+    let tile = attention_tile(s.head_dim);
+    for (begin, end, last) in chunks(s.skv, tile) {
+        let params = attention_params(gpu, s, begin, end, last);
+        gpu.dispatch(
+            &mut enc,
+            (ATTN.0, ATTN.1, "attention_bwd_dq"),
+            &[
+                (0, &bq),
+                (1, &bk),
+                (2, &bv),
+                (3, &ba),
+                (5, &bs),
+                (6, &params),
+                (7, &bdo),
+                (8, &bdq),
+            ],
+            ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
+        );
+    }
+    // dkv loops over (query head of the group, query tile): at most group · ⌈Sq / tile⌉ steps.
+    let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
+    for (begin, end, last) in chunks(steps, 1) {
+        let params = attention_params(gpu, s, begin, end, last);
+        gpu.dispatch(
+            &mut enc,
+            (ATTN.0, ATTN.1, "attention_bwd_dkv"),
+            &[
+                (0, &bq),
+                (1, &bk),
+                (2, &bv),
+                (3, &ba),
+                (5, &bs),
+                (6, &params),
+                (7, &bdo),
+                (9, &bdk),
+                (10, &bdv),
+            ],
+            ((s.skv as u32).div_ceil(64), s.hkv as u32, 1),
+        );
+    }
     let out = gpu.finish_and_read(enc, &[&bdq, &bdk, &bdv])?;
     Ok((
         out[0][..q.len()].to_vec(),
