@@ -80,6 +80,38 @@ fn rot(pos: f32, j: u32, dir: f32) -> vec2<f32> {
     return vec2<f32>(cos(a), sin(a)) * p.factor;
 }
 
+// Loads key rows t0..t0+tile of kv head `kvh` into `ts` (rotated) and their values into `us`;
+// rows past Skv are zero. Every invocation of the workgroup calls it, between barriers.
+fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
+    let d = p.head_dim;
+    let half = d / 2u;
+    for (var e = lid; e < tile * half; e = e + WG) {
+        let r = e / half;
+        let j = e % half;
+        let kj = t0 + r;
+        var k0 = 0.0;
+        var k1 = 0.0;
+        if (kj < p.skv) {
+            let base = (kj * p.hkv + kvh) * d;
+            let cs = rot(kpos(kj), j, 1.0);
+            let x0 = k[base + j];
+            let x1 = k[base + j + half];
+            k0 = x0 * cs.x - x1 * cs.y;
+            k1 = x1 * cs.x + x0 * cs.y;
+        }
+        ts[r * d + j] = k0;
+        ts[r * d + j + half] = k1;
+    }
+    for (var e = lid; e < tile * d; e = e + WG) {
+        let kj = t0 + e / d;
+        var val = 0.0;
+        if (kj < p.skv) {
+            val = v[(kj * p.hkv + kvh) * d + e % d];
+        }
+        us[e] = val;
+    }
+}
+
 @compute @workgroup_size(64)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let d = p.head_dim;
@@ -120,31 +152,7 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let last_q = min(wid.x * WG + WG, p.sq) - 1u;
     let kend = min(min(p.skv, past + last_q + 1u), p.c_end);
     for (var t0 = p.c_begin; t0 < kend; t0 = t0 + tile) {
-        for (var e = lid; e < tile * half; e = e + WG) {
-            let r = e / half;
-            let j = e % half;
-            let kj = t0 + r;
-            var k0 = 0.0;
-            var k1 = 0.0;
-            if (kj < p.skv) {
-                let base = (kj * p.hkv + kvh) * d;
-                let cs = rot(kpos(kj), j, 1.0);
-                let x0 = k[base + j];
-                let x1 = k[base + j + half];
-                k0 = x0 * cs.x - x1 * cs.y;
-                k1 = x1 * cs.x + x0 * cs.y;
-            }
-            ts[r * d + j] = k0;
-            ts[r * d + j + half] = k1;
-        }
-        for (var e = lid; e < tile * d; e = e + WG) {
-            let kj = t0 + e / d;
-            var val = 0.0;
-            if (kj < p.skv) {
-                val = v[(kj * p.hkv + kvh) * d + e % d];
-            }
-            us[e] = val;
-        }
+        load_kv_tile(t0, tile, kvh, lid);
         workgroupBarrier();
         if (in_range) {
             let hi = min(min(t0 + tile, p.skv), past + qi + 1u);
@@ -242,31 +250,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let last_q = min(wid.x * WG + WG, p.sq) - 1u;
     let kend = min(min(p.skv, past + last_q + 1u), p.c_end);
     for (var t0 = p.c_begin; t0 < kend; t0 = t0 + tile) {
-        for (var e = lid; e < tile * half; e = e + WG) {
-            let r = e / half;
-            let j = e % half;
-            let kj = t0 + r;
-            var k0 = 0.0;
-            var k1 = 0.0;
-            if (kj < p.skv) {
-                let base = (kj * p.hkv + kvh) * d;
-                let cs = rot(kpos(kj), j, 1.0);
-                let x0 = k[base + j];
-                let x1 = k[base + j + half];
-                k0 = x0 * cs.x - x1 * cs.y;
-                k1 = x1 * cs.x + x0 * cs.y;
-            }
-            ts[r * d + j] = k0;
-            ts[r * d + j + half] = k1;
-        }
-        for (var e = lid; e < tile * d; e = e + WG) {
-            let kj = t0 + e / d;
-            var val = 0.0;
-            if (kj < p.skv) {
-                val = v[(kj * p.hkv + kvh) * d + e % d];
-            }
-            us[e] = val;
-        }
+        load_kv_tile(t0, tile, kvh, lid);
         workgroupBarrier();
         if (in_range) {
             let hi = min(min(t0 + tile, p.skv), past + qi + 1u);
