@@ -318,3 +318,72 @@ pub fn attention_backward(
     );
     (dq, dk, f32s(dv))
 }
+
+/// Which part of the attention matrix [`attention_map`] pools, and into what size.
+#[derive(Debug, Clone, Copy)]
+pub struct MapWindow {
+    /// Query head.
+    pub head: usize,
+    /// First query row of the window.
+    pub row0: usize,
+    /// Query rows in the window.
+    pub nrows: usize,
+    /// Image rows (query bins).
+    pub out_rows: usize,
+    /// Image columns (key bins over all `skv` keys).
+    pub out_cols: usize,
+}
+
+/// The softmax weights of one head for a window of query rows, pooled: cell (r, c) is the mean
+/// over the rows of bin r of the summed weight of the keys in bin c (bins split evenly, as
+/// `start = b · n / bins`).
+///
+/// # Shapes
+/// - as [`attention`]; returns `[out_rows, out_cols]`
+#[allow(clippy::too_many_arguments)]
+pub fn attention_map(
+    q: &[f32],
+    k: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+    w: MapWindow,
+) -> Vec<f32> {
+    let d = s.head_dim;
+    let qr = rope(q, qpos, &vec![s.g; s.sq], inv_freq, s.hq, s.factor, 1.0);
+    let kr = rope(k, kpos, &vec![s.g; s.skv], inv_freq, s.hkv, s.factor, 1.0);
+    let past = s.skv - s.sq;
+    let kh = w.head / (s.hq / s.hkv);
+    let mut img = vec![0.0f32; w.out_rows * w.out_cols];
+    for br in 0..w.out_rows {
+        let (lo, hi) = (
+            w.row0 + br * w.nrows / w.out_rows,
+            w.row0 + (br + 1) * w.nrows / w.out_rows,
+        );
+        for i in lo..hi {
+            let qi = &qr[(i * s.hq + w.head) * d..][..d];
+            let n = past + i + 1;
+            let sc: Vec<f64> = (0..n)
+                .map(|j| {
+                    s.scale as f64
+                        * qi.iter()
+                            .zip(&kr[(j * s.hkv + kh) * d..][..d])
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+            for bc in 0..w.out_cols {
+                let (c_lo, c_hi) = (
+                    bc * s.skv / w.out_cols,
+                    ((bc + 1) * s.skv / w.out_cols).min(n),
+                );
+                let mass: f64 = (c_lo..c_hi.max(c_lo)).map(|j| (sc[j] - mx).exp() / z).sum();
+                img[br * w.out_cols + bc] += (mass / (hi - lo).max(1) as f64) as f32;
+            }
+        }
+    }
+    img
+}

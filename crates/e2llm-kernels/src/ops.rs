@@ -2,7 +2,7 @@
 //! [`crate::cpu`]: upload, dispatch, read back. (Wiring them into burn as custom backend ops,
 //! so the model runs on them without copies, is the next step; see ARCHITECTURE.md.)
 
-use crate::cpu::{AdamWParams, AttentionShape};
+use crate::cpu::{AdamWParams, AttentionShape, MapWindow};
 use crate::error::{KernelError, Result};
 use crate::gpu::{grid, Gpu};
 use crate::shaders;
@@ -531,4 +531,76 @@ pub fn attention_backward(
         out[1][..k.len()].to_vec(),
         out[2][..v.len()].to_vec(),
     ))
+}
+
+/// GPU twin of [`crate::cpu::attention_map`]: runs the (chunked) forward for lse, then pools one
+/// head's weights into `[out_rows, out_cols]` without the full matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_map(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+    w: MapWindow,
+) -> Result<Vec<f32>> {
+    attention_check(q, k, v, qpos, kpos, inv_freq, s)?;
+    check(
+        "attention_map",
+        w.head < s.hq && w.row0 + w.nrows <= s.sq && w.out_rows > 0 && w.out_cols > 0,
+        || {
+            format!(
+                "window {w:?} does not fit {} heads × {} query rows",
+                s.hq, s.sq
+            )
+        },
+    )?;
+    let aux: Vec<f32> = [qpos, kpos, inv_freq].concat();
+    let (bq, bk, bv, ba) = (
+        gpu.upload("q", q),
+        gpu.upload("k", k),
+        gpu.upload("v", v),
+        gpu.upload("aux", &aux),
+    );
+    let (bo, bs) = (gpu.zeros("o", q.len()), gpu.zeros("stats", 3 * s.hq * s.sq));
+    let cells = w.out_rows * w.out_cols;
+    let bimg = gpu.zeros("image", cells);
+    let mut enc = gpu.encoder();
+    forward_into(gpu, &mut enc, [&bq, &bk, &bv, &ba, &bo, &bs], s);
+    let params = gpu.uniform(&[
+        s.sq as u32,
+        s.skv as u32,
+        s.hq as u32,
+        s.hkv as u32,
+        s.head_dim as u32,
+        f(s.scale),
+        f(1.0 / s.g),
+        f(s.factor),
+        w.head as u32,
+        w.row0 as u32,
+        w.nrows as u32,
+        w.out_rows as u32,
+        w.out_cols as u32,
+        0,
+        0,
+        0,
+    ]);
+    gpu.dispatch(
+        &mut enc,
+        ("attention_map", shaders::ATTENTION_MAP, "attention_map"),
+        &[
+            (0, &bq),
+            (1, &bk),
+            (3, &ba),
+            (5, &bs),
+            (6, &params),
+            (7, &bimg),
+        ],
+        ((cells as u32).div_ceil(64), 1, 1),
+    );
+    let mut out = gpu.finish_and_read(enc, &[&bimg])?;
+    Ok(out.swap_remove(0)[..cells].to_vec())
 }

@@ -2,7 +2,7 @@
 //! seeded random inputs over awkward shapes on whatever adapter exists (lavapipe in CI); every
 //! backward twin matches finite differences of its forward twin.
 
-use e2llm_kernels::cpu::{self, AdamWParams, AttentionShape};
+use e2llm_kernels::cpu::{self, AdamWParams, AttentionShape, MapWindow};
 use e2llm_kernels::{ops, shaders, Gpu};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -442,5 +442,89 @@ fn flash_attention_backward_matches_its_twin() {
         assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-5, 1e-3);
         assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-5, 1e-3);
         assert_close(&format!("{tag} dv"), &dv1, &dv0, 5e-5, 1e-3);
+    }
+}
+
+#[test]
+fn attention_map_pools_the_weights_like_its_twin() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (sq, skv, hq, hkv, d, g, w) in [
+        (
+            40,
+            40,
+            2,
+            1,
+            32,
+            1.0,
+            MapWindow {
+                head: 1,
+                row0: 0,
+                nrows: 40,
+                out_rows: 8,
+                out_cols: 10,
+            },
+        ),
+        (
+            300,
+            300,
+            4,
+            2,
+            64,
+            3.0,
+            MapWindow {
+                head: 2,
+                row0: 250,
+                nrows: 50,
+                out_rows: 5,
+                out_cols: 16,
+            },
+        ),
+        (
+            20,
+            90,
+            2,
+            2,
+            32,
+            8.0,
+            MapWindow {
+                head: 0,
+                row0: 3,
+                nrows: 17,
+                out_rows: 17,
+                out_cols: 7,
+            },
+        ),
+    ] {
+        let q = rand_vec(&mut rng, sq * hq * d, 1.5);
+        let k = rand_vec(&mut rng, skv * hkv * d, 1.5);
+        let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
+        let kpos: Vec<f32> = (0..skv).map(|i| i as f32).collect();
+        let qpos = kpos[skv - sq..].to_vec();
+        let s = AttentionShape {
+            sq,
+            skv,
+            hq,
+            hkv,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            g,
+            factor: 1.0,
+        };
+        let f = inv_freq(d, 10000.0);
+        let want = cpu::attention_map(&q, &k, &qpos, &kpos, &f, s, w);
+        let got = ops::attention_map(&gpu, &q, &k, &v, &qpos, &kpos, &f, s, w).expect("map");
+        assert_close(
+            &format!("attention map sq{sq} skv{skv}"),
+            &got,
+            &want,
+            1e-5,
+            1e-3,
+        );
+        // Every image row is a mean of softmax rows: it sums to 1.
+        for r in want.chunks_exact(w.out_cols) {
+            let total: f32 = r.iter().sum();
+            assert!((total - 1.0).abs() < 1e-4, "row sums to {total}");
+        }
     }
 }
