@@ -6,6 +6,7 @@
 //! ([`ops`]) over a cached-pipeline wgpu context ([`gpu::Gpu`]). Every shader stays inside
 //! WebGPU's default limits so the same source runs in a browser.
 
+pub mod attention;
 pub mod cpu;
 pub mod error;
 pub mod gpu;

@@ -328,7 +328,8 @@ fn flash_attention_matches_the_plain_path() {
         };
         let f = inv_freq(d, 10000.0);
         let (o0, l0) = cpu::attention(&q, &k, &v, &qpos, &kpos, &f, s);
-        let (o1, l1) = ops::attention(&gpu, &q, &k, &v, &qpos, &kpos, &f, s).expect("attention");
+        let (o1, l1) = e2llm_kernels::attention::attention(&gpu, &q, &k, &v, &qpos, &kpos, &f, s)
+            .expect("attention");
         let tag = format!("attention sq{sq} skv{skv} hq{hq} hkv{hkv} d{d} g{g}");
         assert_close(&format!("{tag} o"), &o1, &o0, 2e-5, 1e-4);
         assert_close(&format!("{tag} lse"), &l1, &l0, 2e-5, 1e-4);
@@ -436,8 +437,10 @@ fn flash_attention_backward_matches_its_twin() {
         };
         let f = inv_freq(d, 10000.0);
         let (dq0, dk0, dv0) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &d_o, s);
-        let (dq1, dk1, dv1) =
-            ops::attention_backward(&gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s).expect("backward");
+        let (dq1, dk1, dv1) = e2llm_kernels::attention::attention_backward(
+            &gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s,
+        )
+        .expect("backward");
         let tag = format!("attention bwd sq{sq} skv{skv} hq{hq} hkv{hkv} d{d} g{g}");
         assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-5, 1e-3);
         assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-5, 1e-3);
@@ -513,7 +516,8 @@ fn attention_map_pools_the_weights_like_its_twin() {
         };
         let f = inv_freq(d, 10000.0);
         let want = cpu::attention_map(&q, &k, &qpos, &kpos, &f, s, w);
-        let got = ops::attention_map(&gpu, &q, &k, &v, &qpos, &kpos, &f, s, w).expect("map");
+        let got = e2llm_kernels::attention::attention_map(&gpu, &q, &k, &v, &qpos, &kpos, &f, s, w)
+            .expect("map");
         assert_close(
             &format!("attention map sq{sq} skv{skv}"),
             &got,

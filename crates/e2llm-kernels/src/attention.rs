@@ -1,0 +1,362 @@
+//! The attention kernels on the host: [`AttentionBuffers`] uploads q, k, v and positions once
+//! and records the chunked forward, the backward and the attention map; the free functions are
+//! the GPU twins of [`crate::cpu::attention`], [`crate::cpu::attention_backward`] and
+//! [`crate::cpu::attention_map`].
+
+use crate::cpu::{AttentionShape, MapWindow};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::ops::{check, f};
+use crate::shaders;
+
+/// Loop steps (tiles) one dispatch of an attention kernel runs at most: longer loops are split
+/// into chunks (see the shader header for why).
+pub const TILES_PER_DISPATCH: usize = 8;
+
+/// Key (or query) rows per tile for head width `d`: two tiles fill 16 KiB of workgroup memory.
+pub fn tile_rows(d: usize) -> usize {
+    2048 / d
+}
+
+const ATTN: (&str, &str) = ("attention", shaders::ATTENTION);
+
+/// `(begin, end, last)` of each chunk of a loop over `total` steps of `step` each.
+fn chunks(total: usize, step: usize) -> Vec<(usize, usize, bool)> {
+    let span = step * TILES_PER_DISPATCH;
+    let n = total.div_ceil(span).max(1);
+    (0..n)
+        .map(|c| (c * span, (c + 1) * span, c + 1 == n))
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_shapes(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+) -> Result<()> {
+    let d = s.head_dim;
+    check(
+        "attention",
+        d > 0
+            && d.is_multiple_of(2)
+            && d <= 128
+            && inv_freq.len() == d / 2
+            && s.hkv > 0
+            && s.hq.is_multiple_of(s.hkv)
+            && s.sq <= s.skv
+            && q.len() == s.sq * s.hq * d
+            && k.len() == s.skv * s.hkv * d
+            && v.len() == k.len()
+            && qpos.len() == s.sq
+            && kpos.len() == s.skv,
+        || {
+            format!(
+                "shapes do not fit {s:?} (head_dim even and ≤ 128, hq a multiple of hkv, sq ≤ skv)"
+            )
+        },
+    )
+}
+
+/// q, k, v, positions and every output of the attention kernels, resident on the device.
+pub struct AttentionBuffers {
+    /// The shape.
+    pub shape: AttentionShape,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    aux: wgpu::Buffer,
+    o: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    d_o: wgpu::Buffer,
+    dq: wgpu::Buffer,
+    dk: wgpu::Buffer,
+    dv: wgpu::Buffer,
+}
+
+impl AttentionBuffers {
+    /// Uploads the inputs (`d_o` may be empty when no backward will run).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        qpos: &[f32],
+        kpos: &[f32],
+        inv_freq: &[f32],
+        d_o: &[f32],
+        s: AttentionShape,
+    ) -> Result<Self> {
+        check_shapes(q, k, v, qpos, kpos, inv_freq, s)?;
+        check(
+            "attention_backward",
+            d_o.is_empty() || d_o.len() == q.len(),
+            || format!("dO has {} values, q {}", d_o.len(), q.len()),
+        )?;
+        let aux: Vec<f32> = [qpos, kpos, inv_freq].concat();
+        let grads = !d_o.is_empty();
+        let n = |len: usize| if grads { len } else { 1 };
+        Ok(Self {
+            shape: s,
+            q: gpu.upload("q", q),
+            k: gpu.upload("k", k),
+            v: gpu.upload("v", v),
+            aux: gpu.upload("aux", &aux),
+            o: gpu.zeros("o", q.len()),
+            stats: gpu.zeros("stats", 3 * s.hq * s.sq),
+            d_o: gpu.upload("dO", d_o),
+            dq: gpu.zeros("dq", n(q.len())),
+            dk: gpu.zeros("dk", n(k.len())),
+            dv: gpu.zeros("dv", n(v.len())),
+        })
+    }
+
+    /// Bytes of device memory these buffers hold (what the kernels need besides their 16 KiB
+    /// of workgroup memory): linear in the length.
+    pub fn bytes(&self) -> u64 {
+        [
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.aux,
+            &self.o,
+            &self.stats,
+            &self.d_o,
+            &self.dq,
+            &self.dk,
+            &self.dv,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum()
+    }
+
+    fn params(&self, gpu: &Gpu, begin: usize, end: usize, last: bool) -> wgpu::Buffer {
+        let s = self.shape;
+        gpu.uniform(&[
+            s.sq as u32,
+            s.skv as u32,
+            s.hq as u32,
+            s.hkv as u32,
+            s.head_dim as u32,
+            f(s.scale),
+            f(1.0 / s.g),
+            f(s.factor),
+            begin as u32,
+            end as u32,
+            u32::from(last),
+            0,
+        ])
+    }
+
+    /// Records the forward: o and lse.
+    pub fn record_forward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+        let s = self.shape;
+        for (begin, end, last) in chunks(s.skv, tile_rows(s.head_dim)) {
+            let params = self.params(gpu, begin, end, last);
+            gpu.dispatch(
+                enc,
+                (ATTN.0, ATTN.1, "attention_fwd"),
+                &[
+                    (0, &self.q),
+                    (1, &self.k),
+                    (2, &self.v),
+                    (3, &self.aux),
+                    (4, &self.o),
+                    (5, &self.stats),
+                    (6, &params),
+                ],
+                ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
+            );
+        }
+    }
+
+    /// Records the backward (after [`Self::record_forward`]): δ, dq, then dk and dv.
+    pub fn record_backward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+        let s = self.shape;
+        let prep = self.params(gpu, 0, 0, true);
+        gpu.dispatch(
+            enc,
+            (ATTN.0, ATTN.1, "attention_bwd_prep"),
+            &[(4, &self.o), (5, &self.stats), (6, &prep), (7, &self.d_o)],
+            (((s.sq * s.hq) as u32).div_ceil(64), 1, 1),
+        );
+        let tile = tile_rows(s.head_dim);
+        for (begin, end, last) in chunks(s.skv, tile) {
+            let params = self.params(gpu, begin, end, last);
+            let mut b = self.backward_bindings(&params);
+            b.push((8, &self.dq));
+            gpu.dispatch(
+                enc,
+                (ATTN.0, ATTN.1, "attention_bwd_dq"),
+                &b,
+                ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
+            );
+        }
+        // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
+        let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
+        for (begin, end, last) in chunks(steps, 1) {
+            let params = self.params(gpu, begin, end, last);
+            let mut b = self.backward_bindings(&params);
+            b.extend([(9, &self.dk), (10, &self.dv)]);
+            gpu.dispatch(
+                enc,
+                (ATTN.0, ATTN.1, "attention_bwd_dkv"),
+                &b,
+                ((s.skv as u32).div_ceil(64), s.hkv as u32, 1),
+            );
+        }
+    }
+
+    fn backward_bindings<'a>(&'a self, params: &'a wgpu::Buffer) -> Vec<(u32, &'a wgpu::Buffer)> {
+        vec![
+            (0, &self.q),
+            (1, &self.k),
+            (2, &self.v),
+            (3, &self.aux),
+            (5, &self.stats),
+            (6, params),
+            (7, &self.d_o),
+        ]
+    }
+
+    /// Records the pooled attention map of `w` (after [`Self::record_forward`]) into `image`.
+    pub fn record_map(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        w: MapWindow,
+        image: &wgpu::Buffer,
+    ) {
+        let s = self.shape;
+        let params = gpu.uniform(&[
+            s.sq as u32,
+            s.skv as u32,
+            s.hq as u32,
+            s.hkv as u32,
+            s.head_dim as u32,
+            f(s.scale),
+            f(1.0 / s.g),
+            f(s.factor),
+            w.head as u32,
+            w.row0 as u32,
+            w.nrows as u32,
+            w.out_rows as u32,
+            w.out_cols as u32,
+            0,
+            0,
+            0,
+        ]);
+        gpu.dispatch(
+            enc,
+            ("attention_map", shaders::ATTENTION_MAP, "attention_map"),
+            &[
+                (0, &self.q),
+                (1, &self.k),
+                (3, &self.aux),
+                (5, &self.stats),
+                (6, &params),
+                (7, image),
+            ],
+            (((w.out_rows * w.out_cols) as u32).div_ceil(64), 1, 1),
+        );
+    }
+
+    /// Reads back `(o, lse)`.
+    pub fn read_forward(
+        &self,
+        gpu: &Gpu,
+        enc: wgpu::CommandEncoder,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let s = self.shape;
+        let out = gpu.finish_and_read(enc, &[&self.o, &self.stats])?;
+        let n = s.sq * s.hq * s.head_dim;
+        Ok((out[0][..n].to_vec(), out[1][..s.hq * s.sq].to_vec()))
+    }
+}
+
+/// GPU twin of [`crate::cpu::attention`] (the fused flash kernel); returns `(o, lse)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let bufs = AttentionBuffers::new(gpu, q, k, v, qpos, kpos, inv_freq, &[], s)?;
+    let mut enc = gpu.encoder();
+    bufs.record_forward(gpu, &mut enc);
+    bufs.read_forward(gpu, enc)
+}
+
+/// GPU twin of [`crate::cpu::attention_backward`]: the forward (for o and lse), then δ, dq and
+/// dk/dv, each recomputing scores tile by tile. Returns `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    d_o: &[f32],
+    s: AttentionShape,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    check("attention_backward", d_o.len() == q.len(), || {
+        format!("dO has {} values, q {}", d_o.len(), q.len())
+    })?;
+    let b = AttentionBuffers::new(gpu, q, k, v, qpos, kpos, inv_freq, d_o, s)?;
+    let mut enc = gpu.encoder();
+    b.record_forward(gpu, &mut enc);
+    b.record_backward(gpu, &mut enc);
+    let out = gpu.finish_and_read(enc, &[&b.dq, &b.dk, &b.dv])?;
+    Ok((
+        out[0][..q.len()].to_vec(),
+        out[1][..k.len()].to_vec(),
+        out[2][..v.len()].to_vec(),
+    ))
+}
+
+/// GPU twin of [`crate::cpu::attention_map`]: runs the (chunked) forward for lse, then pools one
+/// head's weights into `[out_rows, out_cols]` without the full matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_map(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+    w: MapWindow,
+) -> Result<Vec<f32>> {
+    check(
+        "attention_map",
+        w.head < s.hq && w.row0 + w.nrows <= s.sq && w.out_rows > 0 && w.out_cols > 0,
+        || {
+            format!(
+                "window {w:?} does not fit {} heads × {} query rows",
+                s.hq, s.sq
+            )
+        },
+    )?;
+    let b = AttentionBuffers::new(gpu, q, k, v, qpos, kpos, inv_freq, &[], s)?;
+    let cells = w.out_rows * w.out_cols;
+    let image = gpu.zeros("image", cells);
+    let mut enc = gpu.encoder();
+    b.record_forward(gpu, &mut enc);
+    b.record_map(gpu, &mut enc, w, &image);
+    let mut out = gpu.finish_and_read(enc, &[&image])?;
+    Ok(out.swap_remove(0)[..cells].to_vec())
+}
