@@ -58,6 +58,7 @@ fn help_is_available_everywhere() {
         &["quickstart"],
         &["experiment"],
         &["bench", "train"],
+        &["bench", "kernels"],
     ] {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");

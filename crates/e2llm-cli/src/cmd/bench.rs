@@ -22,6 +22,8 @@ pub struct Args {
 enum What {
     /// Training tokens/s of the quickstart base model (forward, backward, AdamW) per backend.
     Train(TrainArgs),
+    /// The fused attention kernel against the plain path and burn's attention, per length.
+    Kernels(crate::cmd::bench_kernels::KernelArgs),
 }
 
 /// Arguments of `e2llm bench train`.
@@ -48,6 +50,7 @@ pub struct TrainArgs {
 pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Train(t) => train(t),
+        What::Kernels(k) => crate::cmd::bench_kernels::run(k),
     }
 }
 

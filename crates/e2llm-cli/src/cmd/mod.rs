@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_kernels;
 pub mod experiment;
 pub mod generate;
 pub mod info;
