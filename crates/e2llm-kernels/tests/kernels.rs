@@ -532,3 +532,85 @@ fn attention_map_pools_the_weights_like_its_twin() {
         }
     }
 }
+
+/// 16k tokens through the fused forward: completes, holds only linear memory (the score matrix
+/// alone would be 2 GiB), and sampled rows match a direct computation.
+#[test]
+fn long_context_prefill_runs_in_linear_memory() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (s, h, d) = (16_384usize, 2usize, 32usize);
+    let q = rand_vec(&mut rng, s * h * d, 1.0);
+    let k = rand_vec(&mut rng, s * h * d, 1.0);
+    let v = rand_vec(&mut rng, s * h * d, 1.0);
+    let pos: Vec<f32> = (0..s).map(|i| i as f32).collect();
+    let g = 64.0;
+    let shape = AttentionShape {
+        sq: s,
+        skv: s,
+        hq: h,
+        hkv: h,
+        head_dim: d,
+        scale: 1.0 / (d as f32).sqrt(),
+        g,
+        factor: 1.0,
+    };
+    let f = inv_freq(d, 10000.0);
+    let bufs = e2llm_kernels::attention::AttentionBuffers::new(
+        &gpu,
+        &q,
+        &k,
+        &v,
+        &pos,
+        &pos,
+        &f,
+        &[],
+        shape,
+    )
+    .expect("buffers");
+    let bytes = bufs.bytes();
+    let matrix = (h * s * s * 4) as u64;
+    eprintln!(
+        "16k prefill: {:.1} MiB of buffers, vs {:.0} MiB for one score matrix",
+        bytes as f64 / 1048576.0,
+        matrix as f64 / 1048576.0
+    );
+    assert!(bytes * 100 < matrix, "memory is not linear: {bytes} bytes");
+    let mut enc = gpu.encoder();
+    bufs.record_forward(&gpu, &mut enc);
+    let (o, lse) = bufs.read_forward(&gpu, enc).expect("forward");
+    let qr = cpu::rope(&q, &pos, &vec![g; s], &f, h, 1.0, 1.0);
+    let kr = cpu::rope(&k, &pos, &vec![g; s], &f, h, 1.0, 1.0);
+    for &i in &[0usize, 1, 4_095, 9_999, 16_383] {
+        for hh in 0..h {
+            let qi = &qr[(i * h + hh) * d..][..d];
+            let sc: Vec<f64> = (0..=i)
+                .map(|j| {
+                    shape.scale as f64
+                        * qi.iter()
+                            .zip(&kr[(j * h + hh) * d..][..d])
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+            let want_lse = (mx + z.ln()) as f32;
+            let got_lse = lse[hh * s + i];
+            assert!(
+                (got_lse - want_lse).abs() < 1e-3,
+                "lse row {i} head {hh}: {got_lse} vs {want_lse}"
+            );
+            for c in [0, d / 2, d - 1] {
+                let want: f64 = (0..=i)
+                    .map(|j| (sc[j] - mx).exp() / z * v[(j * h + hh) * d + c] as f64)
+                    .sum();
+                let got = o[(i * h + hh) * d + c];
+                assert!(
+                    (got as f64 - want).abs() < 1e-4,
+                    "o row {i} head {hh} col {c}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
