@@ -86,10 +86,21 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Progress bars, one per running stage.
+/// Progress bars, one per running stage; without a terminal (logs, CI) a plain line every
+/// tenth of a stage instead, since indicatif draws nothing there.
 struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    plain: bool,
+}
+
+impl Bars {
+    fn log(&self, name: &str, what: &str, done: usize, total: usize, msg: &str) {
+        let every = (total / 10).max(1);
+        if self.plain && (done.is_multiple_of(every) || done == total) {
+            eprintln!("{name:>12} {what:<5} {done}/{total} {msg}");
+        }
+    }
 }
 
 impl Bars {
@@ -123,7 +134,9 @@ impl Observer for Bars {
     fn step(&self, name: &str, r: &StepReport) {
         let b = self.bar(name, r.steps, r.step, "train");
         b.set_position(r.step as u64);
-        b.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
+        let msg = format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s);
+        self.log(name, "train", r.step, r.steps, &msg);
+        b.set_message(msg);
         if r.step >= r.steps {
             b.finish();
         }
@@ -131,6 +144,7 @@ impl Observer for Bars {
     fn eval(&self, name: &str, done: usize, total: usize) {
         let b = self.bar(name, total, done, "eval");
         b.set_position(done as u64);
+        self.log(name, "eval", done, total, "");
     }
     fn done(&self, name: &str) {
         let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,6 +223,7 @@ fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str) -> Result<Report> 
     let bars = Bars {
         multi: MultiProgress::new(),
         bars: Mutex::new(HashMap::new()),
+        plain: !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let rep = experiment::run(plan, out, &corpus, jobs, &bars)?;
     report(&rep, out, title)?;

@@ -61,8 +61,17 @@ pub fn run(a: Args) -> Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
+    // indicatif draws nothing without a terminal (logs, CI): print a line every 5 % instead.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let every = (cfg.steps / 20).max(1);
     let ckpt = trainer.run(|r| {
         use std::io::Write;
+        if plain && (r.step.is_multiple_of(every) || r.step == r.steps) {
+            eprintln!(
+                "step {}/{}  loss {:.3}  lr {:.2e}  {:.0} tok/s",
+                r.step, r.steps, r.loss, r.lr, r.tokens_per_s
+            );
+        }
         bar.set_position(r.step as u64);
         bar.set_message(format!(
             "loss {:.3}  lr {:.2e}  |g| {:.2}  {:.0} tok/s",
