@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build workspace crates for wasm32-unknown-unknown.
 #
-#   scripts/wasm-build.sh [--release] [--check] [crate...]  (default: e2llm-core e2llm-model)
+#   scripts/wasm-build.sh [--release] [--check] [crate...]  (default: e2llm-core e2llm-model e2llm-kernels)
 #
 #   --check  `cargo check` instead of `cargo build`: proves the crates and their whole dependency
 #            tree compile for wasm32 without generating code (much faster: burn's dependencies
@@ -39,7 +39,7 @@ for arg in "$@"; do
         *) crates+=("$arg") ;;
     esac
 done
-[ "${#crates[@]}" -gt 0 ] || crates=(e2llm-core e2llm-model)
+[ "${#crates[@]}" -gt 0 ] || crates=(e2llm-core e2llm-model e2llm-kernels)
 
 log() { printf '[wasm-build] %s\n' "$*"; }
 die() {
