@@ -136,9 +136,10 @@ impl AttentionBuffers {
         .sum()
     }
 
-    fn params(&self, gpu: &Gpu, begin: usize, end: usize, last: bool) -> wgpu::Buffer {
+    /// The first 8 words of every attention shader's `Params`.
+    fn shape_words(&self) -> [u32; 8] {
         let s = self.shape;
-        gpu.uniform(&[
+        [
             s.sq as u32,
             s.skv as u32,
             s.hq as u32,
@@ -147,11 +148,12 @@ impl AttentionBuffers {
             f(s.scale),
             f(1.0 / s.g),
             f(s.factor),
-            begin as u32,
-            end as u32,
-            u32::from(last),
-            0,
-        ])
+        ]
+    }
+
+    fn params(&self, gpu: &Gpu, begin: usize, end: usize, last: bool) -> wgpu::Buffer {
+        let tail = [begin as u32, end as u32, u32::from(last), 0];
+        gpu.uniform(&[self.shape_words().as_slice(), &tail].concat())
     }
 
     /// Records the forward: o and lse.
@@ -233,16 +235,7 @@ impl AttentionBuffers {
         w: MapWindow,
         image: &wgpu::Buffer,
     ) {
-        let s = self.shape;
-        let params = gpu.uniform(&[
-            s.sq as u32,
-            s.skv as u32,
-            s.hq as u32,
-            s.hkv as u32,
-            s.head_dim as u32,
-            f(s.scale),
-            f(1.0 / s.g),
-            f(s.factor),
+        let tail = [
             w.head as u32,
             w.row0 as u32,
             w.nrows as u32,
@@ -251,7 +244,8 @@ impl AttentionBuffers {
             0,
             0,
             0,
-        ]);
+        ];
+        let params = gpu.uniform(&[self.shape_words().as_slice(), &tail].concat());
         gpu.dispatch(
             enc,
             ("attention_map", shaders::ATTENTION_MAP, "attention_map"),

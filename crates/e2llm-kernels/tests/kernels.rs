@@ -49,6 +49,52 @@ fn inv_freq(d: usize, theta: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Seeded inputs of one attention case: q, k, v, E²-LLM-style positions (4 sinks, then an
+/// offset and a fractional step), the shape and the inverse frequencies.
+struct Case {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    qpos: Vec<f32>,
+    kpos: Vec<f32>,
+    s: AttentionShape,
+    f: Vec<f32>,
+}
+
+fn attention_case(
+    rng: &mut ChaCha8Rng,
+    (sq, skv, hq, hkv, d, g): (usize, usize, usize, usize, usize, f32),
+    (step, offset): (f32, f32),
+) -> Case {
+    let kpos: Vec<f32> = (0..skv)
+        .map(|i| {
+            if i < 4 {
+                i as f32
+            } else {
+                i as f32 * step + offset
+            }
+        })
+        .collect();
+    Case {
+        q: rand_vec(rng, sq * hq * d, 1.0),
+        k: rand_vec(rng, skv * hkv * d, 1.0),
+        v: rand_vec(rng, skv * hkv * d, 1.0),
+        qpos: kpos[skv - sq..].to_vec(),
+        kpos,
+        s: AttentionShape {
+            sq,
+            skv,
+            hq,
+            hkv,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            g,
+            factor: 1.0,
+        },
+        f: inv_freq(d, 10000.0),
+    }
+}
+
 #[test]
 fn every_shader_parses_and_validates_with_naga() {
     for (name, src) in shaders::ALL {
@@ -301,36 +347,20 @@ fn flash_attention_matches_the_plain_path() {
         (600, 600, 2, 2, 64, 3.0),
         (300, 300, 4, 2, 128, 1.0),
     ];
-    for (sq, skv, hq, hkv, d, g) in cases {
-        let q = rand_vec(&mut rng, sq * hq * d, 1.0);
-        let k = rand_vec(&mut rng, skv * hkv * d, 1.0);
-        let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
-        // E²-LLM-style positions: 4 sinks, then an offset, fractional steps.
-        let kpos: Vec<f32> = (0..skv)
-            .map(|i| {
-                if i < 4 {
-                    i as f32
-                } else {
-                    i as f32 * 0.75 + 40.0
-                }
-            })
-            .collect();
-        let qpos = kpos[skv - sq..].to_vec();
-        let s = AttentionShape {
-            sq,
-            skv,
-            hq,
-            hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            g,
-            factor: 1.0,
-        };
-        let f = inv_freq(d, 10000.0);
+    for case in cases {
+        let Case {
+            q,
+            k,
+            v,
+            qpos,
+            kpos,
+            s,
+            f,
+        } = attention_case(&mut rng, case, (0.75, 40.0));
         let (o0, l0) = cpu::attention(&q, &k, &v, &qpos, &kpos, &f, s);
         let (o1, l1) = e2llm_kernels::attention::attention(&gpu, &q, &k, &v, &qpos, &kpos, &f, s)
             .expect("attention");
-        let tag = format!("attention sq{sq} skv{skv} hq{hq} hkv{hkv} d{d} g{g}");
+        let tag = format!("attention {case:?}");
         assert_close(&format!("{tag} o"), &o1, &o0, 2e-5, 1e-4);
         assert_close(&format!("{tag} lse"), &l1, &l0, 2e-5, 1e-4);
     }
@@ -410,38 +440,23 @@ fn flash_attention_backward_matches_its_twin() {
         (65, 65, 4, 1, 128, 1.0),
         (700, 700, 2, 1, 64, 9.0),
     ];
-    for (sq, skv, hq, hkv, d, g) in cases {
-        let q = rand_vec(&mut rng, sq * hq * d, 1.0);
-        let k = rand_vec(&mut rng, skv * hkv * d, 1.0);
-        let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
-        let d_o = rand_vec(&mut rng, sq * hq * d, 1.0);
-        let kpos: Vec<f32> = (0..skv)
-            .map(|i| {
-                if i < 4 {
-                    i as f32
-                } else {
-                    i as f32 * 1.5 + 7.0
-                }
-            })
-            .collect();
-        let qpos = kpos[skv - sq..].to_vec();
-        let s = AttentionShape {
-            sq,
-            skv,
-            hq,
-            hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            g,
-            factor: 1.0,
-        };
-        let f = inv_freq(d, 10000.0);
+    for case in cases {
+        let Case {
+            q,
+            k,
+            v,
+            qpos,
+            kpos,
+            s,
+            f,
+        } = attention_case(&mut rng, case, (1.5, 7.0));
+        let d_o = rand_vec(&mut rng, q.len(), 1.0);
         let (dq0, dk0, dv0) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &d_o, s);
         let (dq1, dk1, dv1) = e2llm_kernels::attention::attention_backward(
             &gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s,
         )
         .expect("backward");
-        let tag = format!("attention bwd sq{sq} skv{skv} hq{hq} hkv{hkv} d{d} g{g}");
+        let tag = format!("attention bwd {case:?}");
         assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-5, 1e-3);
         assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-5, 1e-3);
         assert_close(&format!("{tag} dv"), &dv1, &dv0, 5e-5, 1e-3);
