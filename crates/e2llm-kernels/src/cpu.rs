@@ -188,6 +188,27 @@ pub struct AttentionShape {
     pub factor: f32,
 }
 
+/// RoPE at every token's position / g, rotating q (`dir` 1) or undoing it (`dir` -1) on a
+/// `[tokens, heads, d]` array, as the attention kernels do to q and k.
+fn rotate(
+    x: &[f32],
+    pos: &[f32],
+    inv_freq: &[f32],
+    heads: usize,
+    s: AttentionShape,
+    dir: f32,
+) -> Vec<f32> {
+    rope(
+        x,
+        pos,
+        &vec![s.g; pos.len()],
+        inv_freq,
+        heads,
+        s.factor,
+        dir,
+    )
+}
+
 /// Causal GQA attention with RoPE applied to q and k first: the plain
 /// matmul–mask–softmax–matmul path. Returns `(o, lse)`.
 ///
@@ -206,8 +227,8 @@ pub fn attention(
     s: AttentionShape,
 ) -> (Vec<f32>, Vec<f32>) {
     let d = s.head_dim;
-    let qr = rope(q, qpos, &vec![s.g; s.sq], inv_freq, s.hq, s.factor, 1.0);
-    let kr = rope(k, kpos, &vec![s.g; s.skv], inv_freq, s.hkv, s.factor, 1.0);
+    let qr = rotate(q, qpos, inv_freq, s.hq, s, 1.0);
+    let kr = rotate(k, kpos, inv_freq, s.hkv, s, 1.0);
     let past = s.skv - s.sq;
     let group = s.hq / s.hkv;
     let mut o = vec![0.0; q.len()];
@@ -262,8 +283,8 @@ pub fn attention_backward(
     s: AttentionShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = s.head_dim;
-    let qr = rope(q, qpos, &vec![s.g; s.sq], inv_freq, s.hq, s.factor, 1.0);
-    let kr = rope(k, kpos, &vec![s.g; s.skv], inv_freq, s.hkv, s.factor, 1.0);
+    let qr = rotate(q, qpos, inv_freq, s.hq, s, 1.0);
+    let kr = rotate(k, kpos, inv_freq, s.hkv, s, 1.0);
     let past = s.skv - s.sq;
     let group = s.hq / s.hkv;
     let mut dqr = vec![0.0f64; q.len()];
@@ -298,24 +319,8 @@ pub fn attention_backward(
         }
     }
     let f32s = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
-    let dq = rope(
-        &f32s(dqr),
-        qpos,
-        &vec![s.g; s.sq],
-        inv_freq,
-        s.hq,
-        s.factor,
-        -1.0,
-    );
-    let dk = rope(
-        &f32s(dkr),
-        kpos,
-        &vec![s.g; s.skv],
-        inv_freq,
-        s.hkv,
-        s.factor,
-        -1.0,
-    );
+    let dq = rotate(&f32s(dqr), qpos, inv_freq, s.hq, s, -1.0);
+    let dk = rotate(&f32s(dkr), kpos, inv_freq, s.hkv, s, -1.0);
     (dq, dk, f32s(dv))
 }
 
@@ -351,8 +356,8 @@ pub fn attention_map(
     w: MapWindow,
 ) -> Vec<f32> {
     let d = s.head_dim;
-    let qr = rope(q, qpos, &vec![s.g; s.sq], inv_freq, s.hq, s.factor, 1.0);
-    let kr = rope(k, kpos, &vec![s.g; s.skv], inv_freq, s.hkv, s.factor, 1.0);
+    let qr = rotate(q, qpos, inv_freq, s.hq, s, 1.0);
+    let kr = rotate(k, kpos, inv_freq, s.hkv, s, 1.0);
     let past = s.skv - s.sq;
     let kh = w.head / (s.hq / s.hkv);
     let mut img = vec![0.0f32; w.out_rows * w.out_cols];

@@ -426,11 +426,8 @@ pub fn evaluate(
     let mut ppl = Vec::new();
     if !plan.ppl_multiples.is_empty() {
         let lengths: Vec<usize> = plan.ppl_multiples.iter().map(|k| k * l).collect();
-        let longest = lengths.iter().copied().max().unwrap_or(l);
-        // Enough held-out text for every window (about 3 characters a token, doubled).
-        let need = 6 * (longest + 1) * plan.ppl_windows.max(1);
-        let text: String = heldout.chars().take(need.max(20_000)).collect();
-        let tokens = tok.encode(&text, false)?;
+        let text = crate::ppl::text_for_windows(heldout, &lengths, plan.ppl_windows);
+        let tokens = tok.encode(text, false)?;
         ppl = perplexity(
             &model,
             &tokens,

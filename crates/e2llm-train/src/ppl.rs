@@ -29,6 +29,20 @@ pub struct PplPoint {
     pub ppl: f64,
 }
 
+/// The prefix of `text` worth tokenizing for `max_windows` windows of the longest of `lengths`
+/// (about 3 characters a token, with margin); all of it when `max_windows` is 0.
+pub fn text_for_windows<'a>(text: &'a str, lengths: &[usize], max_windows: usize) -> &'a str {
+    if max_windows == 0 {
+        return text;
+    }
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let chars = 8 * (longest + 1) * max_windows;
+    match text.char_indices().nth(chars) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
 /// Window start offsets and the first scored index inside each window.
 pub fn windows(n_tokens: usize, length: usize, stride: usize) -> Vec<(usize, usize)> {
     let stride = stride.clamp(1, length.max(1));

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use e2llm_model::{checkpoint, Tokenizer};
 use e2llm_train::data::Corpus;
 use e2llm_train::eval::ScaleMode;
-use e2llm_train::ppl::perplexity;
+use e2llm_train::ppl::{perplexity, text_for_windows};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::util::{open_device, parse_list};
@@ -59,15 +59,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => Corpus::embedded()?.heldout,
     };
-    let longest = lengths.iter().copied().max().unwrap_or(0);
-    // Tokenize only what the windows can use (about 3 characters a token, with margin).
-    let need = 8 * (longest + 1) * a.max_windows.max(1);
-    let text: String = if a.max_windows > 0 {
-        text.chars().take(need).collect()
-    } else {
-        text
-    };
-    let tokens = tok.encode(&text, false)?;
+    let tokens = tok.encode(text_for_windows(&text, &lengths, a.max_windows), false)?;
     let device = open_device(&a.backend)?;
     let model = checkpoint::load_dir(&a.model, &device)?;
     let bar = ProgressBar::new(0);
