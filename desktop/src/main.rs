@@ -1,0 +1,3 @@
+//! `desktop-trainer` (work in progress, issue #6).
+
+fn main() {}

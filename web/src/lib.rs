@@ -1,0 +1,3 @@
+//! # e2llm-web
+//!
+//! The browser demo's wasm module (work in progress, issue #5).
