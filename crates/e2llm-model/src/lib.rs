@@ -13,6 +13,7 @@
 //! ```
 
 pub mod attention;
+pub mod attnmap;
 pub mod backend;
 pub mod checkpoint;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod rope;
 pub mod tokenizer;
 pub mod weights;
 
+pub use attnmap::{AttentionImage, MapSpec};
 /// The burn device type (re-exported so callers need no direct burn dependency).
 pub use burn::tensor::Device;
 pub use error::{ModelError, Result};

@@ -78,6 +78,14 @@ impl KvCache {
             .map_or(0, |c| c.k.dims()[2])
     }
 
+    /// Layer `i`'s slot (grown as needed).
+    pub(crate) fn slot(&mut self, i: usize) -> &mut Option<LayerCache> {
+        if self.layers.len() <= i {
+            self.layers.resize(i + 1, None);
+        }
+        &mut self.layers[i]
+    }
+
     /// True before the first forward.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -85,20 +93,15 @@ impl KvCache {
 }
 
 impl Llama {
-    /// Hidden states after the final norm.
-    ///
-    /// `ids` holds `[batch * seq]` token ids row-major; `positions` gives each token's position
-    /// and each row's RoPE scale. With a cache, the new tokens attend to everything cached and
-    /// are appended to it.
+    /// Checks the inputs, embeds `ids` and builds the RoPE tables for `positions`.
     ///
     /// # Shapes
-    /// - output: `[batch, seq, hidden]`
-    pub fn forward_hidden(
+    /// - returns `[batch, seq, hidden]` embeddings
+    pub(crate) fn embed(
         &self,
         ids: &[u32],
         positions: &Positions,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor<3>> {
+    ) -> Result<(Tensor<3>, RopeTables)> {
         let cfg = &self.config;
         let batch = positions.batch;
         if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
@@ -139,7 +142,7 @@ impl Llama {
             ),
             &device,
         );
-        let mut x = self
+        let x = self
             .embed_tokens
             .val()
             .select(0, ids_t)
@@ -151,6 +154,24 @@ impl Llama {
             positions,
             &device,
         );
+        Ok((x, rope))
+    }
+
+    /// Hidden states after the final norm.
+    ///
+    /// `ids` holds `[batch * seq]` token ids row-major; `positions` gives each token's position
+    /// and each row's RoPE scale. With a cache, the new tokens attend to everything cached and
+    /// are appended to it.
+    ///
+    /// # Shapes
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward_hidden(
+        &self,
+        ids: &[u32],
+        positions: &Positions,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        let (mut x, rope) = self.embed(ids, positions)?;
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() != self.layers.len() {
                 *c = KvCache::new(self.layers.len());

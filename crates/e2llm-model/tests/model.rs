@@ -257,3 +257,150 @@ fn bad_files_give_clear_errors() {
     assert!(e.to_string().contains("999"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Full softmax weights of `head` in `layer`, `[n, n]` row-major, by plain burn ops on the
+/// model's own layers (the independent reference for `Llama::attention_map`).
+fn reference_weights(
+    model: &Llama,
+    ids: &[u32],
+    pos: &[f32],
+    g: f32,
+    layer: usize,
+    head: usize,
+) -> Vec<f32> {
+    use burn::tensor::{activation, Bool, Int, Tensor, TensorData};
+    use e2llm_model::attention::repeat_kv;
+    use e2llm_model::rope::RopeTables;
+    let cfg = &model.config;
+    let (n, d) = (ids.len(), cfg.head_dim());
+    let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let device = model.device();
+    let positions = Positions::row(pos.to_vec(), g);
+    let rope = RopeTables::new(
+        &cfg.rope,
+        d,
+        cfg.max_position_embeddings,
+        &positions,
+        &device,
+    );
+    let ids_t = Tensor::<1, Int>::from_data(
+        TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
+        &device,
+    );
+    let mut x = model
+        .embed_tokens
+        .val()
+        .select(0, ids_t)
+        .reshape([1, n, cfg.hidden_size]);
+    for l in &model.layers[..layer] {
+        x = l.forward(x, &rope, None);
+    }
+    let l = &model.layers[layer];
+    let x = l.input_layernorm.forward(x);
+    let q = l
+        .self_attn
+        .q_proj
+        .forward(x.clone())
+        .reshape([1, n, h, d])
+        .swap_dims(1, 2);
+    let k = l
+        .self_attn
+        .k_proj
+        .forward(x)
+        .reshape([1, n, kvh, d])
+        .swap_dims(1, 2);
+    let k = repeat_kv(rope.apply(k), h / kvh);
+    let scores = rope.apply(q).matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    let mask = Tensor::<2, Bool>::tril_mask([n, n], 0, &device)
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([1, h, n, n]);
+    let p = activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+    to_vec(p.narrow(1, head, 1))
+}
+
+#[test]
+fn attention_map_pools_the_softmax_weights_of_the_plain_path() {
+    use e2llm_model::MapSpec;
+    let model = model(small_config());
+    let n = 37;
+    let ids = ids(n);
+    // Fractional, offset positions read at g = 4, as an extended model reads a long prompt.
+    let pos: Vec<f32> = (0..n).map(|i| 3.0 + 1.5 * i as f32).collect();
+    let g = 4.0;
+    for (layer, head) in [(0, 1), (1, 3)] {
+        let full = reference_weights(&model, &ids, &pos, g, layer, head);
+        for spec in [
+            MapSpec::whole(layer, head, n, 64),
+            MapSpec {
+                layer,
+                head,
+                row0: 5,
+                nrows: 25,
+                out_rows: 7,
+                out_cols: 10,
+            },
+            MapSpec::last_row(layer, head, n, 12),
+        ] {
+            // chunk 8: the layers below run through the cache in pieces.
+            let img = model.attention_map(&ids, &pos, g, &spec, 8).expect("map");
+            assert_eq!(
+                (img.rows, img.cols, img.data.len()),
+                (spec.out_rows, spec.out_cols, spec.out_rows * spec.out_cols)
+            );
+            for r in 0..img.rows {
+                let rows = spec.row0 + r * spec.nrows / img.rows
+                    ..spec.row0 + (r + 1) * spec.nrows / img.rows;
+                let mut sum = 0.0;
+                for c in 0..img.cols {
+                    let keys = c * n / img.cols..(c + 1) * n / img.cols;
+                    let want: f32 = rows
+                        .clone()
+                        .map(|i| keys.clone().map(|j| full[i * n + j]).sum::<f32>())
+                        .sum::<f32>()
+                        / rows.len() as f32;
+                    let got = img.at(r, c);
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "{spec:?} cell ({r},{c}): {got} vs {want}"
+                    );
+                    sum += got;
+                }
+                assert!((sum - 1.0).abs() < 1e-4, "{spec:?} row {r} sums to {sum}");
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_map_rejects_what_does_not_fit() {
+    use e2llm_model::MapSpec;
+    let model = model(small_config());
+    let ids = ids(10);
+    let pos: Vec<f32> = (0..10).map(|i| i as f32).collect();
+    let err = |spec: MapSpec| {
+        model
+            .attention_map(&ids, &pos, 1.0, &spec, 4)
+            .expect_err("must fail")
+            .to_string()
+    };
+    assert!(err(MapSpec::whole(2, 0, 10, 8)).contains("layer 2 does not exist"));
+    assert!(err(MapSpec::whole(0, 4, 10, 8)).contains("head 4 does not exist"));
+    assert!(err(MapSpec {
+        layer: 0,
+        head: 0,
+        row0: 8,
+        nrows: 4,
+        out_rows: 1,
+        out_cols: 1
+    })
+    .contains("outside the prompt"));
+    assert!(err(MapSpec {
+        layer: 0,
+        head: 0,
+        row0: 0,
+        nrows: 4,
+        out_rows: 5,
+        out_cols: 1
+    })
+    .contains("does not fit"));
+}

@@ -1,6 +1,7 @@
 //! The training loop: one code path for CPU (flex) and wgpu, seeded so a resumed run
 //! reproduces the uninterrupted one.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -266,14 +267,39 @@ impl Trainer {
     /// Trains to `cfg.steps`, checkpointing every `checkpoint_every` steps and at the end.
     /// A non-finite loss stops the run and leaves the last good checkpoint in place.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<PathBuf> {
+        self.run_until(
+            |r| {
+                on_step(r);
+                ControlFlow::Continue(())
+            },
+            |_, _| {},
+        )
+    }
+
+    /// [`Trainer::run`] that the caller can stop: `on_step` returning `Break` saves a checkpoint
+    /// and returns (a paused UI simply blocks inside `on_step`). `on_save(step, dir)` follows
+    /// every checkpoint written.
+    pub fn run_until(
+        &mut self,
+        mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
+        mut on_save: impl FnMut(usize, &Path),
+    ) -> Result<PathBuf> {
         while self.step < self.cfg.steps {
             let report = self.step()?;
-            on_step(&report);
+            let flow = on_step(&report);
             let every = self.cfg.checkpoint_every;
-            if every > 0 && self.step.is_multiple_of(every) && self.step < self.cfg.steps {
-                self.save()?;
+            if flow.is_break()
+                || (every > 0 && self.step.is_multiple_of(every) && self.step < self.cfg.steps)
+            {
+                let dir = self.save()?;
+                on_save(self.step, &dir);
+                if flow.is_break() {
+                    return Ok(dir);
+                }
             }
         }
-        self.save()
+        let dir = self.save()?;
+        on_save(self.step, &dir);
+        Ok(dir)
     }
 }

@@ -399,3 +399,41 @@ fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
     assert_eq!("8".parse::<ScaleMode>(), Ok(ScaleMode::Fixed(8.0)));
     assert!("-1".parse::<ScaleMode>().is_err());
 }
+
+#[test]
+fn run_until_stops_on_request_and_keeps_a_checkpoint_that_resumes() {
+    use std::ops::ControlFlow;
+    let dir = tmp("run_until");
+    let mut t = Trainer::new(tiny_run(), &dir, corpus()).expect("trainer");
+    let mut saved = Vec::new();
+    t.run_until(
+        |r| {
+            if r.step == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+        |step, _| saved.push(step),
+    )
+    .expect("run");
+    assert_eq!(
+        saved,
+        vec![2],
+        "a stop writes exactly one checkpoint, at the stop"
+    );
+    let mut resumed = Trainer::resume(&dir, corpus()).expect("resume");
+    assert_eq!(resumed.step, 2);
+    let mut steps = Vec::new();
+    resumed
+        .run_until(
+            |r| {
+                steps.push(r.step);
+                ControlFlow::Continue(())
+            },
+            |s, _| saved.push(s),
+        )
+        .expect("run");
+    assert_eq!(steps, vec![3, 4, 5, 6]);
+    assert_eq!(saved, vec![2, 6]);
+}
