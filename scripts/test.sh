@@ -11,8 +11,9 @@ if [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
 
-# Install what is missing (lavapipe, vulkan-tools, Rust); quick when all is present.
-scripts/setup.sh
+# Install what is missing (lavapipe, vulkan-tools, Rust, Xvfb for the desktop app's window
+# test); quick when all is present.
+scripts/setup.sh --desktop
 # Mesa's WSI looks for a runtime dir even headless; give it one so the log stays clean.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
     export XDG_RUNTIME_DIR="/tmp/xdg-runtime-$(id -u)"
@@ -29,3 +30,4 @@ fi
 
 set -x
 cargo test --workspace "$@"
+scripts/web-test.sh  # the browser demo in headless Chromium (E2LLM_SKIP_WEB_TEST=1 skips)

@@ -285,3 +285,29 @@ fn bad_input_shows_an_error_instead_of_crashing() {
         "error not shown"
     );
 }
+
+#[test]
+fn closing_mid_run_writes_a_checkpoint_at_the_last_step() {
+    let dir = tmp("close");
+    let mut h = harness(&dir, 100_000);
+    open(&mut h, Tab::Train);
+    h.get_by_label("Start").click();
+    h.step();
+    wait(&mut h, "the first steps", 300, |a| a.run.step >= 3);
+    // What eframe's on_exit does when the window closes.
+    h.state_mut().shutdown();
+    let app = h.state();
+    assert_eq!(app.run.state, RunState::Finished);
+    let (step, ckpt) = app
+        .run
+        .checkpoints
+        .last()
+        .cloned()
+        .expect("a checkpoint on close");
+    assert_eq!(step, app.run.step);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ckpt.join("trainer_state.json")).expect("state file"),
+    )
+    .expect("json");
+    assert_eq!(state["step"].as_u64(), Some(step as u64));
+}
