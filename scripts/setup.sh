@@ -12,7 +12,8 @@
 #              otherwise Debian's rustc-web route (rustc-web cargo-web rust-web-src
 #              libstd-rust-web-dev lld-19, bookworm-security) used with -Zbuild-std.
 #              E2LLM_WASM_TOOLCHAIN=debian forces the Debian route (=rustup forbids it).
-#   --browser  chromium chromium-driver fonts-liberation (headless WebGPU tests).
+#   --browser  chromium chromium-driver fonts-liberation + python selenium (headless WebGPU
+#              tests of the web demo, scripts/web-test.sh).
 #   --desktop  xvfb imagemagick + the X11/Wayland/GL libraries eframe loads at run time.
 set -euo pipefail
 
@@ -173,6 +174,18 @@ fi
 # ------------------------------------------------------------------------------------ browser --
 if [ "$WANT_BROWSER" -eq 1 ]; then
     apt_install chromium chromium-driver fonts-liberation
+    # Python selenium drives the system chromium through chromedriver (web/tests/); it never
+    # downloads a browser or driver itself when given their paths.
+    if python3 -c 'import selenium' >/dev/null 2>&1; then
+        log "present: python selenium"
+    else
+        command -v python3 >/dev/null 2>&1 || apt_install python3
+        if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+        log "installing: python selenium (pip)"
+        # Debian's system Python refuses pip installs without this flag (PEP 668).
+        python3 -m pip install -q selenium 2>/dev/null ||
+            python3 -m pip install -q --break-system-packages selenium
+    fi
 fi
 
 # ------------------------------------------------------------------------------------ desktop --

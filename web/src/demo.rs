@@ -1,0 +1,484 @@
+//! What the page does, without the browser: load the three HF files, build a passkey prompt
+//! with the core's builder, prefill it in steps through the model's cache, answer greedily and
+//! score with the core's scorer, and pool the last token's attention. Every step is a call
+//! into `e2llm-core` / `e2llm-model`; read-backs are `async` because WebGPU cannot block.
+//!
+//! Natively (tests, clippy) this runs on burn's flex CPU backend, where the futures are ready
+//! at once.
+
+use burn::tensor::Tensor;
+use e2llm_core::passkey::{
+    build_passkey, eval_scale, paper_auto_scale, score, PasskeyPrompt, PasskeySpec,
+};
+use e2llm_core::LlamaConfig;
+use e2llm_model::generate::argmax;
+use e2llm_model::{
+    checkpoint, AttentionImage, Device, KvCache, Llama, MapSpec, ModelError, Positions, Tokenizer,
+};
+use serde::{Deserialize, Serialize};
+
+/// Errors shown on the page: each names the file or the setting and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// Loading or running the model failed (the model crate's message names the file).
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    /// A file that must be UTF-8 JSON is not.
+    #[error("{file}: not UTF-8 text ({reason}); expected the JSON file of an HF model directory")]
+    NotText {
+        /// The file.
+        file: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A setting from the page that cannot be honoured.
+    #[error("{0}")]
+    Input(String),
+    /// The passkey builder refused the request.
+    #[error("passkey prompt: {0}")]
+    Prompt(#[from] e2llm_core::passkey::PasskeyError),
+    /// A request arrived in the wrong order (e.g. answer before prefill).
+    #[error("{0}")]
+    State(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = WebError> = std::result::Result<T, E>;
+
+/// How the RoPE scale `g` is chosen (the same choices as `e2llm passkey --rope-scale`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleChoice {
+    /// The paper's `g = ceil(prompt / L)`.
+    Auto,
+    /// The smallest `g` with `(prompt + answer tokens) / g ≤ L`.
+    Safe,
+    /// A fixed `g`.
+    Manual(f32),
+}
+
+/// One passkey trial as the page asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptRequest {
+    /// Target prompt length in tokens.
+    pub length: usize,
+    /// Key depth in `[0, 1]`.
+    pub depth: f64,
+    /// The key; `None` draws one from `seed` (1..=50000).
+    pub key: Option<u32>,
+    /// Seed of the key draw.
+    pub seed: u64,
+    /// RoPE scale choice.
+    pub scale: ScaleChoice,
+    /// Tokens generated for the answer (the CLI's default is 8).
+    pub max_new_tokens: usize,
+    /// Prefill chunk in tokens (bounds the `[chunk, n]` score matrix); 0 = choose.
+    #[serde(default)]
+    pub chunk: usize,
+    /// Largest buffer the device can bind, in bytes (WebGPU's `maxStorageBufferBindingSize`);
+    /// 0 = no limit known (CPU).
+    #[serde(default)]
+    pub max_binding_bytes: u64,
+    /// Memory the run may use, in bytes; 0 = the default for the backend.
+    #[serde(default)]
+    pub budget_bytes: u64,
+}
+
+/// The model's shape, for the page's header and its memory estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// The training window `L` (`max_position_embeddings`).
+    pub orig_len: usize,
+    /// Parameters.
+    pub params: usize,
+    /// Bytes of f32 weights.
+    pub weight_bytes: u64,
+}
+
+/// A prepared trial, as reported to the page.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptInfo {
+    /// The prompt text.
+    pub text: String,
+    /// Its token ids.
+    pub ids: Vec<u32>,
+    /// The hidden key.
+    pub key: u32,
+    /// The RoPE scale used.
+    pub g: f32,
+    /// Token range `[start, end)` of the key line (for the attention strip's marker).
+    pub key_tokens: [usize; 2],
+    /// Prefill chunk used.
+    pub chunk: usize,
+    /// Estimated peak memory of the run in bytes.
+    pub estimate_bytes: u64,
+}
+
+/// The greedy answer and what the model saw at each step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// Generated ids.
+    pub ids: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// The key.
+    pub key: u32,
+    /// The core's score: the first integer equals the key.
+    pub correct: bool,
+    /// Top logits `(id, logit)` before each generated token (step 0 = the prompt's last token).
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+/// Loaded model + tokenizer.
+pub struct Demo {
+    /// The model.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tok: Tokenizer,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Demo({:?})", self.tok)
+    }
+}
+
+fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| WebError::NotText {
+        file: file.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Default memory budget: wasm32 has at most 4 GiB of linear memory and browsers often grant
+/// less; on a GPU there is no portable way to ask, so stay modest.
+pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 31;
+
+impl Demo {
+    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from bytes onto `device`.
+    pub fn load(config: &[u8], weights: &[u8], tokenizer: &[u8], device: &Device) -> Result<Self> {
+        let config = text(checkpoint::CONFIG_FILE, config)?;
+        let model =
+            checkpoint::load_from_bytes(config, &[(checkpoint::WEIGHTS_FILE, weights)], device)?;
+        let tok = Tokenizer::from_bytes(
+            checkpoint::TOKENIZER_FILE,
+            tokenizer,
+            model.config.vocab_size,
+        )?;
+        Ok(Self { model, tok })
+    }
+
+    /// The model's shape.
+    pub fn info(&self) -> ModelInfo {
+        let c = &self.model.config;
+        let params = param_count(c);
+        ModelInfo {
+            layers: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            hidden: c.hidden_size,
+            vocab: c.vocab_size,
+            orig_len: c.max_position_embeddings,
+            params,
+            weight_bytes: 4 * params as u64,
+        }
+    }
+
+    /// Builds the trial's prompt exactly as `e2llm passkey` does (core builder, standard
+    /// filler, ids without special tokens, `g` by the same rule) and checks it fits the device.
+    pub fn prepare(&self, req: &PromptRequest) -> Result<Run> {
+        if req.max_new_tokens == 0 {
+            return Err(WebError::Input(
+                "answer tokens must be at least 1".to_string(),
+            ));
+        }
+        let spec = PasskeySpec {
+            key: req.key,
+            ..PasskeySpec::new(req.length, req.depth, req.seed)
+        };
+        let count = |s: &str| self.tok.count(s);
+        let prompt = build_passkey(&spec, &count)?;
+        let ids = self.tok.encode(&prompt.text, false)?;
+        let n = ids.len();
+        let cfg = &self.model.config;
+        let orig_len = cfg.max_position_embeddings;
+        let g = match req.scale {
+            ScaleChoice::Auto => paper_auto_scale(n, orig_len),
+            ScaleChoice::Safe => eval_scale(n, req.max_new_tokens, orig_len),
+            ScaleChoice::Manual(g) if g.is_finite() && g > 0.0 => g,
+            ScaleChoice::Manual(g) => {
+                return Err(WebError::Input(format!(
+                    "RoPE scale {g} must be a positive number"
+                )))
+            }
+        }
+        .max(1.0);
+        let total = n + req.max_new_tokens;
+        let chunk = if req.chunk > 0 {
+            req.chunk
+        } else {
+            plan_chunk(cfg, total, req.max_binding_bytes)
+        };
+        let budget = if req.budget_bytes > 0 {
+            req.budget_bytes
+        } else {
+            DEFAULT_BUDGET_BYTES
+        };
+        let estimate = memory_estimate(cfg, total, chunk);
+        if estimate > budget || binding_bytes(cfg, total, chunk) > binding_limit(req) {
+            let fit = max_length(cfg, req.max_binding_bytes, budget);
+            return Err(WebError::Input(format!(
+                "{total} tokens need about {} MiB on this device (budget {} MiB); \
+                 this model fits at most about {fit} tokens here — choose a shorter context",
+                estimate >> 20,
+                budget >> 20
+            )));
+        }
+        let key_tokens = [
+            self.tok.count(&prompt.text[..prompt.key_line.start]),
+            self.tok.count(&prompt.text[..prompt.key_line.end]),
+        ];
+        Ok(Run {
+            positions: (0..n).map(|p| p as f32).collect(),
+            cache: KvCache::new(self.model.layers.len()),
+            done: 0,
+            last: None,
+            info: PromptInfo {
+                text: prompt.text.clone(),
+                ids: ids.clone(),
+                key: prompt.key,
+                g,
+                key_tokens,
+                chunk,
+                estimate_bytes: estimate,
+            },
+            ids,
+            prompt,
+            g,
+            chunk,
+            max_new_tokens: req.max_new_tokens,
+        })
+    }
+}
+
+fn binding_limit(req: &PromptRequest) -> u64 {
+    if req.max_binding_bytes == 0 {
+        u64::MAX
+    } else {
+        req.max_binding_bytes
+    }
+}
+
+/// Parameters of a Llama with config `c` (weights only).
+pub fn param_count(c: &LlamaConfig) -> usize {
+    let (h, hd) = (c.hidden_size, c.head_dim());
+    let attn = h * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads);
+    let mlp = 3 * h * c.intermediate_size;
+    let head = if c.tie_word_embeddings {
+        0
+    } else {
+        c.vocab_size * h
+    };
+    c.vocab_size * h + c.num_hidden_layers * (attn + mlp + 2 * h) + h + head
+}
+
+/// The largest single buffer a prefill chunk binds: the `[heads, chunk, n]` score matrix.
+pub fn binding_bytes(c: &LlamaConfig, n: usize, chunk: usize) -> u64 {
+    4 * (c.num_attention_heads * chunk.min(n).max(1)) as u64 * n as u64
+}
+
+/// A rough peak of a run of `n` tokens prefilled `chunk` at a time: weights, the KV cache
+/// (keys and values of every layer), three score-sized temporaries (scores, softmax, mask)
+/// and the chunk's activations.
+pub fn memory_estimate(c: &LlamaConfig, n: usize, chunk: usize) -> u64 {
+    let weights = 4 * param_count(c) as u64;
+    let kv = 4 * (2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim()) as u64 * n as u64;
+    let acts = 4
+        * (chunk.min(n) as u64)
+        * (4 * c.hidden_size + 3 * c.intermediate_size + c.vocab_size) as u64;
+    weights + kv + 3 * binding_bytes(c, n, chunk) + acts
+}
+
+/// Prefill chunk for `n` tokens: 256, halved until the score matrix fits one binding.
+pub fn plan_chunk(c: &LlamaConfig, n: usize, max_binding_bytes: u64) -> usize {
+    let mut chunk = 256;
+    while chunk > 1 && max_binding_bytes > 0 && binding_bytes(c, n, chunk) > max_binding_bytes {
+        chunk /= 2;
+    }
+    chunk
+}
+
+/// The longest context (tokens, prompt + answer) that fits `budget` and the binding limit,
+/// searched over powers of two and refined by bisection.
+pub fn max_length(c: &LlamaConfig, max_binding_bytes: u64, budget: u64) -> usize {
+    let fits = |n: usize| {
+        let chunk = plan_chunk(c, n, max_binding_bytes);
+        memory_estimate(c, n, chunk) <= budget
+            && (max_binding_bytes == 0 || binding_bytes(c, n, chunk) <= max_binding_bytes)
+    };
+    let (mut lo, mut hi) = (0usize, 1usize);
+    while hi <= (1 << 24) && fits(hi) {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// The `k` largest values with their ids, largest first (ties: lower id first).
+pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k)
+        .map(|i| (i as u32, values[i]))
+        .collect()
+}
+
+async fn read(t: Tensor<1>) -> Result<Vec<f32>> {
+    t.into_data_async()
+        .await
+        .map_err(|e| ModelError::Backend(format!("reading logits back: {e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| WebError::Model(ModelError::Backend(format!("logits are not f32: {e:?}"))))
+}
+
+/// One trial in progress: the prompt, the cache filled so far, the last logits.
+pub struct Run {
+    /// The core's prompt.
+    pub prompt: PasskeyPrompt,
+    /// What the page is told about it.
+    pub info: PromptInfo,
+    /// Prompt ids.
+    pub ids: Vec<u32>,
+    positions: Vec<f32>,
+    /// RoPE scale.
+    pub g: f32,
+    /// Prefill chunk.
+    pub chunk: usize,
+    /// Answer tokens to generate.
+    pub max_new_tokens: usize,
+    cache: KvCache,
+    /// Tokens prefilled so far.
+    pub done: usize,
+    /// Logits of the last prefilled token.
+    pub last: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Run({} tokens, {} done, g {})",
+            self.ids.len(),
+            self.done,
+            self.g
+        )
+    }
+}
+
+impl Run {
+    /// Prompt length in tokens.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True for an empty prompt (never: the builder's prompt has an intro and a question).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Prefills up to `tokens` more prompt tokens through [`Llama::prefill`] (which appends to
+    /// the cache `chunk` tokens at a time) and waits for the device by reading the logits of
+    /// the last one back, so the page's progress and tokens/s are real. Returns tokens done.
+    pub async fn prefill_step(&mut self, model: &Llama, tokens: usize) -> Result<usize> {
+        let n = self.ids.len();
+        if self.done >= n {
+            return Ok(n);
+        }
+        let end = (self.done + tokens.max(1)).min(n);
+        let logits = model.prefill(
+            &self.ids[self.done..end],
+            &self.positions[self.done..end],
+            self.g,
+            &mut self.cache,
+            self.chunk,
+            |_, _| {},
+        )?;
+        self.last = Some(read(logits).await?);
+        self.done = end;
+        Ok(end)
+    }
+
+    /// Greedy answer after a full prefill, scored with the core's scorer. The loop is
+    /// `e2llm_model::generate::generate`'s (no stop token, as `e2llm passkey` runs it), with
+    /// asynchronous read-back, which the browser's WebGPU needs.
+    pub async fn answer(&mut self, model: &Llama, tok: &Tokenizer, top: usize) -> Result<Answer> {
+        let n = self.ids.len();
+        let mut logits = match (&self.last, self.done == n) {
+            (Some(l), true) => l.clone(),
+            _ => {
+                return Err(WebError::State(format!(
+                    "the prompt is not prefilled yet ({} of {n} tokens)",
+                    self.done
+                )))
+            }
+        };
+        let mut out = Vec::new();
+        let mut tops = Vec::new();
+        for step in 0..self.max_new_tokens {
+            tops.push(top_k(&logits, top));
+            let next = argmax(&logits) as u32;
+            out.push(next);
+            if step + 1 == self.max_new_tokens {
+                break;
+            }
+            let pos = Positions::row(vec![(n + step) as f32], self.g);
+            let l = model.forward(&[next], &pos, Some(&mut self.cache))?;
+            logits = read(l.reshape([model.config.vocab_size])).await?;
+        }
+        // The cache now holds answer tokens: a second answer would read them as prompt.
+        self.last = None;
+        let text = tok.decode(&out)?;
+        Ok(Answer {
+            correct: score(&text, self.prompt.key),
+            key: self.prompt.key,
+            ids: out,
+            text,
+            top: tops,
+        })
+    }
+
+    /// Where the last prompt token looks: one head's softmax weights over the whole prompt,
+    /// pooled into `width` bins (the model's attention-map API).
+    pub async fn attention_strip(
+        &self,
+        model: &Llama,
+        layer: usize,
+        head: usize,
+        width: usize,
+    ) -> Result<AttentionImage> {
+        let n = self.ids.len();
+        let spec = MapSpec::last_row(layer, head, n, width);
+        Ok(model
+            .attention_map_async(&self.ids, &self.positions, self.g, &spec, self.chunk)
+            .await?)
+    }
+}

@@ -1,0 +1,195 @@
+//! The demo's flow on the flex CPU backend, against the model crate's own `generate` and
+//! forward: stepped prefill + async greedy answer = the library's greedy generation; bad
+//! files give readable errors; the memory check refuses what cannot fit.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use e2llm_model::generate::{generate, GenerateOptions};
+use e2llm_model::{Device, Positions};
+use e2llm_web::demo::{max_length, plan_chunk, top_k, Demo, PromptRequest, ScaleChoice};
+
+/// On flex every read-back is ready at once: poll to completion.
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/tokenizer_demo")
+}
+
+fn files() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let d = fixture();
+    let read = |f: &str| std::fs::read(d.join(f)).expect("fixture file");
+    (
+        read("config.json"),
+        read("model.safetensors"),
+        read("tokenizer.json"),
+    )
+}
+
+fn demo() -> Demo {
+    let (c, w, t) = files();
+    Demo::load(&c, &w, &t, &Device::flex()).expect("fixture loads")
+}
+
+fn request(length: usize) -> PromptRequest {
+    PromptRequest {
+        length,
+        depth: 0.5,
+        key: Some(31415),
+        seed: 7,
+        scale: ScaleChoice::Auto,
+        max_new_tokens: 6,
+        chunk: 64,
+        max_binding_bytes: 0,
+        budget_bytes: 0,
+    }
+}
+
+#[test]
+fn stepped_prefill_and_answer_equal_the_library_generate() {
+    let d = demo();
+    let mut run = d.prepare(&request(300)).expect("prompt");
+    let n = run.len();
+    assert!(n <= 300 && n > 200, "prompt of {n} tokens");
+    assert!(run.prompt.text.contains("The pass key is 31415."));
+    // auto scale: ceil(n / L) with L = 64
+    assert_eq!(run.g, n.div_ceil(64) as f32);
+    let [k0, k1] = run.info.key_tokens;
+    assert!(k0 < k1 && k1 < n, "key tokens {k0}..{k1} of {n}");
+
+    // Uneven steps across chunk boundaries.
+    let mut done = 0;
+    for step in [50, 100, 7, 1000] {
+        done = block_on(run.prefill_step(&d.model, step)).expect("prefill");
+    }
+    assert_eq!(done, n);
+    let last = run.last.clone().expect("logits");
+
+    // The whole prompt in one forward, no cache.
+    let positions: Vec<f32> = (0..n).map(|p| p as f32).collect();
+    let full = d
+        .model
+        .forward(&run.ids, &Positions::row(positions, run.g), None)
+        .expect("forward")
+        .narrow(1, n - 1, 1)
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32");
+    let diff = last
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-4,
+        "stepped prefill differs from forward by {diff}"
+    );
+
+    let answer = block_on(run.answer(&d.model, &d.tok, 5)).expect("answer");
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        rope_scale: run.g,
+        ..GenerateOptions::default()
+    };
+    let reference = generate(&d.model, &run.ids, &opts, |_| true).expect("generate");
+    assert_eq!(answer.ids, reference);
+    assert_eq!(answer.top.len(), 6);
+    assert_eq!(answer.top[0], top_k(&last, 5));
+    assert_eq!(answer.text, d.tok.decode(&reference).expect("decode"));
+    assert_eq!(
+        answer.correct,
+        e2llm_core::passkey::score(&answer.text, 31415)
+    );
+    // A second answer would read the answer as prompt: refused.
+    assert!(block_on(run.answer(&d.model, &d.tok, 5)).is_err());
+
+    let strip = block_on(run.attention_strip(&d.model, 1, 2, 40)).expect("strip");
+    assert_eq!((strip.rows, strip.cols), (1, 40));
+    let sum: f32 = strip.data.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-3, "strip sums to {sum}");
+}
+
+#[test]
+fn scale_choices_follow_the_cli_rules() {
+    let d = demo();
+    let mut r = request(300);
+    let n = d.prepare(&r).expect("prompt").len();
+    r.scale = ScaleChoice::Safe;
+    assert_eq!(d.prepare(&r).expect("safe").g, (n + 6).div_ceil(64) as f32);
+    r.scale = ScaleChoice::Manual(2.5);
+    assert_eq!(d.prepare(&r).expect("manual").g, 2.5);
+    r.scale = ScaleChoice::Manual(-1.0);
+    let e = d.prepare(&r).expect_err("negative g").to_string();
+    assert!(e.contains("positive"), "{e}");
+    let e = d.prepare(&request(10)).expect_err("too short").to_string();
+    assert!(e.contains("too short"), "{e}");
+}
+
+#[test]
+fn bad_files_give_readable_errors() {
+    let (c, w, t) = files();
+    let dev = Device::flex();
+    let err = |c: &[u8], w: &[u8], t: &[u8]| {
+        Demo::load(c, w, t, &dev)
+            .expect_err("must fail")
+            .to_string()
+    };
+    let e = err(&c, &w[..w.len() / 2], &t);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    let wrong = String::from_utf8(c.clone())
+        .expect("utf8")
+        .replace("\"hidden_size\": 64", "\"hidden_size\": 48");
+    let e = err(wrong.as_bytes(), &w, &t);
+    assert!(e.contains("shape") && e.contains("config.json"), "{e}");
+    let e = err(b"{ not json", &w, &t);
+    assert!(e.starts_with("config.json"), "{e}");
+    let e = err(&[0xff, 0xfe, 0], &w, &t);
+    assert!(e.contains("config.json") && e.contains("UTF-8"), "{e}");
+    let e = err(&c, &w, b"[]");
+    assert!(e.contains("tokenizer.json"), "{e}");
+}
+
+#[test]
+fn memory_check_refuses_what_cannot_fit() {
+    let d = demo();
+    let cfg = &d.model.config;
+    // A 1 MiB binding limit forces smaller chunks as the context grows.
+    assert_eq!(plan_chunk(cfg, 100, 1 << 20), 256);
+    assert!(plan_chunk(cfg, 65_536, 1 << 20) < 8);
+    let fit = max_length(cfg, 1 << 20, 64 << 20);
+    assert!(fit > 1000 && fit < 1 << 20, "fits {fit}");
+    let mut r = request(300);
+    r.budget_bytes = 1 << 10;
+    let e = d.prepare(&r).expect_err("over budget").to_string();
+    assert!(e.contains("choose a shorter context"), "{e}");
+}
+
+#[test]
+fn requests_parse_as_the_page_sends_them() {
+    let r: PromptRequest = serde_json::from_str(
+        r#"{"length": 300, "depth": 0.25, "key": null, "seed": 5, "scale": "safe", "max_new_tokens": 8}"#,
+    )
+    .expect("page request");
+    assert_eq!(
+        (r.scale, r.key, r.chunk, r.budget_bytes),
+        (ScaleChoice::Safe, None, 0, 0)
+    );
+    let r: PromptRequest = serde_json::from_str(
+        r#"{"length": 300, "depth": 1, "key": 42, "seed": 5, "scale": {"manual": 2.5}, "max_new_tokens": 8}"#,
+    )
+    .expect("manual g");
+    assert_eq!((r.scale, r.key), (ScaleChoice::Manual(2.5), Some(42)));
+}
