@@ -15,8 +15,10 @@ fi
 
 # The dev profile optimises every dependency (opt-level 2) and shares its build with the
 # tests, so one cold build serves both commands.
-echo "== building e2llm (the first build takes 15-25 minutes on 2 cores)"
-cargo build -p e2llm-cli
+echo "== building e2llm (the first build takes 30-45 minutes on 2 cores)"
+# --workspace: the feature set `cargo test --workspace` uses too, so scripts/test.sh reuses
+# this build of burn instead of compiling another one.
+cargo build --workspace --bins
 BIN="${CARGO_TARGET_DIR:-target}/debug/e2llm"
 
 echo "== e2llm quickstart $*"
