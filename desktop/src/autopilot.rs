@@ -92,6 +92,7 @@ struct Report {
     checkpoint: String,
     pixels_per_point: f32,
     screenshot: String,
+    pooled_on: String,
     heatmaps: Vec<HeatmapBox>,
 }
 
@@ -180,7 +181,14 @@ impl Autopilot {
                     self.report.checkpoint = self.app.settings.attention.checkpoint.clone();
                     self.app.settings.tab = Tab::Attention;
                     let s = self.app.settings.attention.clone();
-                    let backend = self.app.settings.config.backend.clone();
+                    // The attention panel on wgpu when an adapter opens (the WGSL map kernel; lavapipe
+                    // in CI), else on the CPU.
+                    let backend = if e2llm_model::kernels::Gpu::new().is_ok() {
+                        "wgpu"
+                    } else {
+                        "cpu"
+                    };
+                    let backend = backend.to_string();
                     self.app.attention_job = Some(crate::worker::Job::spawn(
                         "attention maps",
                         DesktopApp::waker(ctx),
@@ -204,6 +212,12 @@ impl Autopilot {
                     self.phase = Phase::Settle(n + 1);
                 } else {
                     let ppp = ctx.pixels_per_point();
+                    self.report.pooled_on = self
+                        .app
+                        .attention
+                        .as_ref()
+                        .map(|a| a.pooled_on.clone())
+                        .unwrap_or_default();
                     self.report.pixels_per_point = ppp;
                     self.report.heatmaps = self
                         .app

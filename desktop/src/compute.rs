@@ -5,7 +5,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use e2llm_core::passkey::{build_passkey, Filler, PasskeySpec};
-use e2llm_model::{backend, checkpoint, AttentionImage, Llama, MapSpec, Tokenizer};
+use e2llm_model::kernels::Gpu;
+use e2llm_model::{backend, checkpoint, AttentionImage, Llama, MapBackend, MapSpec, Tokenizer};
 use e2llm_train::data::Corpus;
 use e2llm_train::eval::{passkey_grid, Cell, PasskeyEval, ScaleMode};
 use e2llm_train::ppl::{perplexity, text_for_windows, PplPoint};
@@ -45,6 +46,8 @@ pub struct AttentionResult {
     pub head: usize,
     /// The model's training length L.
     pub orig_len: usize,
+    /// Where the maps were pooled (the WGSL kernel's adapter, or the CPU twin).
+    pub pooled_on: String,
 }
 
 /// Builds the prompt and pools one head's attention at every scale in `s.scales`.
@@ -108,11 +111,25 @@ pub fn attention(
             s.layer, s.head, cfg.num_hidden_layers, cfg.num_attention_heads
         ));
     }
+    // On the wgpu backend the pooling runs in shaders/attention_map.wgsl; on the CPU backend
+    // (or when no adapter opens) in its CPU twin.
+    let gpu = (backend_name == "wgpu").then(Gpu::new);
+    let (map_backend, pooled_on) = match &gpu {
+        Some(Ok(g)) => (
+            MapBackend::Gpu(g),
+            format!("attention_map.wgsl on {}", g.adapter_name),
+        ),
+        Some(Err(e)) => (MapBackend::Cpu, format!("CPU twin (no wgpu adapter: {e})")),
+        None => (
+            MapBackend::Cpu,
+            "CPU twin of attention_map.wgsl".to_string(),
+        ),
+    };
     let mut maps = Vec::new();
     for (i, &g) in scales.iter().enumerate() {
         let spec = MapSpec::whole(s.layer, s.head, n, s.size);
         let img = model
-            .attention_map(&ids, &positions, g, &spec, CHUNK)
+            .attention_map_on(&ids, &positions, g, &spec, CHUNK, map_backend)
             .map_err(|e| e.to_string())?;
         maps.push((g, img));
         p.report(i + 1, scales.len());
@@ -125,6 +142,7 @@ pub fn attention(
         layer: s.layer,
         head: s.head,
         orig_len: cfg.max_position_embeddings,
+        pooled_on,
     })
 }
 

@@ -182,6 +182,7 @@ fn a_whole_session_by_clicking() {
         a.maps.iter().map(|m| m.0).collect::<Vec<_>>(),
         vec![1.0, 4.0, 16.0]
     );
+    assert!(a.pooled_on.contains("CPU twin"), "{}", a.pooled_on);
     let k = a.key_span.clone().expect("passkey span");
     assert!(k.end > k.start && k.end <= a.tokens.len());
     assert!(

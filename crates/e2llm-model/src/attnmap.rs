@@ -9,10 +9,21 @@
 
 use burn::tensor::{Tensor, TensorData};
 use e2llm_kernels::cpu::{self, AttentionShape, MapWindow};
+use e2llm_kernels::Gpu;
 
 use crate::error::{ModelError, Result};
 use crate::llama::{KvCache, Llama};
 use crate::rope::Positions;
+
+/// Where the pooling runs.
+#[derive(Clone, Copy, Default)]
+pub enum MapBackend<'a> {
+    /// The plain-Rust twin (`e2llm_kernels::cpu::attention_map`).
+    #[default]
+    Cpu,
+    /// `shaders/attention_map.wgsl` (after the fused forward for the softmax statistics).
+    Gpu(&'a Gpu),
+}
 
 /// Which weights to pool, and into what size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +142,24 @@ impl Llama {
         spec: &MapSpec,
         chunk: usize,
     ) -> Result<AttentionImage> {
+        self.attention_map_on(ids, positions, g, spec, chunk, MapBackend::Cpu)
+    }
+
+    /// [`Llama::attention_map`], pooled on `backend` (the WGSL kernel on a GPU, or its CPU twin).
+    pub fn attention_map_on(
+        &self,
+        ids: &[u32],
+        positions: &[f32],
+        g: f32,
+        spec: &MapSpec,
+        chunk: usize,
+        backend: MapBackend<'_>,
+    ) -> Result<AttentionImage> {
         self.check_map(ids.len(), g, spec)?;
         let (q, k) = self.layer_qk(ids, positions, g, spec.layer, chunk)?;
         let q = host(q.try_into_data())?;
         let k = host(k.try_into_data())?;
-        Ok(self.pool(&q, &k, positions, g, spec))
+        self.pool(&q, &k, positions, g, spec, backend)
     }
 
     /// [`Llama::attention_map`] with asynchronous read-back (WebGPU in a browser).
@@ -151,7 +175,7 @@ impl Llama {
         let (q, k) = self.layer_qk(ids, positions, g, spec.layer, chunk)?;
         let q = host(q.into_data_async().await)?;
         let k = host(k.into_data_async().await)?;
-        Ok(self.pool(&q, &k, positions, g, spec))
+        self.pool(&q, &k, positions, g, spec, MapBackend::Cpu)
     }
 
     fn check_map(&self, n: usize, g: f32, spec: &MapSpec) -> Result<()> {
@@ -186,7 +210,7 @@ impl Llama {
         Ok(())
     }
 
-    /// Pools host q/k (`[n, heads, head_dim]`, before RoPE) with the kernels' CPU twin.
+    /// Pools host q/k (`[n, heads, head_dim]`, before RoPE) on `backend`.
     fn pool(
         &self,
         q: &[f32],
@@ -194,7 +218,8 @@ impl Llama {
         positions: &[f32],
         g: f32,
         spec: &MapSpec,
-    ) -> AttentionImage {
+        backend: MapBackend<'_>,
+    ) -> Result<AttentionImage> {
         let cfg = &self.config;
         let n = positions.len();
         let span = Positions::row(positions.to_vec(), g).span();
@@ -218,12 +243,34 @@ impl Llama {
             out_rows: spec.out_rows,
             out_cols: spec.out_cols,
         };
-        let data = cpu::attention_map(q, k, positions, positions, &freqs.inv_freq, shape, window);
-        AttentionImage {
+        let data = match backend {
+            MapBackend::Cpu => {
+                cpu::attention_map(q, k, positions, positions, &freqs.inv_freq, shape, window)
+            }
+            MapBackend::Gpu(gpu) => {
+                // The forward pass only supplies the softmax statistics: v's values do not matter.
+                let v = vec![0.0f32; k.len()];
+                e2llm_kernels::attention::attention_map(
+                    gpu,
+                    q,
+                    k,
+                    &v,
+                    positions,
+                    positions,
+                    &freqs.inv_freq,
+                    shape,
+                    window,
+                )
+                .map_err(|e| {
+                    ModelError::Backend(format!("attention map on {}: {e}", gpu.adapter_name))
+                })?
+            }
+        };
+        Ok(AttentionImage {
             rows: spec.out_rows,
             cols: spec.out_cols,
             data,
-        }
+        })
     }
 
     /// Runs `ids` through the layers below `layer` (appending to `cache`) and returns the

@@ -24,9 +24,11 @@ pub mod rope;
 pub mod tokenizer;
 pub mod weights;
 
-pub use attnmap::{AttentionImage, MapSpec};
+pub use attnmap::{AttentionImage, MapBackend, MapSpec};
 /// The burn device type (re-exported so callers need no direct burn dependency).
 pub use burn::tensor::Device;
+/// The WGSL kernels (re-exported so callers can open a [`kernels::Gpu`] for [`MapBackend::Gpu`]).
+pub use e2llm_kernels as kernels;
 pub use error::{ModelError, Result};
 pub use llama::{KvCache, Llama};
 pub use rope::Positions;

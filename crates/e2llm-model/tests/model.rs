@@ -404,3 +404,43 @@ fn attention_map_rejects_what_does_not_fit() {
     })
     .contains("does not fit"));
 }
+
+#[test]
+fn attention_map_on_the_gpu_kernel_equals_its_cpu_twin() {
+    use e2llm_model::{kernels::Gpu, MapBackend, MapSpec};
+    let gpu = match Gpu::new() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("skipped: no wgpu adapter ({e}); install mesa-vulkan-drivers for lavapipe");
+            return;
+        }
+    };
+    let model = model(small_config());
+    let n = 45;
+    let ids = ids(n);
+    let pos: Vec<f32> = (0..n).map(|i| 2.0 + 1.25 * i as f32).collect();
+    for (g, spec) in [
+        (1.0, MapSpec::whole(1, 2, n, 16)),
+        (
+            8.0,
+            MapSpec {
+                layer: 0,
+                head: 3,
+                row0: 10,
+                nrows: 30,
+                out_rows: 6,
+                out_cols: 9,
+            },
+        ),
+        (3.0, MapSpec::last_row(1, 0, n, 20)),
+    ] {
+        let cpu = model
+            .attention_map(&ids, &pos, g, &spec, 16)
+            .expect("cpu map");
+        let on_gpu = model
+            .attention_map_on(&ids, &pos, g, &spec, 16, MapBackend::Gpu(&gpu))
+            .expect("gpu map");
+        let d = max_diff(&cpu.data, &on_gpu.data);
+        assert!(d < 1e-4, "{spec:?} at g {g}: GPU vs CPU differ by {d}");
+    }
+}

@@ -105,6 +105,7 @@ impl DesktopApp {
              each query-bin × key-bin cell, 1e-3 (dark) to 1 (yellow) (rows: queries, columns: keys). Red band: the passkey line.",
             a.layer, a.head, a.orig_len
         ));
+        ui.label(format!("pooled by {}", a.pooled_on));
         let mut rects = Vec::new();
         ui.horizontal_wrapped(|ui| {
             for (g, img) in &a.maps {
