@@ -22,8 +22,7 @@ pub fn load(dir: &Path, backend_name: &str) -> Result<(Llama, Tokenizer), String
     let cfg = checkpoint::load_config(dir).map_err(|e| e.to_string())?;
     let tok = Tokenizer::from_file(&dir.join(checkpoint::TOKENIZER_FILE), cfg.vocab_size)
         .map_err(|e| e.to_string())?;
-    let device = backend::device(backend_name).map_err(|e| e.to_string())?;
-    backend::probe(&device)
+    let device = backend::open(backend_name)
         .map_err(|e| format!("backend `{backend_name}` is not usable here: {e}"))?;
     let model = checkpoint::load_dir(dir, &device).map_err(|e| e.to_string())?;
     Ok((model, tok))

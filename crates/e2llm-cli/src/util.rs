@@ -18,10 +18,8 @@ pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
 /// Opens the named backend and checks it can run a tensor op, so a missing GPU adapter is
 /// one clear error instead of a panic deep inside the backend.
 pub fn open_device(name: &str) -> Result<Device> {
-    let device = e2llm_model::backend::device(name)?;
-    e2llm_model::backend::probe(&device)
-        .with_context(|| format!("backend `{name}` is not usable on this machine"))?;
-    Ok(device)
+    e2llm_model::backend::open(name)
+        .with_context(|| format!("backend `{name}` is not usable on this machine"))
 }
 
 /// Checks a RoPE scale given on the command line.

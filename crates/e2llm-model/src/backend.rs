@@ -25,6 +25,13 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// [`device`] followed by [`probe`]: a device that is known to run, or why not.
+pub fn open(name: &str) -> Result<Device> {
+    let device = device(name)?;
+    probe(&device)?;
+    Ok(device)
+}
+
 /// Runs a tiny op on `device` and reads it back; turns a backend that cannot start (no GPU
 /// adapter, driver failure) into an error instead of a panic.
 pub fn probe(device: &Device) -> Result<()> {

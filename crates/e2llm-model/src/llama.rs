@@ -78,11 +78,8 @@ impl KvCache {
             .map_or(0, |c| c.k.dims()[2])
     }
 
-    /// Layer `i`'s slot (grown as needed).
+    /// Layer `i`'s slot (the cache was made with more than `i` layers).
     pub(crate) fn slot(&mut self, i: usize) -> &mut Option<LayerCache> {
-        if self.layers.len() <= i {
-            self.layers.resize(i + 1, None);
-        }
         &mut self.layers[i]
     }
 

@@ -76,8 +76,7 @@ pub fn step_rng(seed: u64, step: usize, micro: usize) -> ChaCha8Rng {
 }
 
 fn devices(name: &str) -> Result<(Device, Device)> {
-    let base = backend::device(name)?;
-    backend::probe(&base)?;
+    let base = backend::open(name)?;
     Ok((base.clone().autodiff(), base))
 }
 
