@@ -10,22 +10,27 @@
 //   dq_i = scale · f·R(−a_i) Σ_j dS_ij k'_j,   dk_j = f·R(−a_j) Σ_i dS_ij q'_i   (GQA: dk, dv sum
 //   over the query heads of their group).
 //
-// Bindings (8 storage buffers at most per entry point: WebGPU's default limit):
-//   0 q [Sq·Hq·D]  1 k [Skv·Hkv·D]  2 v [Skv·Hkv·D]  3 aux = qpos [Sq] ++ kpos [Skv] ++ inv_freq [D/2]
-//   4 o [Sq·Hq·D]  5 stats = lse [Hq·Sq] ++ δ [Hq·Sq] ++ l [Hq·Sq]  6 uniform Params  7 dO [Sq·Hq·D]
-//   8 dq [Sq·Hq·D]  9 dk [Skv·Hkv·D]  10 dv [Skv·Hkv·D]
+// Bindings (8 storage buffers at most per entry point: WebGPU's default limit). B sequences
+// (Params.batch, grid z) lie one after another in every buffer:
+//   0 q [B·Sq·Hq·D]  1 k [B·Skv·Hkv·D]  2 v [B·Skv·Hkv·D]
+//   3 aux = qpos [B·Sq] ++ kpos [B·Skv] ++ inv_freq [D/2]
+//   4 o [B·Sq·Hq·D]  5 stats = per sequence lse [Hq·Sq] ++ δ [Hq·Sq] ++ l [Hq·Sq]
+//   6 Params (a storage buffer: burn's cubecl buffers carry no uniform usage)  7 dO [B·Sq·Hq·D]
+//   8 dq [B·Sq·Hq·D]  9 dkv = dk [B·Skv·Hkv·D] ++ dv [B·Skv·Hkv·D]
+// Each entry point binds a subset; a launcher that numbers bindings 0.. in order gets the
+// module from e2llm_kernels::shaders::for_entry (renumbered, the rest moved to group 1).
 // Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory):
-//   attention_fwd      grid (⌈Sq/64⌉, Hq): 64 queries of one head; writes o, lse.
-//   attention_bwd_prep grid (⌈Sq·Hq/64⌉): writes δ.
-//   attention_bwd_dq   grid (⌈Sq/64⌉, Hq): 64 queries; loops over key tiles; writes dq.
-//   attention_bwd_dkv  grid (⌈Skv/64⌉, Hkv): 64 keys; loops over query tiles of each head of the
+//   attention_fwd      grid (⌈Sq/64⌉, Hq, B): 64 queries of one head; writes o, lse.
+//   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.
+//   attention_bwd_dq   grid (⌈Sq/64⌉, Hq, B): 64 queries; loops over key tiles; writes dq.
+//   attention_bwd_dkv  grid (⌈Skv/64⌉, Hkv, B): 64 keys; loops over query tiles of each head of the
 //                      group; writes dk, dv.
 // D ≤ 128 and even.
 // Long loops are split across dispatches (c_begin/c_end, at most 8 tiles each): lavapipe
 // silently dropped the output of workgroups that looped over 16+ tiles with barriers inside.
 // Between chunks the running state lives in the output buffers: the forward keeps the
 // unnormalised accumulator in o and (m, l) in stats[2·Hq·Sq..]; dq and dk keep the unrotated
-// sums in dq and dk, dv its sum in dv.
+// sums in dq and dkv, dv its sum in dkv.
 // CPU twins: e2llm_kernels::cpu::{attention, attention_backward}.
 
 struct Params {
@@ -43,7 +48,8 @@ struct Params {
     c_end: u32,
     // 1 on the last chunk: finish (normalise / rotate back) instead of storing the state.
     last: u32,
-    _pad: u32,
+    // Sequences in the batch (grid z); each has its own q/k/v/o block, positions and stats.
+    batch: u32,
 }
 
 const WG: u32 = 64u;
@@ -55,23 +61,41 @@ const TILE_FLOATS: u32 = 2048u;
 @group(0) @binding(3) var<storage, read> aux: array<f32>;
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(6) var<uniform> p: Params;
+@group(0) @binding(6) var<storage, read> p: Params;
 @group(0) @binding(7) var<storage, read> d_o: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dq: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dk: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dv: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dkv: array<f32>;
+
+// Offsets of this workgroup's sequence b (set first thing in every entry point): qo into q, o,
+// dO, dq; ko into k, v, dk (dv follows dk after B·Skv·Hkv·D); so into stats; b itself for aux.
+var<private> b: u32;
+var<private> qo: u32;
+var<private> ko: u32;
+var<private> so: u32;
+
+fn set_batch(bi: u32) {
+    b = bi;
+    qo = bi * p.sq * p.hq * p.head_dim;
+    ko = bi * p.skv * p.hkv * p.head_dim;
+    so = bi * 3u * p.hq * p.sq;
+}
+
+// dv's offset in dkv: it follows every sequence's dk.
+fn dv_at(i: u32) -> u32 {
+    return p.batch * p.skv * p.hkv * p.head_dim + ko + i;
+}
 
 var<workgroup> ts: array<f32, 2048>;
 var<workgroup> us: array<f32, 2048>;
 
 fn qpos(i: u32) -> f32 {
-    return aux[i];
+    return aux[b * p.sq + i];
 }
 fn kpos(j: u32) -> f32 {
-    return aux[p.sq + j];
+    return aux[p.batch * p.sq + b * p.skv + j];
 }
 fn inv_freq(j: u32) -> f32 {
-    return aux[p.sq + p.skv + j];
+    return aux[p.batch * (p.sq + p.skv) + j];
 }
 
 // (cos, sin) of pair j at position `pos`, times the attention factor; `dir` −1 inverts.
@@ -94,8 +118,8 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
         if (kj < p.skv) {
             let base = (kj * p.hkv + kvh) * d;
             let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[base + j];
-            let x1 = k[base + j + half];
+            let x0 = k[ko + base + j];
+            let x1 = k[ko + base + j + half];
             k0 = x0 * cs.x - x1 * cs.y;
             k1 = x1 * cs.x + x0 * cs.y;
         }
@@ -106,7 +130,7 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
         let kj = t0 + e / d;
         var val = 0.0;
         if (kj < p.skv) {
-            val = v[(kj * p.hkv + kvh) * d + e % d];
+            val = v[ko + (kj * p.hkv + kvh) * d + e % d];
         }
         us[e] = val;
     }
@@ -114,6 +138,7 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
 
 @compute @workgroup_size(64)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    set_batch(wid.z);
     let d = p.head_dim;
     let half = d / 2u;
     let h = wid.y;
@@ -134,16 +159,16 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (in_range) {
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(qpos(qi), j, 1.0);
-            let x0 = q[base_q + j];
-            let x1 = q[base_q + j + half];
+            let x0 = q[qo + base_q + j];
+            let x1 = q[qo + base_q + j + half];
             qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
             qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
         }
         if (p.c_begin > 0u) {
-            m = stats[h * p.sq + qi];
-            l = stats[2u * hn + h * p.sq + qi];
+            m = stats[so + h * p.sq + qi];
+            l = stats[so + 2u * hn + h * p.sq + qi];
             for (var j = 0u; j < d; j = j + 1u) {
-                acc[j] = o[base_q + j];
+                acc[j] = o[qo + base_q + j];
             }
         }
     }
@@ -178,21 +203,22 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if (p.last == 1u) {
             let inv_l = 1.0 / l;
             for (var j = 0u; j < d; j = j + 1u) {
-                o[base_q + j] = acc[j] * inv_l;
+                o[qo + base_q + j] = acc[j] * inv_l;
             }
-            stats[h * p.sq + qi] = m + log(l);
+            stats[so + h * p.sq + qi] = m + log(l);
         } else {
             for (var j = 0u; j < d; j = j + 1u) {
-                o[base_q + j] = acc[j];
+                o[qo + base_q + j] = acc[j];
             }
-            stats[h * p.sq + qi] = m;
-            stats[2u * hn + h * p.sq + qi] = l;
+            stats[so + h * p.sq + qi] = m;
+            stats[so + 2u * hn + h * p.sq + qi] = l;
         }
     }
 }
 
 @compute @workgroup_size(64)
 fn attention_bwd_prep(@builtin(global_invocation_id) gid: vec3<u32>) {
+    set_batch(gid.z);
     let idx = gid.x;                     // i · Hq + h
     if (idx >= p.sq * p.hq) {
         return;
@@ -202,13 +228,14 @@ fn attention_bwd_prep(@builtin(global_invocation_id) gid: vec3<u32>) {
     let h = idx % p.hq;
     var acc = 0.0;
     for (var j = 0u; j < d; j = j + 1u) {
-        acc = acc + d_o[idx * d + j] * o[idx * d + j];
+        acc = acc + d_o[qo + idx * d + j] * o[qo + idx * d + j];
     }
-    stats[p.hq * p.sq + h * p.sq + i] = acc;
+    stats[so + p.hq * p.sq + h * p.sq + i] = acc;
 }
 
 @compute @workgroup_size(64)
 fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    set_batch(wid.z);
     let d = p.head_dim;
     let half = d / 2u;
     let h = wid.y;
@@ -226,16 +253,16 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let base = (qi * p.hq + h) * d;
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(qpos(qi), j, 1.0);
-            let x0 = q[base + j];
-            let x1 = q[base + j + half];
+            let x0 = q[qo + base + j];
+            let x1 = q[qo + base + j + half];
             qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
             qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
         }
         for (var j = 0u; j < d; j = j + 1u) {
-            dor[j] = d_o[base + j];
+            dor[j] = d_o[qo + base + j];
         }
-        lse = stats[h * p.sq + qi];
-        delta = stats[p.hq * p.sq + h * p.sq + qi];
+        lse = stats[so + h * p.sq + qi];
+        delta = stats[so + p.hq * p.sq + h * p.sq + qi];
     }
     for (var j = 0u; j < d; j = j + 1u) {
         acc[j] = 0.0;
@@ -243,7 +270,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (in_range && p.c_begin > 0u) {
         let base = (qi * p.hq + h) * d;
         for (var j = 0u; j < d; j = j + 1u) {
-            acc[j] = dq[base + j];
+            acc[j] = dq[qo + base + j];
         }
     }
     let tile = TILE_FLOATS / d;
@@ -273,7 +300,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (in_range && p.last == 0u) {
         let base = (qi * p.hq + h) * d;
         for (var j = 0u; j < d; j = j + 1u) {
-            dq[base + j] = acc[j];
+            dq[qo + base + j] = acc[j];
         }
     }
     if (in_range && p.last == 1u) {
@@ -282,14 +309,15 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             let cs = rot(qpos(qi), j, -1.0);
             let x0 = acc[j] * p.scale;
             let x1 = acc[j + half] * p.scale;
-            dq[base + j] = x0 * cs.x - x1 * cs.y;
-            dq[base + j + half] = x1 * cs.x + x0 * cs.y;
+            dq[qo + base + j] = x0 * cs.x - x1 * cs.y;
+            dq[qo + base + j + half] = x1 * cs.x + x0 * cs.y;
         }
     }
 }
 
 @compute @workgroup_size(64)
 fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    set_batch(wid.z);
     let d = p.head_dim;
     let half = d / 2u;
     let kvh = wid.y;
@@ -306,13 +334,13 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         let base = (kj * p.hkv + kvh) * d;
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[base + j];
-            let x1 = k[base + j + half];
+            let x0 = k[ko + base + j];
+            let x1 = k[ko + base + j + half];
             kr[j] = x0 * cs.x - x1 * cs.y;
             kr[j + half] = x1 * cs.x + x0 * cs.y;
         }
         for (var j = 0u; j < d; j = j + 1u) {
-            vr[j] = v[base + j];
+            vr[j] = v[ko + base + j];
         }
     }
     for (var j = 0u; j < d; j = j + 1u) {
@@ -322,8 +350,8 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     if (in_range && p.c_begin > 0u) {
         let base = (kj * p.hkv + kvh) * d;
         for (var j = 0u; j < d; j = j + 1u) {
-            dka[j] = dk[base + j];
-            dva[j] = dv[base + j];
+            dka[j] = dkv[ko + base + j];
+            dva[j] = dkv[dv_at(base + j)];
         }
     }
     let tile = TILE_FLOATS / d;
@@ -346,8 +374,8 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                 if (qi < p.sq) {
                     let base = (qi * p.hq + h) * d;
                     let cs = rot(qpos(qi), j, 1.0);
-                    let x0 = q[base + j];
-                    let x1 = q[base + j + half];
+                    let x0 = q[qo + base + j];
+                    let x1 = q[qo + base + j + half];
                     q0 = (x0 * cs.x - x1 * cs.y) * p.scale;
                     q1 = (x1 * cs.x + x0 * cs.y) * p.scale;
                 }
@@ -358,7 +386,7 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                 let qi = t0 + e / d;
                 var val = 0.0;
                 if (qi < p.sq) {
-                    val = d_o[(qi * p.hq + h) * d + e % d];
+                    val = d_o[qo + (qi * p.hq + h) * d + e % d];
                 }
                 us[e] = val;
             }
@@ -374,8 +402,8 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                             s = s + ts[r * d + j] * kr[j];
                             dp = dp + us[r * d + j] * vr[j];
                         }
-                        let pij = exp(s - stats[h * p.sq + qi]);
-                        let ds = pij * (dp - stats[p.hq * p.sq + h * p.sq + qi]);
+                        let pij = exp(s - stats[so + h * p.sq + qi]);
+                        let ds = pij * (dp - stats[so + p.hq * p.sq + h * p.sq + qi]);
                         for (var j = 0u; j < d; j = j + 1u) {
                             dva[j] = dva[j] + pij * us[r * d + j];
                             dka[j] = dka[j] + ds * ts[r * d + j];
@@ -389,19 +417,19 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     if (in_range && p.last == 0u) {
         let base = (kj * p.hkv + kvh) * d;
         for (var j = 0u; j < d; j = j + 1u) {
-            dk[base + j] = dka[j];
-            dv[base + j] = dva[j];
+            dkv[ko + base + j] = dka[j];
+            dkv[dv_at(base + j)] = dva[j];
         }
     }
     if (in_range && p.last == 1u) {
         let base = (kj * p.hkv + kvh) * d;
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(kpos(kj), j, -1.0);
-            dk[base + j] = dka[j] * cs.x - dka[j + half] * cs.y;
-            dk[base + j + half] = dka[j + half] * cs.x + dka[j] * cs.y;
+            dkv[ko + base + j] = dka[j] * cs.x - dka[j + half] * cs.y;
+            dkv[ko + base + j + half] = dka[j + half] * cs.x + dka[j] * cs.y;
         }
         for (var j = 0u; j < d; j = j + 1u) {
-            dv[base + j] = dva[j];
+            dkv[dv_at(base + j)] = dva[j];
         }
     }
 }

@@ -1,10 +1,11 @@
-//! The model against HF transformers: logits of every fixture case (CPU ≤ 1e-4, wgpu ≤ 1e-3),
-//! RoPE frequencies, the tokenizer, greedy generation with the KV cache.
+//! The model against HF transformers: logits of every fixture case (CPU ≤ 1e-4, wgpu ≤ 1e-3,
+//! each with the reference attention and the fused kernel), RoPE frequencies, the tokenizer,
+//! greedy generation with the KV cache (both attention paths, CPU and wgpu).
 
 use std::path::Path;
 
 use e2llm_model::generate::{generate, GenerateOptions};
-use e2llm_model::{backend, checkpoint, Device, Llama, Positions, Tokenizer};
+use e2llm_model::{backend, checkpoint, Device, Kernels, Llama, Positions, Tokenizer};
 use e2llm_tests::{hf_cases, hf_fixtures, max_abs_diff, read_golden, GoldenTensor};
 
 const CPU_TOL: f64 = 1e-4;
@@ -102,6 +103,21 @@ fn cpu_logits_match_transformers_for_every_case() {
 }
 
 #[test]
+fn cpu_fused_attention_matches_transformers_for_every_case() {
+    // The fused op on the CPU runs the kernels' CPU twins (what the WGSL is tested against).
+    let device = Device::flex();
+    for dir in hf_cases() {
+        let g = golden(&dir);
+        let model = checkpoint::load_dir(&dir, &device)
+            .expect("load")
+            .with_kernels(Kernels::Fused);
+        let err = max_abs_diff(&logits(&model, &g), &g.t["logits"].values);
+        println!("{:<24} cpu fused max|Δ| = {err:.2e}", name(&dir));
+        assert!(err <= CPU_TOL, "{}: fused vs HF {err:.3e}", name(&dir));
+    }
+}
+
+#[test]
 fn rope_frequencies_match_transformers() {
     for dir in hf_cases() {
         let g = golden(&dir);
@@ -141,14 +157,32 @@ fn wgpu_logits_match_cpu() {
     let cpu = Device::flex();
     for dir in hf_cases() {
         let g = golden(&dir);
-        let on_gpu = logits(&checkpoint::load_dir(&dir, &gpu).expect("load"), &g);
         let on_cpu = logits(&checkpoint::load_dir(&dir, &cpu).expect("load"), &g);
         let as_f64: Vec<f64> = on_cpu.iter().map(|&v| v as f64).collect();
-        let err = max_abs_diff(&on_gpu, &as_f64);
-        println!("{:<24} wgpu vs cpu max|Δ| = {err:.2e}", name(&dir));
-        assert!(err <= WGPU_TOL, "{}: wgpu vs cpu {err:.3e}", name(&dir));
-        let hf = max_abs_diff(&on_gpu, &g.t["logits"].values);
-        assert!(hf <= WGPU_TOL, "{}: wgpu vs HF {hf:.3e}", name(&dir));
+        let model = checkpoint::load_dir(&dir, &gpu).expect("load");
+        assert!(
+            model.fused(),
+            "auto attention on wgpu should be the fused kernel"
+        );
+        for kernels in [Kernels::Fused, Kernels::Reference] {
+            let on_gpu = logits(&model.clone().with_kernels(kernels), &g);
+            let err = max_abs_diff(&on_gpu, &as_f64);
+            println!(
+                "{:<24} wgpu {kernels:<9} vs cpu max|Δ| = {err:.2e}",
+                name(&dir)
+            );
+            assert!(
+                err <= WGPU_TOL,
+                "{}: wgpu {kernels} vs cpu {err:.3e}",
+                name(&dir)
+            );
+            let hf = max_abs_diff(&on_gpu, &g.t["logits"].values);
+            assert!(
+                hf <= WGPU_TOL,
+                "{}: wgpu {kernels} vs HF {hf:.3e}",
+                name(&dir)
+            );
+        }
     }
 }
 
@@ -169,17 +203,27 @@ fn tokenizer_and_greedy_generation_match_transformers() {
         "token ids differ from HF"
     );
 
-    let model = checkpoint::load_dir(&dir, &Device::flex()).expect("load");
     let opts = GenerateOptions {
         max_new_tokens: g.t["greedy_ids"].values.len(),
         ..GenerateOptions::default()
     };
-    let got = generate(&model, &g.ids, &opts, |_| true).expect("generate");
     let want: Vec<u32> = g.t["greedy_ids"].values.iter().map(|&v| v as u32).collect();
-    assert_eq!(
-        got, want,
-        "greedy continuation differs from transformers.generate"
-    );
+    let mut devices = vec![("cpu", Device::flex())];
+    match backend::open("wgpu") {
+        Ok(gpu) => devices.push(("wgpu", gpu)),
+        Err(e) => println!("wgpu part skipped: {e}"),
+    }
+    for (backend, device) in devices {
+        let model = checkpoint::load_dir(&dir, &device).expect("load");
+        for kernels in [Kernels::Reference, Kernels::Fused] {
+            let model = model.clone().with_kernels(kernels);
+            let got = generate(&model, &g.ids, &opts, |_| true).expect("generate");
+            assert_eq!(
+                got, want,
+                "{backend} {kernels}: greedy continuation differs from transformers.generate"
+            );
+        }
+    }
 }
 
 #[test]

@@ -62,6 +62,178 @@ fn check_shapes(
     )
 }
 
+/// A buffer of the attention kernels by role; the value is its binding in `attention.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// `[B·Sq·Hq·D]` queries (unrotated).
+    Q = 0,
+    /// `[B·Skv·Hkv·D]` keys (unrotated).
+    K = 1,
+    /// `[B·Skv·Hkv·D]` values.
+    V = 2,
+    /// qpos `[B·Sq]` ++ kpos `[B·Skv]` ++ inv_freq `[D/2]`.
+    Aux = 3,
+    /// `[B·Sq·Hq·D]` output.
+    O = 4,
+    /// Per sequence lse, δ, l: `[B·3·Hq·Sq]`.
+    Stats = 5,
+    /// The launch's `Params` words.
+    Params = 6,
+    /// `[B·Sq·Hq·D]` gradient of the output.
+    DO = 7,
+    /// `[B·Sq·Hq·D]` gradient of q.
+    DQ = 8,
+    /// dk `[B·Skv·Hkv·D]` ++ dv `[B·Skv·Hkv·D]`.
+    DKV = 9,
+}
+
+/// One dispatch of an attention kernel: what to bind (in this order), its `Params` and its grid.
+/// The raw-wgpu path ([`AttentionBuffers`]) and the burn op (`crate::fused`) both run these.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The entry point in `attention.wgsl`.
+    pub entry: &'static str,
+    /// The buffers it binds, in binding order.
+    pub slots: &'static [Slot],
+    /// Its `Params`.
+    pub params: [u32; 12],
+    /// Workgroups along x, y, z.
+    pub groups: (u32, u32, u32),
+}
+
+const FWD: &[Slot] = &[
+    Slot::Q,
+    Slot::K,
+    Slot::V,
+    Slot::Aux,
+    Slot::O,
+    Slot::Stats,
+    Slot::Params,
+];
+const PREP: &[Slot] = &[Slot::O, Slot::Stats, Slot::Params, Slot::DO];
+const DQ: &[Slot] = &[
+    Slot::Q,
+    Slot::K,
+    Slot::V,
+    Slot::Aux,
+    Slot::Stats,
+    Slot::Params,
+    Slot::DO,
+    Slot::DQ,
+];
+const DKV: &[Slot] = &[
+    Slot::Q,
+    Slot::K,
+    Slot::V,
+    Slot::Aux,
+    Slot::Stats,
+    Slot::Params,
+    Slot::DO,
+    Slot::DKV,
+];
+
+/// Every entry point of `attention.wgsl` with the buffers it binds.
+pub const ENTRIES: &[(&str, &[Slot])] = &[
+    ("attention_fwd", FWD),
+    ("attention_bwd_prep", PREP),
+    ("attention_bwd_dq", DQ),
+    ("attention_bwd_dkv", DKV),
+];
+
+fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool) -> [u32; 12] {
+    [
+        s.sq as u32,
+        s.skv as u32,
+        s.hq as u32,
+        s.hkv as u32,
+        s.head_dim as u32,
+        f(s.scale),
+        f(1.0 / s.g),
+        f(s.factor),
+        begin as u32,
+        end as u32,
+        u32::from(last),
+        batch as u32,
+    ]
+}
+
+/// The forward of `batch` sequences of shape `s`: o and lse (zeroed o and stats to start).
+pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
+    chunks(s.skv, tile_rows(s.head_dim))
+        .into_iter()
+        .map(|(begin, end, last)| Launch {
+            entry: "attention_fwd",
+            slots: FWD,
+            params: params(s, batch, begin, end, last),
+            groups: ((s.sq as u32).div_ceil(64), s.hq as u32, batch as u32),
+        })
+        .collect()
+}
+
+/// The backward after [`forward_plan`]: δ, dq, then dk and dv.
+pub fn backward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
+    let b = batch as u32;
+    let mut plan = vec![Launch {
+        entry: "attention_bwd_prep",
+        slots: PREP,
+        params: params(s, batch, 0, 0, true),
+        groups: (((s.sq * s.hq) as u32).div_ceil(64), 1, b),
+    }];
+    let tile = tile_rows(s.head_dim);
+    for (begin, end, last) in chunks(s.skv, tile) {
+        plan.push(Launch {
+            entry: "attention_bwd_dq",
+            slots: DQ,
+            params: params(s, batch, begin, end, last),
+            groups: ((s.sq as u32).div_ceil(64), s.hq as u32, b),
+        });
+    }
+    // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
+    let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
+    for (begin, end, last) in chunks(steps, 1) {
+        plan.push(Launch {
+            entry: "attention_bwd_dkv",
+            slots: DKV,
+            params: params(s, batch, begin, end, last),
+            groups: ((s.skv as u32).div_ceil(64), s.hkv as u32, b),
+        });
+    }
+    plan
+}
+
+/// Checks that the flat inputs of `batch` sequences fit `s` (the kernels' limits included).
+#[allow(clippy::too_many_arguments)]
+pub fn check_batch(
+    q: usize,
+    k: usize,
+    v: usize,
+    aux: usize,
+    s: AttentionShape,
+    batch: usize,
+) -> Result<()> {
+    let d = s.head_dim;
+    check(
+        "attention",
+        batch > 0
+            && d > 0
+            && d.is_multiple_of(2)
+            && d <= 128
+            && s.hkv > 0
+            && s.hq.is_multiple_of(s.hkv)
+            && s.sq <= s.skv
+            && q == batch * s.sq * s.hq * d
+            && k == batch * s.skv * s.hkv * d
+            && v == k
+            && aux == batch * (s.sq + s.skv) + d / 2,
+        || {
+            format!(
+                "{batch} sequences of {s:?} do not fit q {q}, k {k}, v {v}, aux {aux} values \
+                 (head_dim even and ≤ 128, hq a multiple of hkv, sq ≤ skv)"
+            )
+        },
+    )
+}
+
 /// q, k, v, positions and every output of the attention kernels, resident on the device.
 pub struct AttentionBuffers {
     /// The shape.
@@ -74,8 +246,7 @@ pub struct AttentionBuffers {
     stats: wgpu::Buffer,
     d_o: wgpu::Buffer,
     dq: wgpu::Buffer,
-    dk: wgpu::Buffer,
-    dv: wgpu::Buffer,
+    dkv: wgpu::Buffer,
 }
 
 impl AttentionBuffers {
@@ -111,8 +282,7 @@ impl AttentionBuffers {
             stats: gpu.zeros("stats", 3 * s.hq * s.sq),
             d_o: gpu.upload("dO", d_o),
             dq: gpu.zeros("dq", n(q.len())),
-            dk: gpu.zeros("dk", n(k.len())),
-            dv: gpu.zeros("dv", n(v.len())),
+            dkv: gpu.zeros("dkv", n(2 * k.len())),
         })
     }
 
@@ -128,8 +298,7 @@ impl AttentionBuffers {
             &self.stats,
             &self.d_o,
             &self.dq,
-            &self.dk,
-            &self.dv,
+            &self.dkv,
         ]
         .iter()
         .map(|b| b.size())
@@ -138,93 +307,45 @@ impl AttentionBuffers {
 
     /// The first 8 words of every attention shader's `Params`.
     fn shape_words(&self) -> [u32; 8] {
-        let s = self.shape;
-        [
-            s.sq as u32,
-            s.skv as u32,
-            s.hq as u32,
-            s.hkv as u32,
-            s.head_dim as u32,
-            f(s.scale),
-            f(1.0 / s.g),
-            f(s.factor),
-        ]
+        let mut w = [0; 8];
+        w.copy_from_slice(&params(self.shape, 1, 0, 0, false)[..8]);
+        w
     }
 
-    fn params(&self, gpu: &Gpu, begin: usize, end: usize, last: bool) -> wgpu::Buffer {
-        let tail = [begin as u32, end as u32, u32::from(last), 0];
-        gpu.uniform(&[self.shape_words().as_slice(), &tail].concat())
+    fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, plan: Vec<Launch>) {
+        for launch in plan {
+            let params = gpu.params(&launch.params);
+            let bound: Vec<(u32, &wgpu::Buffer)> = launch
+                .slots
+                .iter()
+                .map(|&slot| {
+                    let buf = match slot {
+                        Slot::Q => &self.q,
+                        Slot::K => &self.k,
+                        Slot::V => &self.v,
+                        Slot::Aux => &self.aux,
+                        Slot::O => &self.o,
+                        Slot::Stats => &self.stats,
+                        Slot::Params => &params,
+                        Slot::DO => &self.d_o,
+                        Slot::DQ => &self.dq,
+                        Slot::DKV => &self.dkv,
+                    };
+                    (slot as u32, buf)
+                })
+                .collect();
+            gpu.dispatch(enc, (ATTN.0, ATTN.1, launch.entry), &bound, launch.groups);
+        }
     }
 
     /// Records the forward: o and lse.
     pub fn record_forward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
-        let s = self.shape;
-        for (begin, end, last) in chunks(s.skv, tile_rows(s.head_dim)) {
-            let params = self.params(gpu, begin, end, last);
-            gpu.dispatch(
-                enc,
-                (ATTN.0, ATTN.1, "attention_fwd"),
-                &[
-                    (0, &self.q),
-                    (1, &self.k),
-                    (2, &self.v),
-                    (3, &self.aux),
-                    (4, &self.o),
-                    (5, &self.stats),
-                    (6, &params),
-                ],
-                ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
-            );
-        }
+        self.record(gpu, enc, forward_plan(self.shape, 1));
     }
 
     /// Records the backward (after [`Self::record_forward`]): δ, dq, then dk and dv.
     pub fn record_backward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
-        let s = self.shape;
-        let prep = self.params(gpu, 0, 0, true);
-        gpu.dispatch(
-            enc,
-            (ATTN.0, ATTN.1, "attention_bwd_prep"),
-            &[(4, &self.o), (5, &self.stats), (6, &prep), (7, &self.d_o)],
-            (((s.sq * s.hq) as u32).div_ceil(64), 1, 1),
-        );
-        let tile = tile_rows(s.head_dim);
-        for (begin, end, last) in chunks(s.skv, tile) {
-            let params = self.params(gpu, begin, end, last);
-            let mut b = self.backward_bindings(&params);
-            b.push((8, &self.dq));
-            gpu.dispatch(
-                enc,
-                (ATTN.0, ATTN.1, "attention_bwd_dq"),
-                &b,
-                ((s.sq as u32).div_ceil(64), s.hq as u32, 1),
-            );
-        }
-        // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
-        let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
-        for (begin, end, last) in chunks(steps, 1) {
-            let params = self.params(gpu, begin, end, last);
-            let mut b = self.backward_bindings(&params);
-            b.extend([(9, &self.dk), (10, &self.dv)]);
-            gpu.dispatch(
-                enc,
-                (ATTN.0, ATTN.1, "attention_bwd_dkv"),
-                &b,
-                ((s.skv as u32).div_ceil(64), s.hkv as u32, 1),
-            );
-        }
-    }
-
-    fn backward_bindings<'a>(&'a self, params: &'a wgpu::Buffer) -> Vec<(u32, &'a wgpu::Buffer)> {
-        vec![
-            (0, &self.q),
-            (1, &self.k),
-            (2, &self.v),
-            (3, &self.aux),
-            (5, &self.stats),
-            (6, params),
-            (7, &self.d_o),
-        ]
+        self.record(gpu, enc, backward_plan(self.shape, 1));
     }
 
     /// Records the pooled attention map of `w` (after [`Self::record_forward`]) into `image`.
@@ -245,7 +366,7 @@ impl AttentionBuffers {
             0,
             0,
         ];
-        let params = gpu.uniform(&[self.shape_words().as_slice(), &tail].concat());
+        let params = gpu.params(&[self.shape_words().as_slice(), &tail].concat());
         gpu.dispatch(
             enc,
             ("attention_map", shaders::ATTENTION_MAP, "attention_map"),
@@ -313,11 +434,11 @@ pub fn attention_backward(
     let mut enc = gpu.encoder();
     b.record_forward(gpu, &mut enc);
     b.record_backward(gpu, &mut enc);
-    let out = gpu.finish_and_read(enc, &[&b.dq, &b.dk, &b.dv])?;
+    let out = gpu.finish_and_read(enc, &[&b.dq, &b.dkv])?;
     Ok((
         out[0][..q.len()].to_vec(),
         out[1][..k.len()].to_vec(),
-        out[2][..v.len()].to_vec(),
+        out[1][k.len()..2 * k.len()].to_vec(),
     ))
 }
 

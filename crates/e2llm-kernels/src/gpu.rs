@@ -119,14 +119,10 @@ impl Gpu {
         self.upload(label, &vec![0.0f32; n.max(1)])
     }
 
-    /// A uniform buffer holding `words` (each 4 bytes; callers pad to 16 bytes).
-    pub fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+    /// A kernel's `Params` (read-only storage, as burn's buffers hold them too): `words`, each
+    /// 4 bytes.
+    pub fn params(&self, words: &[u32]) -> wgpu::Buffer {
+        self.upload("params", words)
     }
 
     /// Records one dispatch of `entry` with `buffers` bound at the given binding numbers.

@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod cpu;
 pub mod error;
+pub mod fused;
 pub mod gpu;
 pub mod ops;
 pub mod shaders;

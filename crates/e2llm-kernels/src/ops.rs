@@ -52,7 +52,7 @@ pub fn rope(
     let bg = gpu.upload("g", g);
     let bf = gpu.upload("inv_freq", inv_freq);
     let by = gpu.zeros("y", x.len());
-    let params = gpu.uniform(&[
+    let params = gpu.params(&[
         tokens as u32,
         heads as u32,
         d as u32,
@@ -90,7 +90,7 @@ pub fn rmsnorm(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<(Vec<f32>, V
     let rows = x.len() / d;
     let (bx, bw) = (gpu.upload("x", x), gpu.upload("w", w));
     let (by, br) = (gpu.zeros("y", x.len()), gpu.zeros("rstd", rows));
-    let params = gpu.uniform(&[rows as u32, d as u32, f(eps), 0]);
+    let params = gpu.params(&[rows as u32, d as u32, f(eps), 0]);
     let mut enc = gpu.encoder();
     let (gx, gy) = grid(rows as u32);
     gpu.dispatch(
@@ -131,7 +131,7 @@ pub fn rmsnorm_backward(
         gpu.upload("dy", dy),
     );
     let (bdx, bdw) = (gpu.zeros("dx", x.len()), gpu.zeros("dw", d));
-    let params = gpu.uniform(&[rows as u32, d as u32, 0, 0]);
+    let params = gpu.params(&[rows as u32, d as u32, 0, 0]);
     let mut enc = gpu.encoder();
     let (gx, gy) = grid(rows as u32);
     gpu.dispatch(
@@ -164,7 +164,7 @@ pub fn swiglu(gpu: &Gpu, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
     })?;
     let n = a.len();
     let (ba, bb, bh) = (gpu.upload("a", a), gpu.upload("b", b), gpu.zeros("h", n));
-    let params = gpu.uniform(&[n as u32, 0, 0, 0]);
+    let params = gpu.params(&[n as u32, 0, 0, 0]);
     let mut enc = gpu.encoder();
     let (gx, gy) = grid((n as u32).div_ceil(256));
     gpu.dispatch(
@@ -192,7 +192,7 @@ pub fn swiglu_backward(
     let n = a.len();
     let (ba, bb, bdh) = (gpu.upload("a", a), gpu.upload("b", b), gpu.upload("dh", dh));
     let (bda, bdb) = (gpu.zeros("da", n), gpu.zeros("db", n));
-    let params = gpu.uniform(&[n as u32, 0, 0, 0]);
+    let params = gpu.params(&[n as u32, 0, 0, 0]);
     let mut enc = gpu.encoder();
     let (gx, gy) = grid((n as u32).div_ceil(256));
     gpu.dispatch(
@@ -241,7 +241,7 @@ pub fn cross_entropy(
         gpu.upload("weights", weights),
     );
     let (bl, bd) = (gpu.zeros("loss", rows), gpu.zeros("dlogits", logits.len()));
-    let params = gpu.uniform(&[rows as u32, vocab as u32, f(scale), 0]);
+    let params = gpu.params(&[rows as u32, vocab as u32, f(scale), 0]);
     let mut enc = gpu.encoder();
     let (gx, gy) = grid(rows as u32);
     gpu.dispatch(
@@ -291,7 +291,7 @@ pub fn adamw(
     );
     let c1 = 1.0 - p.beta1.powi(p.step);
     let c2 = 1.0 - p.beta2.powi(p.step);
-    let params = gpu.uniform(&[
+    let params = gpu.params(&[
         n as u32,
         f(p.lr),
         f(p.beta1),

@@ -25,3 +25,33 @@ pub const ALL: &[(&str, &str)] = &[
     ("cross_entropy.wgsl", CROSS_ENTROPY),
     ("adamw.wgsl", ADAMW),
 ];
+
+/// `source` as burn's cubecl runtime needs it for one entry point: its bindings renumbered
+/// `0, 1, …` in the order `bindings` lists them (by their number in `source`), every other
+/// binding moved to group 1, and every storage buffer declared `read_write` — cubecl binds by
+/// position and sub-allocates tensors from shared wgpu buffers, so a read-only and a writable
+/// binding may be one buffer, which wgpu refuses unless both are writable (cubecl's own
+/// kernels bind everything read-write for the same reason). Used with the pipeline's automatic
+/// layout, which holds only the bindings the entry point uses.
+pub fn for_entry(source: &str, bindings: &[u32]) -> String {
+    renumber(source, bindings).replace("var<storage, read>", "var<storage, read_write>")
+}
+
+fn renumber(source: &str, bindings: &[u32]) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    const TAG: &str = "@group(0) @binding(";
+    while let Some(at) = rest.find(TAG) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + TAG.len()..];
+        let close = after.find(')').unwrap_or(after.len());
+        let number: Option<u32> = after[..close].trim().parse().ok();
+        match number.and_then(|n| bindings.iter().position(|&b| b == n).map(|i| (n, i))) {
+            Some((_, i)) => out.push_str(&format!("@group(0) @binding({i}")),
+            None => out.push_str(&format!("@group(1) @binding({}", &after[..close])),
+        }
+        rest = &after[close..];
+    }
+    out.push_str(rest);
+    out
+}

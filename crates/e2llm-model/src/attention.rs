@@ -1,18 +1,82 @@
-//! Grouped-query self-attention with explicit RoPE positions and an optional KV cache.
+//! Grouped-query self-attention with explicit RoPE positions and an optional KV cache, on
+//! either attention path: the plain burn ops ([`attention_reference`]) or the fused WGSL kernel
+//! with RoPE inside ([`e2llm_kernels::fused::rope_attention`]).
+
+use std::fmt;
+use std::str::FromStr;
 
 use burn::module::Module;
-use burn::tensor::{activation, Bool, Tensor};
+use burn::tensor::{activation, Bool, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::layers::Linear;
 use crate::rope::RopeTables;
 
-/// Keys (already rotated) and values of one layer for the tokens seen so far.
+/// Which attention implementation the model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// `fused` on a GPU (burn's cubecl backend: wgpu, WebGPU), `reference` on the CPU.
+    #[default]
+    Auto,
+    /// `shaders/attention.wgsl` (RoPE inside, online softmax, O(length) memory, FlashAttention-2
+    /// backward) on a GPU; its CPU twin on the CPU.
+    Fused,
+    /// Plain burn ops: rotate, matmul, mask, softmax, matmul.
+    Reference,
+}
+
+impl Kernels {
+    /// Every spelling [`FromStr`] accepts.
+    pub const NAMES: &'static [&'static str] = &["auto", "fused", "reference"];
+
+    /// Whether attention on `device` with heads of `head_dim` runs the fused kernel.
+    pub fn fused_on(self, device: &Device, head_dim: usize) -> bool {
+        match self {
+            Kernels::Fused => true,
+            Kernels::Reference => false,
+            Kernels::Auto => {
+                e2llm_kernels::fused::is_gpu(device) && head_dim <= 128 && head_dim % 2 == 0
+            }
+        }
+    }
+}
+
+impl FromStr for Kernels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Kernels::Auto),
+            "fused" => Ok(Kernels::Fused),
+            "reference" => Ok(Kernels::Reference),
+            other => Err(format!(
+                "unknown kernels `{other}`; choose one of {}",
+                Kernels::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kernels::Auto => "auto",
+            Kernels::Fused => "fused",
+            Kernels::Reference => "reference",
+        })
+    }
+}
+
+/// Keys and values of one layer for the tokens seen so far.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
-    /// `[batch, kv_heads, past, head_dim]`.
+    /// Reference path: rotated, `[batch, kv_heads, past, head_dim]`. Fused path: unrotated,
+    /// `[batch, past, kv_heads, head_dim]` (the kernel rotates from `kpos`).
     pub k: Tensor<4>,
-    /// `[batch, kv_heads, past, head_dim]`.
+    /// Laid out as `k`.
     pub v: Tensor<4>,
+    /// Fused path: the cached keys' positions ÷ g, `[batch * past]` row-major.
+    pub kpos: Option<Vec<f32>>,
 }
 
 /// `model.layers.{i}.self_attn`.
@@ -49,7 +113,11 @@ impl Attention {
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut Option<LayerCache>>,
+        fused: bool,
     ) -> Tensor<3> {
+        if fused {
+            return self.forward_fused(x, rope, cache);
+        }
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self
@@ -86,6 +154,7 @@ impl Attention {
                 *slot = Some(LayerCache {
                     k: k.clone(),
                     v: v.clone(),
+                    kpos: None,
                 });
                 (k, v, past)
             }
@@ -94,6 +163,68 @@ impl Attention {
         let out = attention_reference(q, k, v, past);
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+    }
+
+    /// [`Self::forward`] through the fused kernel: q, k, v stay `[batch, seq, heads, head_dim]`
+    /// and unrotated; RoPE, the causal mask and the softmax happen inside the kernel.
+    fn forward_fused(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]);
+        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]);
+        let v = self.v_proj.forward(x).reshape([b, s, kvh, d]);
+        let (k, v, kpos) = match cache {
+            Some(slot) => {
+                let (k, v, kpos) = match slot.take() {
+                    Some(LayerCache {
+                        k: ck,
+                        v: cv,
+                        kpos: Some(cpos),
+                    }) => {
+                        let past = ck.dims()[1];
+                        let kpos: Vec<f32> = (0..b)
+                            .flat_map(|r| {
+                                let old = &cpos[r * past..(r + 1) * past];
+                                let new = &rope.scaled_pos[r * s..(r + 1) * s];
+                                old.iter().chain(new).copied().collect::<Vec<_>>()
+                            })
+                            .collect();
+                        (
+                            Tensor::cat(vec![ck, k], 1),
+                            Tensor::cat(vec![cv, v], 1),
+                            kpos,
+                        )
+                    }
+                    _ => (k, v, rope.scaled_pos.clone()),
+                };
+                *slot = Some(LayerCache {
+                    k: k.clone(),
+                    v: v.clone(),
+                    kpos: Some(kpos.clone()),
+                });
+                (k, v, kpos)
+            }
+            None => (k, v, rope.scaled_pos.clone()),
+        };
+        let mut aux = rope.scaled_pos.clone();
+        aux.extend(kpos);
+        aux.extend(&rope.inv_freq);
+        let n = aux.len();
+        let aux = Tensor::from_data(TensorData::new(aux, [n]), &q.device());
+        let out = e2llm_kernels::fused::rope_attention(
+            q,
+            k,
+            v,
+            aux,
+            1.0 / (d as f32).sqrt(),
+            rope.factor,
+        );
+        self.o_proj.forward(out.reshape([b, s, h * d]))
     }
 }
 

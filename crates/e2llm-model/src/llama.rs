@@ -2,9 +2,9 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use e2llm_core::LlamaConfig;
+use e2llm_core::{LlamaConfig, RopeScaling};
 
-use crate::attention::{Attention, LayerCache};
+use crate::attention::{Attention, Kernels, LayerCache};
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::rope::{Positions, RopeTables};
@@ -30,11 +30,12 @@ impl DecoderLayer {
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut Option<LayerCache>>,
+        fused: bool,
     ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
+                .forward(self.input_layernorm.forward(x), rope, cache, fused);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -54,6 +55,9 @@ pub struct Llama {
     /// The HF config this model was built from.
     #[module(skip)]
     pub config: LlamaConfig,
+    /// The attention implementation ([`Kernels::Auto`]: fused on a GPU).
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 /// Keys and values of every layer for the tokens processed so far.
@@ -174,9 +178,14 @@ impl Llama {
                 *c = KvCache::new(self.layers.len());
             }
         }
+        // Dynamic NTK changes the frequencies with the span, and HF keeps cached keys rotated
+        // at the frequencies of their own step: only the reference cache (rotated keys) does
+        // that, the fused kernel rotates every key at the current frequencies.
+        let dynamic = matches!(self.config.rope.scaling, RopeScaling::Dynamic { .. });
+        let fused = self.fused() && !(dynamic && cache.is_some());
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, slot);
+            x = layer.forward(x, &rope, slot, fused);
         }
         Ok(self.norm.forward(x))
     }
@@ -248,5 +257,17 @@ impl Llama {
     /// The device this model's weights live on.
     pub fn device(&self) -> Device {
         self.embed_tokens.val().device()
+    }
+
+    /// This model with attention through `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Whether attention runs the fused kernel on this model's device.
+    pub fn fused(&self) -> bool {
+        self.kernels
+            .fused_on(&self.device(), self.config.head_dim())
     }
 }

@@ -51,13 +51,20 @@ impl Positions {
     }
 }
 
-/// `cos` and `sin` tables, `[batch, 1, seq, head_dim]`, halves duplicated as HF's `cat(freqs, freqs)`.
+/// `cos` and `sin` tables, `[batch, 1, seq, head_dim]`, halves duplicated as HF's `cat(freqs, freqs)`
+/// — and, for the fused attention kernel (which rotates inside), the same RoPE as data.
 #[derive(Debug, Clone)]
 pub struct RopeTables {
     /// `[batch, 1, seq, head_dim]`.
     pub cos: Tensor<4>,
     /// `[batch, 1, seq, head_dim]`.
     pub sin: Tensor<4>,
+    /// Each token's position divided by its row's g, `[batch * seq]` row-major.
+    pub scaled_pos: Vec<f32>,
+    /// The inverse frequencies at this span, `[head_dim / 2]`.
+    pub inv_freq: Vec<f32>,
+    /// The variant's attention factor on cos and sin (1 except for yarn).
+    pub factor: f32,
 }
 
 /// Host-side cos/sin for `positions` (the slow, obviously-correct path; also the kernels' reference).
@@ -93,9 +100,16 @@ impl RopeTables {
         let freqs = rope.frequencies(head_dim, max_position_embeddings, positions.span());
         let (cos, sin) = rope_cos_sin(&freqs, positions);
         let shape = [positions.batch, 1, positions.seq(), head_dim];
+        let seq = positions.seq().max(1);
+        let scaled_pos = (positions.pos.iter().enumerate())
+            .map(|(t, p)| p / positions.scale[t / seq])
+            .collect();
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            scaled_pos,
+            factor: freqs.attention_scaling,
+            inv_freq: freqs.inv_freq,
         }
     }
 

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::attention::Attention;
+use crate::attention::{Attention, Kernels};
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::llama::{DecoderLayer, Llama};
@@ -225,6 +225,7 @@ fn assemble(config: LlamaConfig, t: HashMap<String, TensorData>, device: &Device
         norm: t.norm("model.norm", eps),
         lm_head,
         config,
+        kernels: Kernels::Auto,
     }
 }
 

@@ -1,0 +1,587 @@
+//! The attention kernels as a burn op: [`FusedAttention`], a backend extension of burn's
+//! dispatch backend with an implementation per backend and its backward registered for
+//! autodiff, so a model built on `burn::tensor::Tensor` calls [`rope_attention`] and trains
+//! through it unchanged.
+//!
+//! - `Cube` (wgpu natively, WebGPU in a browser): `shaders/attention.wgsl` launched on burn's
+//!   own cubecl client and buffers — the same launch plan ([`forward_plan`], [`backward_plan`])
+//!   the raw-wgpu path runs, the module renumbered per entry point by
+//!   [`shaders::for_entry`] because cubecl binds buffers by position.
+//! - `Flex` (CPU): the CPU twins ([`crate::cpu::attention`], [`crate::cpu::attention_backward`])
+//!   per sequence — O(length) memory like the kernel.
+//! - `Autodiff`: forward keeps q, k, v, positions, o and the softmax statistics; backward runs
+//!   the backend's `rope_attention_backward` (FlashAttention-2: scores recomputed tile by tile).
+//!
+//! Layout: q `[B, Sq, Hq, D]`, k and v `[B, Skv, Hkv, D]` (token-major, unrotated), aux =
+//! qpos `[B·Sq]` ++ kpos `[B·Skv]` ++ inv_freq `[D/2]` with positions already divided by each
+//! row's g; the query `i` of a row sees keys `..= Skv − Sq + i`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_cubecl::cubecl::client::Client;
+use burn_cubecl::cubecl::ir::{ElemType, UIntKind};
+use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::cubecl::server::{Handle, KernelArguments};
+use burn_cubecl::cubecl::{CubeKernel, PrecompiledSource};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+
+use crate::attention::{backward_plan, check_batch, forward_plan, Launch, Slot};
+use crate::cpu::{self, AttentionShape};
+use crate::shaders;
+
+/// Causal GQA attention with RoPE applied inside, as one op per backend.
+#[backend_extension(Cube, Flex, Autodiff)]
+pub trait FusedAttention: Backend {
+    /// The attention output `[B, Sq, Hq, D]`; differentiable in q, k and v.
+    fn rope_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> FloatTensor<Self> {
+        Self::rope_attention_forward(q, k, v, aux, scale, factor).0
+    }
+
+    /// `(o, stats)`: the output and the per-sequence softmax statistics `[B·3·Hq·Sq]`
+    /// (lse first) the backward reads.
+    fn rope_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `(dq, dk, dv)` given the forward's inputs, `o`, `stats` and the output gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Causal GQA attention with RoPE inside on whatever backend the tensors live on
+/// (see the module docs for the layout). Differentiable in q, k and v.
+///
+/// # Shapes
+/// - `q`: `[B, Sq, Hq, D]`, `k`, `v`: `[B, Skv, Hkv, D]`, `aux`: `[B·(Sq + Skv) + D/2]`
+/// - output: `[B, Sq, Hq, D]`
+pub fn rope_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    aux: Tensor<1>,
+    scale: f32,
+    factor: f32,
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::rope_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        aux.into_dispatch(),
+        scale,
+        factor,
+    ))
+}
+
+/// `(o, stats)` of [`rope_attention`] (no autodiff graph): for tests and benchmarks.
+pub fn rope_attention_forward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    aux: Tensor<1>,
+    scale: f32,
+    factor: f32,
+) -> (Tensor<4>, Tensor<1>) {
+    let (o, stats) = Dispatch::rope_attention_forward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        aux.into_dispatch(),
+        scale,
+        factor,
+    );
+    (Tensor::from_dispatch(o), Tensor::from_dispatch(stats))
+}
+
+/// `(dq, dk, dv)` of [`rope_attention`] for output gradient `d_o` (no autodiff graph).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention_backward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    aux: Tensor<1>,
+    o: Tensor<4>,
+    stats: Tensor<1>,
+    d_o: Tensor<4>,
+    scale: f32,
+    factor: f32,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (dq, dk, dv) = Dispatch::rope_attention_backward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        aux.into_dispatch(),
+        o.into_dispatch(),
+        stats.into_dispatch(),
+        d_o.into_dispatch(),
+        scale,
+        factor,
+    );
+    (
+        Tensor::from_dispatch(dq),
+        Tensor::from_dispatch(dk),
+        Tensor::from_dispatch(dv),
+    )
+}
+
+/// Whether `device` (autodiff or not) is one of burn's cubecl devices (wgpu, WebGPU), where
+/// [`rope_attention`] runs `attention.wgsl`; elsewhere it runs the CPU twins.
+pub fn is_gpu(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    )
+}
+
+/// The kernel shape and batch of q `[B, Sq, Hq, D]` and k `[B, Skv, Hkv, D]`; panics (as
+/// burn's own ops do on bad shapes) with the reason when they do not fit the kernel.
+fn shape_of(q: &Shape, k: &Shape, aux: &Shape, scale: f32, factor: f32) -> (AttentionShape, usize) {
+    let (q, k) = (q.as_slice(), k.as_slice());
+    assert!(
+        q.len() == 4 && k.len() == 4 && q[0] == k[0] && q[3] == k[3],
+        "rope_attention: q {q:?} and k {k:?} must be [batch, tokens, heads, head_dim] alike"
+    );
+    let s = AttentionShape {
+        sq: q[1],
+        skv: k[1],
+        hq: q[2],
+        hkv: k[2],
+        head_dim: q[3],
+        scale,
+        g: 1.0,
+        factor,
+    };
+    let batch = q[0];
+    let n = |d: &[usize]| d.iter().product::<usize>();
+    if let Err(e) = check_batch(n(q), n(k), n(k), n(aux.as_slice()), s, batch) {
+        panic!("rope_attention: {e}");
+    }
+    (s, batch)
+}
+
+/// `shaders/attention.wgsl` at one entry point, for cubecl: bindings numbered in launch order.
+struct AttentionKernel {
+    entry: &'static str,
+    slots: &'static [Slot],
+}
+
+impl KernelMetadata for AttentionKernel {
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info(self.entry)
+    }
+
+    fn address_type(&self) -> ElemType {
+        UIntKind::U32.into()
+    }
+}
+
+impl CubeKernel for AttentionKernel {
+    fn define(&self) -> KernelDefinition {
+        // The WGSL is the kernel; the definition only keys cubecl's caches.
+        let settings = KernelSettings::new(
+            CubeDim::new_1d(64).into(),
+            ExecutionMode::Checked,
+            AddressType::U32,
+        );
+        KernelDefinition {
+            body: Scope::root(settings.clone()),
+            settings,
+            info: Default::default(),
+        }
+    }
+
+    fn source(&self) -> Option<PrecompiledSource> {
+        let bindings: Vec<u32> = self.slots.iter().map(|&s| s as u32).collect();
+        Some(PrecompiledSource {
+            source: shaders::for_entry(shaders::ATTENTION, &bindings),
+            entrypoint_name: self.entry.to_string(),
+            lang: "wgsl",
+        })
+    }
+}
+
+/// Launches `plan` on `client`, binding each slot's handle.
+fn run(client: &Client, plan: Vec<Launch>, handle: impl Fn(Slot) -> Handle) {
+    for launch in plan {
+        let params = client.create_from_slice(bytemuck::cast_slice(&launch.params));
+        let mut args = KernelArguments::new();
+        for &slot in launch.slots {
+            let h = match slot {
+                Slot::Params => params.clone(),
+                other => handle(other),
+            };
+            args = args.with_buffer(h.binding());
+        }
+        let (x, y, z) = launch.groups;
+        client.launch(
+            Box::new(AttentionKernel {
+                entry: launch.entry,
+                slots: launch.slots,
+            }),
+            CubeCount::Static(x, y, z),
+            args,
+        );
+    }
+}
+
+/// An uninitialised f32 tensor of `shape` on `like`'s device (every kernel writes its
+/// outputs before reading them).
+fn empty(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    let handle = like.client.empty(shape.num_elements() * 4);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        DType::F32,
+    )
+}
+
+fn f32_only(t: &CubeTensor) {
+    assert!(
+        t.dtype == DType::F32,
+        "rope_attention runs in f32; got {:?}",
+        t.dtype
+    );
+}
+
+impl FusedAttention for CubeBackend {
+    fn rope_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
+        let [q, k, v, aux] = [q, k, v, aux].map(into_contiguous);
+        f32_only(&q);
+        let o = empty(&q, q.shape());
+        let stats = empty(&q, Shape::new([batch * 3 * s.hq * s.sq]));
+        run(&q.client, forward_plan(s, batch), |slot| {
+            match slot {
+                Slot::Q => &q,
+                Slot::K => &k,
+                Slot::V => &v,
+                Slot::Aux => &aux,
+                Slot::O => &o,
+                _ => &stats,
+            }
+            .handle
+            .clone()
+        });
+        (o, stats)
+    }
+
+    fn rope_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
+        let [q, k, v, aux, o, stats, d_o] = [q, k, v, aux, o, stats, d_o].map(into_contiguous);
+        let k_shape = k.shape();
+        let dq = empty(&q, q.shape());
+        let nk = k_shape.num_elements();
+        let dkv = empty(&q, Shape::new([2 * nk]));
+        run(&q.client, backward_plan(s, batch), |slot| {
+            match slot {
+                Slot::Q => &q,
+                Slot::K => &k,
+                Slot::V => &v,
+                Slot::Aux => &aux,
+                Slot::O => &o,
+                Slot::Stats => &stats,
+                Slot::DO => &d_o,
+                Slot::DQ => &dq,
+                _ => &dkv,
+            }
+            .handle
+            .clone()
+        });
+        let half = |r: std::ops::Range<usize>| {
+            Self::float_reshape(
+                Self::float_slice(dkv.clone(), &[Slice::from(r)]),
+                k_shape.clone(),
+            )
+        };
+        let (dk, dv) = (half(0..nk), half(nk..2 * nk));
+        (dq, dk, dv)
+    }
+}
+
+/// Host copy of a flex tensor (flex reads synchronously).
+fn host(t: FloatTensor<Flex>) -> Vec<f32> {
+    pollster::block_on(Flex::float_into_data(t))
+        .ok()
+        .and_then(|d| d.convert::<f32>().try_into_vec::<f32>().ok())
+        .unwrap_or_default()
+}
+
+/// One sequence's q/k/qpos/kpos slices of flat batch data.
+struct Rows<'a> {
+    s: AttentionShape,
+    batch: usize,
+    aux: &'a [f32],
+}
+
+impl Rows<'_> {
+    fn qn(&self) -> usize {
+        self.s.sq * self.s.hq * self.s.head_dim
+    }
+    fn kn(&self) -> usize {
+        self.s.skv * self.s.hkv * self.s.head_dim
+    }
+    fn qpos(&self, b: usize) -> &[f32] {
+        &self.aux[b * self.s.sq..(b + 1) * self.s.sq]
+    }
+    fn kpos(&self, b: usize) -> &[f32] {
+        let at = self.batch * self.s.sq + b * self.s.skv;
+        &self.aux[at..at + self.s.skv]
+    }
+    fn inv_freq(&self) -> &[f32] {
+        &self.aux[self.batch * (self.s.sq + self.s.skv)..]
+    }
+}
+
+impl FusedAttention for Flex {
+    fn rope_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
+        let device = q.device();
+        let q_shape = q.shape();
+        let (q, k, v, aux) = (host(q), host(k), host(v), host(aux));
+        let r = Rows {
+            s,
+            batch,
+            aux: &aux,
+        };
+        let (qn, kn, hs) = (r.qn(), r.kn(), s.hq * s.sq);
+        let mut o = Vec::with_capacity(q.len());
+        let mut stats = vec![0.0f32; batch * 3 * hs];
+        for b in 0..batch {
+            let (ob, lse) = cpu::attention(
+                &q[b * qn..(b + 1) * qn],
+                &k[b * kn..(b + 1) * kn],
+                &v[b * kn..(b + 1) * kn],
+                r.qpos(b),
+                r.kpos(b),
+                r.inv_freq(),
+                s,
+            );
+            o.extend(ob);
+            stats[b * 3 * hs..b * 3 * hs + hs].copy_from_slice(&lse);
+        }
+        (
+            Self::float_from_data(TensorData::new(o, q_shape), &device),
+            Self::float_from_data(TensorData::new(stats, [batch * 3 * hs]), &device),
+        )
+    }
+
+    fn rope_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        _o: FloatTensor<Self>,
+        _stats: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
+        let device = q.device();
+        let (q_shape, k_shape) = (q.shape(), k.shape());
+        let (q, k, v, aux, d_o) = (host(q), host(k), host(v), host(aux), host(d_o));
+        let r = Rows {
+            s,
+            batch,
+            aux: &aux,
+        };
+        let (qn, kn) = (r.qn(), r.kn());
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 0..batch {
+            let (a, bk, c) = cpu::attention_backward(
+                &q[b * qn..(b + 1) * qn],
+                &k[b * kn..(b + 1) * kn],
+                &v[b * kn..(b + 1) * kn],
+                r.qpos(b),
+                r.kpos(b),
+                r.inv_freq(),
+                &d_o[b * qn..(b + 1) * qn],
+                s,
+            );
+            dq.extend(a);
+            dk.extend(bk);
+            dv.extend(c);
+        }
+        (
+            Self::float_from_data(TensorData::new(dq, q_shape), &device),
+            Self::float_from_data(TensorData::new(dk, k_shape.clone()), &device),
+            Self::float_from_data(TensorData::new(dv, k_shape), &device),
+        )
+    }
+}
+
+/// The backward node of [`FusedAttention::rope_attention`] under autodiff.
+#[derive(Debug)]
+struct RopeAttentionBackward;
+
+type Saved<B> = (
+    [FloatTensor<B>; 6], // q, k, v, aux, o, stats
+    f32,
+    f32,
+);
+
+impl<B: FusedAttention> Backward<B, 3> for RopeAttentionBackward {
+    type State = Saved<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = grads.consume::<B>(&ops.node);
+        let ([q, k, v, aux, o, stats], scale, factor) = ops.state;
+        let (dq, dk, dv) = B::rope_attention_backward(q, k, v, aux, o, stats, d_o, scale, factor);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: FusedAttention, C: CheckpointStrategy> FusedAttention for Autodiff<B, C> {
+    fn rope_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> FloatTensor<Self> {
+        let aux = aux.into_primitive();
+        match RopeAttentionBackward
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+                let (o, stats) = B::rope_attention_forward(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    aux.clone(),
+                    scale,
+                    factor,
+                );
+                prep.finish(([q, k, v, aux, o.clone(), stats], scale, factor), o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::rope_attention_forward(
+                    q.into_primitive(),
+                    k.into_primitive(),
+                    v.into_primitive(),
+                    aux,
+                    scale,
+                    factor,
+                )
+                .0,
+            ),
+        }
+    }
+
+    fn rope_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (o, stats) = B::rope_attention_forward(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            aux.into_primitive(),
+            scale,
+            factor,
+        );
+        (FloatTensor::<Self>::new(o), FloatTensor::<Self>::new(stats))
+    }
+
+    fn rope_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        aux: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+        factor: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dq, dk, dv) = B::rope_attention_backward(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            aux.into_primitive(),
+            o.into_primitive(),
+            stats.into_primitive(),
+            d_o.into_primitive(),
+            scale,
+            factor,
+        );
+        (
+            FloatTensor::<Self>::new(dq),
+            FloatTensor::<Self>::new(dk),
+            FloatTensor::<Self>::new(dv),
+        )
+    }
+}

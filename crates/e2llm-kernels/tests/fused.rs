@@ -1,0 +1,326 @@
+//! The burn op (`e2llm_kernels::fused::rope_attention`) against attention built from plain burn
+//! ops (host RoPE tables, matmul, causal mask, softmax, matmul): output and the gradients of
+//! q, k and v through autodiff, on flex (the CPU twins) and on wgpu (attention.wgsl launched on
+//! burn's own buffers; lavapipe in CI). Batch rows carry different positions and scales
+//! (E²-LLM), GQA groups of 1/2/4, lengths past one launch chunk, and a cached prefix (Sq < Skv).
+//! Also: every entry point's renumbered module (`shaders::for_entry`) binds exactly 0..n in
+//! group 0, checked with naga (no GPU).
+
+use burn::tensor::{activation, Bool, Device, DeviceKind, Tensor, TensorData};
+use e2llm_kernels::attention::ENTRIES;
+use e2llm_kernels::fused::{rope_attention, rope_attention_backward, rope_attention_forward};
+use e2llm_kernels::shaders;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 data")
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = 0.0f32;
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let err = (a - b).abs();
+        assert!(
+            a.is_finite() && err <= tol * (1.0 + b.abs()),
+            "{what}[{i}]: got {a}, want {b}"
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("{what}: max |Δ| {worst:.2e}");
+}
+
+/// One case: `b` rows, `sq` queries after `skv − sq` cached keys, heads, head width.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    sq: usize,
+    skv: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+}
+
+struct Inputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    w: Vec<f32>,
+    /// Per row: key positions already divided by that row's g (queries are the last sq).
+    kpos: Vec<Vec<f32>>,
+    inv_freq: Vec<f32>,
+}
+
+fn inputs(c: Case, seed: u64) -> Inputs {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // E²-LLM rows: 4 sink tokens, then an offset t; each row its own scale g.
+    let kpos = (0..c.b)
+        .map(|r| {
+            let g = [1.0f32, 3.0, 16.0, 64.0][r % 4];
+            let t = rng.random_range(0..200) as f32;
+            (0..c.skv)
+                .map(|i| if i < 4 { i as f32 } else { i as f32 + t } / g)
+                .collect()
+        })
+        .collect();
+    Inputs {
+        q: rand_vec(&mut rng, c.b * c.sq * c.hq * c.d),
+        k: rand_vec(&mut rng, c.b * c.skv * c.hkv * c.d),
+        v: rand_vec(&mut rng, c.b * c.skv * c.hkv * c.d),
+        w: rand_vec(&mut rng, c.b * c.sq * c.hq * c.d),
+        kpos,
+        inv_freq: (0..c.d / 2)
+            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / c.d as f32))
+            .collect(),
+    }
+}
+
+/// `[B, S, H, D]` data as a tracked tensor.
+fn param(data: &[f32], shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), device).require_grad()
+}
+
+/// Plain-ops reference: rotate (HF rotate_half), scale, repeat kv heads, masked softmax.
+fn reference(c: Case, x: &Inputs, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let device = q.device();
+    let half = c.d / 2;
+    let table = |pos: &[f32]| {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for &p in pos {
+            for _ in 0..2 {
+                for f in &x.inv_freq {
+                    cos.push((p * f).cos());
+                    sin.push((p * f).sin());
+                }
+            }
+        }
+        (cos, sin)
+    };
+    let rotate = |t: Tensor<4>, rows: Vec<&[f32]>| {
+        // t: [B, H, S, D]; tables [B, 1, S, D].
+        let s = rows[0].len();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for r in rows {
+            let (c0, s0) = table(r);
+            cos.extend(c0);
+            sin.extend(s0);
+        }
+        let shape = [c.b, 1, s, c.d];
+        let cos = Tensor::<4>::from_data(TensorData::new(cos, shape), &device);
+        let sin = Tensor::<4>::from_data(TensorData::new(sin, shape), &device);
+        let x1 = t.clone().narrow(3, 0, half);
+        let x2 = t.clone().narrow(3, half, half);
+        t * cos + Tensor::cat(vec![x2.neg(), x1], 3) * sin
+    };
+    let past = c.skv - c.sq;
+    let qrows: Vec<&[f32]> = x.kpos.iter().map(|r| &r[past..]).collect();
+    let krows: Vec<&[f32]> = x.kpos.iter().map(|r| &r[..]).collect();
+    let q = rotate(q.swap_dims(1, 2), qrows);
+    let k = rotate(k.swap_dims(1, 2), krows);
+    let v = v.swap_dims(1, 2);
+    let rep = c.hq / c.hkv;
+    let expand = |t: Tensor<4>| {
+        t.unsqueeze_dim::<5>(2)
+            .expand([c.b, c.hkv, rep, c.skv, c.d])
+            .reshape([c.b, c.hq, c.skv, c.d])
+    };
+    let scores = q.matmul(expand(k).swap_dims(2, 3)) * (1.0 / (c.d as f64).sqrt());
+    let mask = Tensor::<2, Bool>::tril_mask([c.sq, c.skv], past as i64, &device)
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([c.b, c.hq, c.sq, c.skv]);
+    let p = activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+    p.matmul(expand(v)).swap_dims(1, 2)
+}
+
+fn aux(c: Case, x: &Inputs, device: &Device) -> Tensor<1> {
+    let past = c.skv - c.sq;
+    let mut a: Vec<f32> = x.kpos.iter().flat_map(|r| r[past..].to_vec()).collect();
+    a.extend(x.kpos.iter().flatten());
+    a.extend(&x.inv_freq);
+    let n = a.len();
+    Tensor::from_data(TensorData::new(a, [n]), device)
+}
+
+/// Output and q/k/v gradients of `Σ o·w`, fused vs reference, on `device` (autodiff).
+fn check(device: &Device, c: Case, seed: u64, tol: f32) {
+    eprintln!("{c:?}");
+    let x = inputs(c, seed);
+    let ad = device.clone().autodiff();
+    let qs = [c.b, c.sq, c.hq, c.d];
+    let ks = [c.b, c.skv, c.hkv, c.d];
+    let w = Tensor::<4>::from_data(TensorData::new(x.w.clone(), qs), &ad);
+    let run = |fused: bool| {
+        let (q, k, v) = (
+            param(&x.q, qs, &ad),
+            param(&x.k, ks, &ad),
+            param(&x.v, ks, &ad),
+        );
+        let o = if fused {
+            let scale = 1.0 / (c.d as f32).sqrt();
+            rope_attention(q.clone(), k.clone(), v.clone(), aux(c, &x, &ad), scale, 1.0)
+        } else {
+            reference(c, &x, q.clone(), k.clone(), v.clone())
+        };
+        let grads = (o.clone() * w.clone()).sum().backward();
+        let g = |t: &Tensor<4>| host(t.grad(&grads).expect("a gradient"));
+        (host(o), g(&q), g(&k), g(&v))
+    };
+    let (fused, reference) = (run(true), run(false));
+    assert_close("o", &fused.0, &reference.0, tol);
+    assert_close("dq", &fused.1, &reference.1, tol);
+    assert_close("dk", &fused.2, &reference.2, tol);
+    assert_close("dv", &fused.3, &reference.3, tol);
+}
+
+const CASES: &[Case] = &[
+    // Training shape: two rows with their own g and t, GQA 2.
+    Case {
+        b: 2,
+        sq: 37,
+        skv: 37,
+        hq: 4,
+        hkv: 2,
+        d: 32,
+    },
+    // Past one launch chunk (8 tiles of 32 rows at D = 64), GQA 4.
+    Case {
+        b: 2,
+        sq: 300,
+        skv: 300,
+        hq: 4,
+        hkv: 1,
+        d: 64,
+    },
+    // A cached prefix: 5 new queries after 70 keys, D 128 (tiles of 16 rows), no GQA.
+    Case {
+        b: 1,
+        sq: 5,
+        skv: 75,
+        hq: 2,
+        hkv: 2,
+        d: 128,
+    },
+];
+
+#[test]
+fn fused_attention_on_flex_matches_plain_ops_forward_and_backward() {
+    for (i, &c) in CASES.iter().enumerate() {
+        check(&Device::flex(), c, i as u64, 2e-5);
+    }
+}
+
+/// burn's wgpu device if it starts (an adapter exists), else `None` with the reason.
+fn wgpu() -> Option<Device> {
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let d = device.clone();
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(move || {
+        Tensor::<1>::from_floats([1.0f32, 2.0], &d)
+            .sum()
+            .into_scalar::<f32>()
+    });
+    std::panic::set_hook(prev);
+    match ok {
+        Ok(3.0) => Some(device),
+        other => {
+            eprintln!("skipped: burn's wgpu device did not start ({other:?})");
+            None
+        }
+    }
+}
+
+#[test]
+fn fused_attention_on_wgpu_matches_plain_ops_forward_and_backward() {
+    let Some(device) = wgpu() else { return };
+    for (i, &c) in CASES.iter().enumerate() {
+        check(&device, c, 10 + i as u64, 1e-4);
+    }
+}
+
+#[test]
+fn fused_attention_on_wgpu_equals_the_flex_twins() {
+    let Some(gpu) = wgpu() else { return };
+    let c = Case {
+        b: 3,
+        sq: 130,
+        skv: 130,
+        hq: 2,
+        hkv: 1,
+        d: 32,
+    };
+    let x = inputs(c, 99);
+    let (qs, ks) = ([c.b, c.sq, c.hq, c.d], [c.b, c.skv, c.hkv, c.d]);
+    let scale = 1.0 / (c.d as f32).sqrt();
+    let on = |device: &Device| {
+        let t = |d: &[f32], s: [usize; 4]| {
+            Tensor::<4>::from_data(TensorData::new(d.to_vec(), s), device)
+        };
+        let (o, stats) = rope_attention_forward(
+            t(&x.q, qs),
+            t(&x.k, ks),
+            t(&x.v, ks),
+            aux(c, &x, device),
+            scale,
+            1.0,
+        );
+        let (dq, dk, dv) = rope_attention_backward(
+            t(&x.q, qs),
+            t(&x.k, ks),
+            t(&x.v, ks),
+            aux(c, &x, device),
+            o.clone(),
+            stats.clone(),
+            t(&x.w, qs),
+            scale,
+            1.0,
+        );
+        // lse: the first Hq·Sq of each row's statistics.
+        let lse: Vec<f32> = host(stats)
+            .chunks(3 * c.hq * c.sq)
+            .flat_map(|r| r[..c.hq * c.sq].to_vec())
+            .collect();
+        [host(o), lse, host(dq), host(dk), host(dv)]
+    };
+    let (g, f) = (on(&gpu), on(&Device::flex()));
+    for (name, (a, b)) in ["o", "lse", "dq", "dk", "dv"].iter().zip(g.iter().zip(&f)) {
+        assert_close(name, a, b, 1e-4);
+    }
+}
+
+#[test]
+fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
+    use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
+    for (entry, slots) in ENTRIES {
+        let bindings: Vec<u32> = slots.iter().map(|&s| s as u32).collect();
+        let src = shaders::for_entry(shaders::ATTENTION, &bindings);
+        let module = naga::front::wgsl::parse_str(&src).expect("renumbered module parses");
+        let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+            .validate(&module)
+            .expect("renumbered module validates");
+        let (index, _) = module
+            .entry_points
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.name == *entry)
+            .expect("entry point present");
+        let used = info.get_entry_point(index);
+        let mut bound: Vec<(u32, u32)> = module
+            .global_variables
+            .iter()
+            .filter(|(h, _)| !used[*h].is_empty() && used[*h] != GlobalUse::empty())
+            .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.group, b.binding)))
+            .collect();
+        bound.sort();
+        let want: Vec<(u32, u32)> = (0..slots.len() as u32).map(|i| (0, i)).collect();
+        assert_eq!(bound, want, "{entry}: bindings used after renumbering");
+    }
+}
