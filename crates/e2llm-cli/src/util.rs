@@ -1,7 +1,10 @@
 //! Small helpers shared by the subcommands.
 
+use std::fmt;
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
-use e2llm_model::Device;
+use e2llm_model::{checkpoint, Device, Kernels, Llama};
 
 /// Parses a comma-separated list like `5,17,3`; `what` names the flag in errors.
 pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
@@ -28,4 +31,35 @@ pub fn check_scale(g: f32) -> Result<f32> {
         bail!("--rope-scale must be a positive number, got {g}");
     }
     Ok(g)
+}
+
+/// Where a command computes: `--backend` and `--kernels`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Compute {
+    /// Compute backend.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
+    pub backend: String,
+    /// Attention: `auto` (the fused WGSL kernel on wgpu, plain burn ops on cpu), `fused`
+    /// (on cpu: the kernels' CPU twins) or `reference` (plain burn ops).
+    #[arg(long, default_value = "auto")]
+    pub kernels: Kernels,
+}
+
+impl Compute {
+    /// The opened device (see [`open_device`]).
+    pub fn device(&self) -> Result<Device> {
+        open_device(&self.backend)
+    }
+
+    /// The HF checkpoint in `dir` on this device, attention through `--kernels`.
+    pub fn load(&self, dir: &Path) -> Result<Llama> {
+        let device = self.device()?;
+        Ok(checkpoint::load_dir(dir, &device)?.with_kernels(self.kernels))
+    }
+}
+
+impl fmt::Display for Compute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, {} attention", self.backend, self.kernels)
+    }
 }

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use e2llm_model::Kernels;
+
 use crate::error::{Result, TrainError};
 
 /// How positions and the RoPE scale are chosen for each training row.
@@ -127,6 +129,9 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// `cpu` or `wgpu`.
     pub backend: String,
+    /// Attention: `auto` (fused WGSL kernel on wgpu, plain burn ops on cpu), `fused` or
+    /// `reference`.
+    pub kernels: Kernels,
 }
 
 impl Default for TrainConfig {
@@ -153,6 +158,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 200,
             backend: "cpu".into(),
+            kernels: Kernels::Auto,
         }
     }
 }

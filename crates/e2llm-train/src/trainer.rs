@@ -114,9 +114,9 @@ impl Trainer {
             source,
         })?;
         Ok(Self {
+            model: model.with_kernels(cfg.kernels),
             cfg,
             run_dir: run_dir.to_path_buf(),
-            model,
             opt: AdamW::default(),
             data,
             placer,
@@ -146,7 +146,7 @@ impl Trainer {
         Ok(Self {
             cfg,
             run_dir: run_dir.to_path_buf(),
-            model: loaded.model,
+            model: loaded.model.with_kernels(loaded.state.config.kernels),
             opt: loaded.opt,
             data,
             placer,

@@ -437,3 +437,93 @@ fn run_until_stops_on_request_and_keeps_a_checkpoint_that_resumes() {
     assert_eq!(steps, vec![3, 4, 5, 6]);
     assert_eq!(saved, vec![2, 6]);
 }
+
+/// One E²-LLM training step (rows with their own g and t) through the fused attention kernel
+/// and through the plain burn ops: same loss, same gradient of every parameter (≤ 1e-3), and
+/// the same loss again after the AdamW update — on flex (the kernels' CPU twins) and on wgpu
+/// (attention.wgsl with its FlashAttention-2 backward; lavapipe in CI).
+#[test]
+fn fused_and_reference_attention_train_alike() {
+    use e2llm_model::Kernels;
+    let mut backends = vec!["cpu"];
+    match e2llm_model::backend::open("wgpu") {
+        Ok(_) => backends.push("wgpu"),
+        Err(e) => eprintln!("wgpu part skipped: {e}"),
+    }
+    for backend in backends {
+        let run = |kernels: Kernels| {
+            let cfg = TrainConfig {
+                backend: backend.into(),
+                kernels,
+                ..tiny_run()
+            };
+            let mut t = Trainer::new(cfg, &tmp(&format!("kern-{backend}-{kernels}")), corpus())
+                .expect("trainer");
+            assert_eq!(
+                t.model.fused(),
+                kernels == Kernels::Fused,
+                "{backend} {kernels}"
+            );
+            let (rows, placement) = t.batch(0, 0).expect("batch");
+            assert!(
+                placement.g.iter().any(|&g| g != placement.g[0]),
+                "the rows should carry different scales g: {:?}",
+                placement.g
+            );
+            let loss = t.loss(&rows, &placement).expect("loss");
+            let mut grads = NamedGrads::default();
+            grads.accumulate(&t.model, &loss.backward());
+            let first = t.step().expect("step 1").loss;
+            let second = t.step().expect("step 2").loss;
+            let grads: Vec<(String, Vec<f32>)> = grads
+                .grads
+                .iter()
+                .map(|(n, g)| (n.clone(), g.to_data().try_to_vec::<f32>().expect("grad")))
+                .collect();
+            (first, second, grads)
+        };
+        let (f, r) = (run(Kernels::Fused), run(Kernels::Reference));
+        eprintln!(
+            "{backend}: loss fused {} / {} vs reference {} / {}",
+            f.0, f.1, r.0, r.1
+        );
+        assert!(
+            (f.0 - r.0).abs() <= 1e-3 * r.0.abs(),
+            "{backend}: step 1 loss"
+        );
+        assert!(
+            (f.1 - r.1).abs() <= 1e-3 * r.1.abs(),
+            "{backend}: step 2 loss"
+        );
+        assert_eq!(f.2.len(), r.2.len());
+        // Relative to each parameter's largest gradient: at init attention is nearly uniform
+        // and its gradients are small, so an absolute bound would let a wrong kernel through.
+        let mut worst = (0.0f32, String::new());
+        for (name, g) in &f.2 {
+            let want =
+                &r.2.iter()
+                    .find(|(n, _)| n == name)
+                    .expect("same parameters")
+                    .1;
+            let top = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = g
+                .iter()
+                .zip(want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let rel = err / top.max(1e-12);
+            assert!(
+                rel <= 1e-3,
+                "{backend} {name}: max |Δ| {err:.2e} = {rel:.2e} of max |g|"
+            );
+            if rel > worst.0 {
+                worst = (rel, name.clone());
+            }
+        }
+        eprintln!(
+            "{backend}: {} gradients, worst max |Δ| / max |g| = {:.2e} ({})",
+            f.2.len(),
+            worst.0,
+            worst.1
+        );
+    }
+}

@@ -7,7 +7,7 @@ use anyhow::Result;
 use e2llm_model::generate::{generate, GenerateOptions, SamplingConfig};
 use e2llm_model::{checkpoint, Tokenizer};
 
-use crate::util::{check_scale, open_device};
+use crate::util::{check_scale, Compute};
 
 /// Arguments of `e2llm generate`.
 #[derive(clap::Args, Debug)]
@@ -34,9 +34,8 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
-    backend: String,
+    #[command(flatten)]
+    compute: Compute,
 }
 
 /// Generates and streams the text.
@@ -44,8 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     let g = check_scale(a.rope_scale)?;
     let cfg = checkpoint::load_config(&a.model)?;
     let tok = Tokenizer::from_file(&a.model.join(checkpoint::TOKENIZER_FILE), cfg.vocab_size)?;
-    let device = open_device(&a.backend)?;
-    let model = checkpoint::load_dir(&a.model, &device)?;
+    let model = a.compute.load(&a.model)?;
     let prompt = tok.encode(&a.prompt, true)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
@@ -86,10 +84,10 @@ pub fn run(a: Args) -> Result<()> {
         return Err(e.into());
     }
     eprintln!(
-        "[{} prompt tokens, {} new, rope scale {g}, {} backend]",
+        "[{} prompt tokens, {} new, rope scale {g}, {}]",
         prompt.len(),
         new.len(),
-        a.backend
+        a.compute
     );
     Ok(())
 }

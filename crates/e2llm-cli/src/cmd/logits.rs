@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use e2llm_model::{checkpoint, Positions};
+use e2llm_model::Positions;
 
-use crate::util::{check_scale, open_device, parse_list};
+use crate::util::{check_scale, parse_list, Compute};
 
 /// Arguments of `e2llm logits`.
 #[derive(clap::Args, Debug)]
@@ -23,9 +23,8 @@ pub struct Args {
     /// Extra RoPE scale g: positions are divided by it (on top of the config's RoPE scaling).
     #[arg(long, default_value_t = 1.0)]
     rope_scale: f32,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
-    backend: String,
+    #[command(flatten)]
+    compute: Compute,
     /// Output file: an f32 tensor `logits` of shape [seq, vocab].
     #[arg(long)]
     out: PathBuf,
@@ -49,8 +48,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let g = check_scale(a.rope_scale)?;
-    let device = open_device(&a.backend)?;
-    let model = checkpoint::load_dir(&a.model, &device)?;
+    let model = a.compute.load(&a.model)?;
     let vocab = model.config.vocab_size;
     let logits = model.forward(&ids, &Positions::row(positions, g), None)?;
     let values = logits
@@ -68,11 +66,11 @@ pub fn run(a: Args) -> Result<()> {
     e2llm_model::weights::write_atomic(&a.out, &file)
         .with_context(|| format!("writing {}", a.out.display()))?;
     println!(
-        "wrote logits [{}, {}] to {} ({} backend)",
+        "wrote logits [{}, {}] to {} ({})",
         ids.len(),
         vocab,
         a.out.display(),
-        a.backend
+        a.compute
     );
     Ok(())
 }

@@ -8,7 +8,7 @@ use e2llm_model::{checkpoint, Tokenizer};
 use e2llm_train::eval::{markdown_table, passkey_grid, PasskeyEval, ScaleMode};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::util::{open_device, parse_list};
+use crate::util::{parse_list, Compute};
 
 /// Arguments of `e2llm passkey`.
 #[derive(clap::Args, Debug)]
@@ -38,9 +38,8 @@ pub struct Args {
     /// Seed of keys and filler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
-    backend: String,
+    #[command(flatten)]
+    compute: Compute,
     /// Write the grid as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -77,8 +76,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let cfg = checkpoint::load_config(&a.model)?;
     let tok = Tokenizer::from_file(&a.model.join(checkpoint::TOKENIZER_FILE), cfg.vocab_size)?;
-    let device = open_device(&a.backend)?;
-    let model = checkpoint::load_dir(&a.model, &device)?;
+    let model = a.compute.load(&a.model)?;
     let eval = PasskeyEval {
         lengths,
         depths,

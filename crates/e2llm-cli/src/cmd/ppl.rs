@@ -9,7 +9,7 @@ use e2llm_train::eval::ScaleMode;
 use e2llm_train::ppl::{perplexity, text_for_windows};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::util::{open_device, parse_list};
+use crate::util::{parse_list, Compute};
 
 /// Arguments of `e2llm ppl`.
 #[derive(clap::Args, Debug)]
@@ -33,9 +33,8 @@ pub struct Args {
     /// RoPE scale: `auto` (g = ceil(length / L)) or a number (1 = plain positions).
     #[arg(long, default_value = "auto")]
     rope_scale: ScaleMode,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
-    backend: String,
+    #[command(flatten)]
+    compute: Compute,
     /// Write the points as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -60,8 +59,7 @@ pub fn run(a: Args) -> Result<()> {
         None => Corpus::embedded()?.heldout,
     };
     let tokens = tok.encode(text_for_windows(&text, &lengths, a.max_windows), false)?;
-    let device = open_device(&a.backend)?;
-    let model = checkpoint::load_dir(&a.model, &device)?;
+    let model = a.compute.load(&a.model)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
