@@ -4,7 +4,7 @@
 //   m ← β1·m + (1−β1)·g,   v ← β2·v + (1−β2)·g²,
 //   p ← p·(1 − lr·wd) − lr · (m / c1) / (sqrt(v / c2) + ε),   c1 = 1 − β1^t, c2 = 1 − β2^t.
 // Bindings: 0 param [n] (read-write)  1 grad [n]  2 m [n] (read-write)  3 v [n] (read-write)
-//           4 Params (storage)
+//           4 uniform Params
 // Dispatch: one invocation per element, workgroup 256, grid (min(⌈n/256⌉, 65535), ⌈…/65535⌉).
 // CPU twin: e2llm_kernels::cpu::adamw.
 
@@ -23,7 +23,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
-@group(0) @binding(4) var<storage, read> p: Params;
+@group(0) @binding(4) var<uniform> p: Params;
 
 @compute @workgroup_size(256)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

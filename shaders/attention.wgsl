@@ -15,10 +15,12 @@
 //   0 q [B·Sq·Hq·D]  1 k [B·Skv·Hkv·D]  2 v [B·Skv·Hkv·D]
 //   3 aux = qpos [B·Sq] ++ kpos [B·Skv] ++ inv_freq [D/2]
 //   4 o [B·Sq·Hq·D]  5 stats = per sequence lse [Hq·Sq] ++ δ [Hq·Sq] ++ l [Hq·Sq]
-//   6 Params (a storage buffer: burn's cubecl buffers carry no uniform usage)  7 dO [B·Sq·Hq·D]
+//   6 uniform Params  7 dO [B·Sq·Hq·D]
 //   8 dq [B·Sq·Hq·D]  9 dkv = dk [B·Skv·Hkv·D] ++ dv [B·Skv·Hkv·D]
-// Each entry point binds a subset; a launcher that numbers bindings 0.. in order gets the
-// module from e2llm_kernels::shaders::for_entry (renumbered, the rest moved to group 1).
+// Each entry point binds a subset; a launcher that numbers bindings 0.. in order (burn's cubecl
+// runtime: storage buffers, then Params as its uniform "info" binding) gets the module from
+// e2llm_kernels::shaders::for_entry. Params must stay uniform: loop bounds around barriers come
+// from it, and WGSL's uniformity analysis (Chrome's Tint) rejects them read from read_write storage.
 // Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory):
 //   attention_fwd      grid (⌈Sq/64⌉, Hq, B): 64 queries of one head; writes o, lse.
 //   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.
@@ -61,7 +63,7 @@ const TILE_FLOATS: u32 = 2048u;
 @group(0) @binding(3) var<storage, read> aux: array<f32>;
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(6) var<storage, read> p: Params;
+@group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<storage, read> d_o: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dq: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dkv: array<f32>;

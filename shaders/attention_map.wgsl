@@ -7,7 +7,7 @@
 //   equal bins and the keys [0, Skv) into `out_cols` bins; a cell holds the mean over its rows of
 //   the summed weight of its keys (so each image row sums to ~1, masked keys count 0).
 // Bindings: 0 q [Sq·Hq·D]  1 k [Skv·Hkv·D]  3 aux = qpos ++ kpos ++ inv_freq (as attention.wgsl)
-//           5 stats (lse [Hq·Sq] first)  6 Params (storage)  7 image [out_rows·out_cols] (write)
+//           5 stats (lse [Hq·Sq] first)  6 uniform Params  7 image [out_rows·out_cols] (write)
 // Dispatch: one invocation per cell, workgroup 64, grid ⌈out_rows·out_cols / 64⌉.
 // CPU twin: e2llm_kernels::cpu::attention_map.
 
@@ -34,7 +34,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> aux: array<f32>;
 @group(0) @binding(5) var<storage, read> stats: array<f32>;
-@group(0) @binding(6) var<storage, read> p: Params;
+@group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<storage, read_write> image: array<f32>;
 
 // Rotated component pair (j, j + D/2) of row `base` of `src` at position `pos`.

@@ -5,7 +5,7 @@
 //   lse = max z + log Σ exp(z − max z),  loss_n = w_n · (lse − z_c),
 //   dz_v = k · w_n · (softmax(z)_v − [v = c])   (the gradient of Σ_n loss_n · k).
 // Bindings: 0 logits [N·V]  1 targets [N] u32  2 weights [N]  3 loss [N] (write)
-//           4 dlogits [N·V] (write)  5 Params (storage)
+//           4 dlogits [N·V] (write)  5 uniform Params
 // Dispatch: one workgroup of 256 per row, grid (min(N, 65535), ⌈N/65535⌉).
 // CPU twin: e2llm_kernels::cpu::cross_entropy.
 
@@ -24,7 +24,7 @@ var<workgroup> partial: array<f32, 256>;
 @group(0) @binding(2) var<storage, read> weights: array<f32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
-@group(0) @binding(5) var<storage, read> p: Params;
+@group(0) @binding(5) var<uniform> p: Params;
 
 @compute @workgroup_size(256)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

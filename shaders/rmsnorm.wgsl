@@ -5,7 +5,7 @@
 //
 // Bindings (each entry point's auto layout holds only what it uses):
 //   0 x [N·D]  1 w [D]  2 y [N·D] (fwd writes)  3 rstd [N] (fwd writes, bwd reads)
-//   4 Params (storage)  5 dy [N·D]  6 dx [N·D] (bwd_x writes)  7 dw [D] (bwd_w writes)
+//   4 uniform Params  5 dy [N·D]  6 dx [N·D] (bwd_x writes)  7 dw [D] (bwd_w writes)
 // Dispatch: `rmsnorm_fwd`, `rmsnorm_bwd_x`: one workgroup of 256 per row, grid (min(N, 65535), ⌈N/65535⌉);
 //           `rmsnorm_bwd_w`: one invocation per column, grid ⌈D/256⌉, looping over the rows.
 // CPU twins: e2llm_kernels::cpu::{rmsnorm, rmsnorm_backward}.
@@ -24,7 +24,7 @@ var<workgroup> partial: array<f32, 256>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
-@group(0) @binding(4) var<storage, read> p: Params;
+@group(0) @binding(4) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read> dy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;

@@ -10,7 +10,7 @@
 // computes with e2llm-core, so one kernel serves them all. Positions may be fractional.
 //
 // Bindings: 0 x [T·H·D] f32 (read), 1 pos [T] f32, 2 g [T] f32, 3 inv_freq [D/2] f32,
-//           4 y [T·H·D] f32 (write), 5 Params (storage).
+//           4 y [T·H·D] f32 (write), 5 uniform Params.
 // Dispatch: one invocation per (t, h, j): n = T·H·D/2, workgroup 256, grid (min(⌈n/256⌉, 65535), ⌈…/65535⌉).
 // CPU twin: e2llm_kernels::cpu::rope.
 
@@ -30,7 +30,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> p: Params;
+@group(0) @binding(5) var<uniform> p: Params;
 
 @compute @workgroup_size(256)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

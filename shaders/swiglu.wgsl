@@ -2,7 +2,7 @@
 //
 // Math: h = silu(a) · b, silu(a) = a · σ(a).
 // Backward: da = dh · b · σ(a) · (1 + a · (1 − σ(a))),  db = dh · silu(a).
-// Bindings: 0 a [n]  1 b [n]  2 h [n] (fwd writes)  3 Params (storage)  4 dh [n]  5 da [n]  6 db [n]
+// Bindings: 0 a [n]  1 b [n]  2 h [n] (fwd writes)  3 uniform Params  4 dh [n]  5 da [n]  6 db [n]
 // Dispatch: one invocation per element, workgroup 256, grid (min(⌈n/256⌉, 65535), ⌈…/65535⌉).
 // CPU twins: e2llm_kernels::cpu::{swiglu, swiglu_backward}.
 
@@ -16,7 +16,7 @@ struct Params {
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> h: array<f32>;
-@group(0) @binding(3) var<storage, read> p: Params;
+@group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> dh: array<f32>;
 @group(0) @binding(5) var<storage, read_write> da: array<f32>;
 @group(0) @binding(6) var<storage, read_write> db: array<f32>;

@@ -103,6 +103,8 @@ pub struct ModelInfo {
     pub params: usize,
     /// Bytes of f32 weights.
     pub weight_bytes: u64,
+    /// The attention path: `fused` (attention.wgsl on WebGPU) or `reference` (plain burn ops).
+    pub attention: String,
 }
 
 /// A prepared trial, as reported to the page.
@@ -191,6 +193,12 @@ impl Demo {
             orig_len: c.max_position_embeddings,
             params,
             weight_bytes: 4 * params as u64,
+            attention: if self.model.fused() {
+                "fused"
+            } else {
+                "reference"
+            }
+            .into(),
         }
     }
 
@@ -224,19 +232,20 @@ impl Demo {
         }
         .max(1.0);
         let total = n + req.max_new_tokens;
+        let fused = self.model.fused();
         let chunk = if req.chunk > 0 {
             req.chunk
         } else {
-            plan_chunk(cfg, total, req.max_binding_bytes)
+            plan_chunk(cfg, total, req.max_binding_bytes, fused)
         };
         let budget = if req.budget_bytes > 0 {
             req.budget_bytes
         } else {
             DEFAULT_BUDGET_BYTES
         };
-        let estimate = memory_estimate(cfg, total, chunk);
-        if estimate > budget || binding_bytes(cfg, total, chunk) > binding_limit(req) {
-            let fit = max_length(cfg, req.max_binding_bytes, budget);
+        let estimate = memory_estimate(cfg, total, chunk, fused);
+        if estimate > budget || binding_bytes(cfg, total, chunk, fused) > binding_limit(req) {
+            let fit = max_length(cfg, req.max_binding_bytes, budget, fused);
             return Err(WebError::Input(format!(
                 "{total} tokens need about {} MiB on this device (budget {} MiB); \
                  this model fits at most about {fit} tokens here — choose a shorter context",
@@ -292,27 +301,50 @@ pub fn param_count(c: &LlamaConfig) -> usize {
     c.vocab_size * h + c.num_hidden_layers * (attn + mlp + 2 * h) + h + head
 }
 
-/// The largest single buffer a prefill chunk binds: the `[heads, chunk, n]` score matrix.
-pub fn binding_bytes(c: &LlamaConfig, n: usize, chunk: usize) -> u64 {
-    4 * (c.num_attention_heads * chunk.min(n).max(1)) as u64 * n as u64
+/// One layer's cached keys (or values) for `n` tokens.
+fn layer_kv_bytes(c: &LlamaConfig, n: usize) -> u64 {
+    4 * (c.num_key_value_heads * c.head_dim()) as u64 * n as u64
+}
+
+/// The largest single buffer a prefill chunk binds: one layer's cached keys, and with the
+/// reference attention the `[heads, chunk, n]` score matrix if larger (the fused kernel has
+/// no score matrix).
+pub fn binding_bytes(c: &LlamaConfig, n: usize, chunk: usize, fused: bool) -> u64 {
+    let scores = 4 * (c.num_attention_heads * chunk.min(n).max(1)) as u64 * n as u64;
+    if fused {
+        layer_kv_bytes(c, n)
+    } else {
+        scores.max(layer_kv_bytes(c, n))
+    }
 }
 
 /// A rough peak of a run of `n` tokens prefilled `chunk` at a time: weights, the KV cache
-/// (keys and values of every layer), three score-sized temporaries (scores, softmax, mask)
-/// and the chunk's activations.
-pub fn memory_estimate(c: &LlamaConfig, n: usize, chunk: usize) -> u64 {
+/// (keys and values of every layer), the attention temporaries (reference: three score-sized
+/// ones — scores, softmax, mask; fused: the copy of one layer's keys and values the cache
+/// append makes) and the chunk's activations.
+pub fn memory_estimate(c: &LlamaConfig, n: usize, chunk: usize, fused: bool) -> u64 {
     let weights = 4 * param_count(c) as u64;
-    let kv = 4 * (2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim()) as u64 * n as u64;
+    let kv = 2 * c.num_hidden_layers as u64 * layer_kv_bytes(c, n);
     let acts = 4
         * (chunk.min(n) as u64)
         * (4 * c.hidden_size + 3 * c.intermediate_size + c.vocab_size) as u64;
-    weights + kv + 3 * binding_bytes(c, n, chunk) + acts
+    let attention = if fused {
+        2 * layer_kv_bytes(c, n)
+    } else {
+        3 * binding_bytes(c, n, chunk, false)
+    };
+    weights + kv + attention + acts
 }
 
-/// Prefill chunk for `n` tokens: 256, halved until the score matrix fits one binding.
-pub fn plan_chunk(c: &LlamaConfig, n: usize, max_binding_bytes: u64) -> usize {
+/// Prefill chunk for `n` tokens: 256, halved until the score matrix fits one binding (the
+/// fused kernel has none, so 256).
+pub fn plan_chunk(c: &LlamaConfig, n: usize, max_binding_bytes: u64, fused: bool) -> usize {
     let mut chunk = 256;
-    while chunk > 1 && max_binding_bytes > 0 && binding_bytes(c, n, chunk) > max_binding_bytes {
+    while !fused
+        && chunk > 1
+        && max_binding_bytes > 0
+        && binding_bytes(c, n, chunk, false) > max_binding_bytes
+    {
         chunk /= 2;
     }
     chunk
@@ -320,11 +352,11 @@ pub fn plan_chunk(c: &LlamaConfig, n: usize, max_binding_bytes: u64) -> usize {
 
 /// The longest context (tokens, prompt + answer) that fits `budget` and the binding limit,
 /// searched over powers of two and refined by bisection.
-pub fn max_length(c: &LlamaConfig, max_binding_bytes: u64, budget: u64) -> usize {
+pub fn max_length(c: &LlamaConfig, max_binding_bytes: u64, budget: u64, fused: bool) -> usize {
     let fits = |n: usize| {
-        let chunk = plan_chunk(c, n, max_binding_bytes);
-        memory_estimate(c, n, chunk) <= budget
-            && (max_binding_bytes == 0 || binding_bytes(c, n, chunk) <= max_binding_bytes)
+        let chunk = plan_chunk(c, n, max_binding_bytes, fused);
+        memory_estimate(c, n, chunk, fused) <= budget
+            && (max_binding_bytes == 0 || binding_bytes(c, n, chunk, fused) <= max_binding_bytes)
     };
     let (mut lo, mut hi) = (0usize, 1usize);
     while hi <= (1 << 24) && fits(hi) {

@@ -165,7 +165,12 @@ impl Session {
         } else {
             crate::demo::DEFAULT_BUDGET_BYTES
         };
-        let max = crate::demo::max_length(&self.demo.model.config, self.max_binding_bytes, budget);
+        let max = crate::demo::max_length(
+            &self.demo.model.config,
+            self.max_binding_bytes,
+            budget,
+            self.demo.model.fused(),
+        );
         let mut v = serde_json::to_value(&info).map_err(js_err)?;
         v["max_length"] = max.into();
         Ok(v.to_string())

@@ -222,7 +222,8 @@ function applyLoaded(m, source) {
   state.info = i;
   $("model").textContent =
     `${source}: ${i.layers} layers, hidden ${i.hidden}, ${i.heads} heads, vocab ${i.vocab}, ` +
-    `${(i.params / 1e6).toFixed(2)} M parameters, trained window L = ${i.orig_len} ` +
+    `${(i.params / 1e6).toFixed(2)} M parameters, trained window L = ${i.orig_len}, ` +
+    `attention: ${i.attention === "fused" ? "fused WGSL kernel" : "plain ops"} ` +
     `(loaded in ${(m.ms / 1000).toFixed(1)} s)`;
   $("files-note").textContent = `Model: ${source}. Drop other files below to replace it.`;
   $("capacity").textContent =

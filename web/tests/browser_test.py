@@ -286,6 +286,8 @@ def session(cli, url, model, work, out, webgpu, length, tag, extra):
         if webgpu:
             check(st["backend"]["gpu"] and st["backend"]["label"].startswith("WebGPU"),
                   f"{tag}: the page runs on WebGPU ({st['backend']['label']})")
+            check(st["info"]["attention"] == "fused",
+                  f"{tag}: attention runs the fused kernel (attention.wgsl) on WebGPU ({st['info']['attention']})")
         else:
             check((not st["backend"]["gpu"]) and st["backend"]["label"] == "CPU (WASM)" and st["backend"]["reason"],
                   f"{tag}: the page falls back to CPU (WASM) and says why ({st['backend']['reason']})")

@@ -166,11 +166,23 @@ fn bad_files_give_readable_errors() {
 fn memory_check_refuses_what_cannot_fit() {
     let d = demo();
     let cfg = &d.model.config;
-    // A 1 MiB binding limit forces smaller chunks as the context grows.
-    assert_eq!(plan_chunk(cfg, 100, 1 << 20), 256);
-    assert!(plan_chunk(cfg, 65_536, 1 << 20) < 8);
-    let fit = max_length(cfg, 1 << 20, 64 << 20);
+    // A 1 MiB binding limit forces smaller chunks as the context grows (reference attention:
+    // the score matrix is the largest binding).
+    assert_eq!(plan_chunk(cfg, 100, 1 << 20, false), 256);
+    assert!(plan_chunk(cfg, 65_536, 1 << 20, false) < 8);
+    let fit = max_length(cfg, 1 << 20, 64 << 20, false);
     assert!(fit > 1000 && fit < 1 << 20, "fits {fit}");
+    // The fused kernel has no score matrix: full chunks, and a longer context in the same
+    // budget (bounded by the KV cache).
+    assert_eq!(plan_chunk(cfg, 65_536, 1 << 20, true), 256);
+    let (fused_fit, plain_fit) = (
+        max_length(cfg, 0, 64 << 20, true),
+        max_length(cfg, 0, 64 << 20, false),
+    );
+    assert!(
+        fused_fit > 2 * plain_fit,
+        "fused fits {fused_fit}, reference {plain_fit}"
+    );
     let mut r = request(300);
     r.budget_bytes = 1 << 10;
     let e = d.prepare(&r).expect_err("over budget").to_string();

@@ -286,6 +286,16 @@ impl AttentionBuffers {
         })
     }
 
+    /// Bytes the attention buffers of `batch` sequences of shape `s` take (`grads`: with the
+    /// backward's dO, dq, dk and dv): what [`Self::bytes`] reports, without allocating.
+    pub fn bytes_for(s: AttentionShape, batch: usize, grads: bool) -> u64 {
+        let d = s.head_dim;
+        let (qn, kn) = (batch * s.sq * s.hq * d, batch * s.skv * s.hkv * d);
+        let fwd = qn + 2 * kn + batch * (s.sq + s.skv) + d / 2 + qn + batch * 3 * s.hq * s.sq;
+        let bwd = if grads { qn + qn + 2 * kn } else { 0 };
+        4 * (fwd + bwd) as u64
+    }
+
     /// Bytes of device memory these buffers hold (what the kernels need besides their 16 KiB
     /// of workgroup memory): linear in the length.
     pub fn bytes(&self) -> u64 {

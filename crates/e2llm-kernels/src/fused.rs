@@ -27,7 +27,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_cubecl::cubecl::client::Client;
 use burn_cubecl::cubecl::ir::{ElemType, UIntKind};
 use burn_cubecl::cubecl::prelude::*;
-use burn_cubecl::cubecl::server::{Handle, KernelArguments};
+use burn_cubecl::cubecl::server::{Handle, KernelArguments, MetadataBindingInfo};
 use burn_cubecl::cubecl::{CubeKernel, PrecompiledSource};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -220,27 +220,41 @@ impl CubeKernel for AttentionKernel {
     }
 
     fn source(&self) -> Option<PrecompiledSource> {
-        let bindings: Vec<u32> = self.slots.iter().map(|&s| s as u32).collect();
+        let (storage, uniform) = split_params(self.slots);
         Some(PrecompiledSource {
-            source: shaders::for_entry(shaders::ATTENTION, &bindings),
+            source: shaders::for_entry(shaders::ATTENTION, &storage, uniform),
             entrypoint_name: self.entry.to_string(),
             lang: "wgsl",
         })
     }
 }
 
-/// Launches `plan` on `client`, binding each slot's handle.
+/// The storage bindings of `slots` (in order) and the uniform `Params` binding, if used.
+pub fn split_params(slots: &[Slot]) -> (Vec<u32>, Option<u32>) {
+    let storage = slots
+        .iter()
+        .filter(|&&s| s != Slot::Params)
+        .map(|&s| s as u32)
+        .collect();
+    let uniform = slots.contains(&Slot::Params).then_some(Slot::Params as u32);
+    (storage, uniform)
+}
+
+/// Launches `plan` on `client`: each storage slot's handle in order, then `Params` as the
+/// launch's uniform info data (the binding after the buffers).
 fn run(client: &Client, plan: Vec<Launch>, handle: impl Fn(Slot) -> Handle) {
     for launch in plan {
-        let params = client.create_from_slice(bytemuck::cast_slice(&launch.params));
         let mut args = KernelArguments::new();
-        for &slot in launch.slots {
-            let h = match slot {
-                Slot::Params => params.clone(),
-                other => handle(other),
-            };
-            args = args.with_buffer(h.binding());
+        for &slot in launch.slots.iter().filter(|&&s| s != Slot::Params) {
+            args = args.with_buffer(handle(slot).binding());
         }
+        // Two u32 words per u64, little-endian: the uniform's bytes are the words in order.
+        let words = launch
+            .params
+            .chunks(2)
+            .map(|w| u64::from(w[0]) | (u64::from(w.get(1).copied().unwrap_or(0)) << 32))
+            .collect();
+        args = args.with_info(MetadataBindingInfo::custom(words));
         let (x, y, z) = launch.groups;
         client.launch(
             Box::new(AttentionKernel {

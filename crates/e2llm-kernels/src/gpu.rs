@@ -119,10 +119,14 @@ impl Gpu {
         self.upload(label, &vec![0.0f32; n.max(1)])
     }
 
-    /// A kernel's `Params` (read-only storage, as burn's buffers hold them too): `words`, each
-    /// 4 bytes.
+    /// A kernel's uniform `Params`: `words`, each 4 bytes (callers pad to 16 bytes).
     pub fn params(&self, words: &[u32]) -> wgpu::Buffer {
-        self.upload("params", words)
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// Records one dispatch of `entry` with `buffers` bound at the given binding numbers.

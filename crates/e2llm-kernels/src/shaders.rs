@@ -26,15 +26,17 @@ pub const ALL: &[(&str, &str)] = &[
     ("adamw.wgsl", ADAMW),
 ];
 
-/// `source` as burn's cubecl runtime needs it for one entry point: its bindings renumbered
-/// `0, 1, …` in the order `bindings` lists them (by their number in `source`), every other
-/// binding moved to group 1, and every storage buffer declared `read_write` — cubecl binds by
-/// position and sub-allocates tensors from shared wgpu buffers, so a read-only and a writable
-/// binding may be one buffer, which wgpu refuses unless both are writable (cubecl's own
-/// kernels bind everything read-write for the same reason). Used with the pipeline's automatic
-/// layout, which holds only the bindings the entry point uses.
-pub fn for_entry(source: &str, bindings: &[u32]) -> String {
-    renumber(source, bindings).replace("var<storage, read>", "var<storage, read_write>")
+/// `source` as burn's cubecl runtime needs it for one entry point: the storage buffers it binds
+/// renumbered `0, 1, …` in the order `storage` lists them (by their number in `source`), its
+/// uniform `uniform` (if any) numbered right after them — where cubecl binds a launch's "info"
+/// data — every other binding moved to group 1, and every storage buffer declared
+/// `read_write`: cubecl sub-allocates tensors from shared wgpu buffers, so a read-only and a
+/// writable binding may be one buffer, which wgpu refuses unless both are writable (cubecl's
+/// own kernels bind every buffer read-write for the same reason). Used with the pipeline's
+/// automatic layout, which holds only the bindings the entry point uses.
+pub fn for_entry(source: &str, storage: &[u32], uniform: Option<u32>) -> String {
+    let order: Vec<u32> = storage.iter().copied().chain(uniform).collect();
+    renumber(source, &order).replace("var<storage, read>", "var<storage, read_write>")
 }
 
 fn renumber(source: &str, bindings: &[u32]) -> String {

@@ -4,7 +4,7 @@
 //! burn's own buffers; lavapipe in CI). Batch rows carry different positions and scales
 //! (E²-LLM), GQA groups of 1/2/4, lengths past one launch chunk, and a cached prefix (Sq < Skv).
 //! Also: every entry point's renumbered module (`shaders::for_entry`) binds exactly 0..n in
-//! group 0, checked with naga (no GPU).
+//! group 0 — storage buffers first, the uniform Params last — checked with naga (no GPU).
 
 use burn::tensor::{activation, Bool, Device, DeviceKind, Tensor, TensorData};
 use e2llm_kernels::attention::ENTRIES;
@@ -300,8 +300,8 @@ fn fused_attention_on_wgpu_equals_the_flex_twins() {
 fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
     use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
     for (entry, slots) in ENTRIES {
-        let bindings: Vec<u32> = slots.iter().map(|&s| s as u32).collect();
-        let src = shaders::for_entry(shaders::ATTENTION, &bindings);
+        let (storage, uniform) = e2llm_kernels::fused::split_params(slots);
+        let src = shaders::for_entry(shaders::ATTENTION, &storage, uniform);
         let module = naga::front::wgsl::parse_str(&src).expect("renumbered module parses");
         let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
             .validate(&module)

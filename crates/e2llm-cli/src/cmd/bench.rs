@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use e2llm_model::Kernels;
 use e2llm_train::config::apply_overrides;
 use e2llm_train::data::Corpus;
 use e2llm_train::experiment::{Plan, Preset};
@@ -20,7 +21,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum What {
-    /// Training tokens/s of the quickstart base model (forward, backward, AdamW) per backend.
+    /// Training tokens/s of the quickstart base model (forward, backward, AdamW) per backend
+    /// and attention path.
     Train(TrainArgs),
     /// The fused attention kernel against the plain path and burn's attention, per length.
     Kernels(crate::cmd::bench_kernels::KernelArgs),
@@ -32,6 +34,10 @@ pub struct TrainArgs {
     /// Backends to measure, comma-separated; one that cannot start is reported and skipped.
     #[arg(long, default_value = "cpu,wgpu")]
     backends: String,
+    /// Attention paths to measure on each backend, comma-separated: `reference` (plain burn
+    /// ops), `fused` (attention.wgsl on wgpu, its CPU twin on cpu), `auto`.
+    #[arg(long, default_value = "reference,fused")]
+    kernels: String,
     /// Timed optimizer steps per backend.
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -57,24 +63,46 @@ pub fn run(a: Args) -> Result<()> {
 fn train(a: TrainArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
     let backends: Vec<String> = parse_list(&a.backends, "--backends")?;
+    let kernels: Vec<Kernels> = a
+        .kernels
+        .split(',')
+        .map(|k| k.trim().parse::<Kernels>().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()
+        .context("--kernels")?;
     let corpus = Corpus::embedded()?;
     let tmp = std::env::temp_dir().join(format!("e2llm-bench-{}", std::process::id()));
     let mut rows = Vec::new();
-    for name in &backends {
+    for (name, kern) in backends
+        .iter()
+        .flat_map(|b| kernels.iter().map(move |k| (b, *k)))
+    {
         let mut cfg = Plan::preset(Preset::Quickstart).base;
         cfg.backend = name.clone();
+        cfg.kernels = kern;
         cfg.checkpoint_every = 0;
         cfg.steps = a.warmup + a.steps;
         let cfg = apply_overrides(&cfg, &a.set)?;
-        let mut trainer = match Trainer::new(cfg.clone(), &tmp.join(name), &corpus) {
+        let mut trainer = match Trainer::new(
+            cfg.clone(),
+            &tmp.join(format!("{name}-{kern}")),
+            &corpus,
+        ) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("{name}: skipped ({e})");
-                rows.push(serde_json::json!({"backend": name, "skipped": e.to_string()}));
+                rows.push(serde_json::json!({"backend": name, "kernels": kern.to_string(), "skipped": e.to_string()}));
                 continue;
             }
         };
-        eprintln!("{name}: {} warm-up + {} timed steps …", a.warmup, a.steps);
+        let attention = if trainer.model.fused() {
+            "fused"
+        } else {
+            "reference"
+        };
+        eprintln!(
+            "{name}, {attention} attention: {} warm-up + {} timed steps …",
+            a.warmup, a.steps
+        );
         for _ in 0..a.warmup {
             trainer.step()?;
         }
@@ -87,6 +115,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let tokens = (a.steps * cfg.batch_size * cfg.grad_accum * cfg.train_len) as f64;
         rows.push(serde_json::json!({
             "backend": name,
+            "kernels": attention,
             "adapter": if name == "cpu" { "burn flex (CPU)" } else { "burn wgpu, default adapter" },
             "steps": a.steps,
             "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.train_len,
@@ -109,17 +138,27 @@ fn train(a: TrainArgs) -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("training throughput, quickstart model; host: {host}, {threads} threads\n");
-    println!("| backend | device | ms/step | tokens/s |\n|---|---|---:|---:|");
+    println!("| backend | attention | device | ms/step | tokens/s | ÷ reference |\n|---|---|---|---:|---:|---:|");
     for r in &rows {
         if let Some(why) = r.get("skipped") {
-            println!("| {} | skipped: {} | – | – |", r["backend"], why);
-        } else {
             println!(
-                "| {} | {} | {:.1} | {:.0} |",
+                "| {} | {} | skipped: {} | – | – | – |",
+                r["backend"], r["kernels"], why
+            );
+        } else {
+            let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            let base = rows
+                .iter()
+                .find(|o| o["backend"] == r["backend"] && o["kernels"] == "reference")
+                .and_then(|o| o["tokens_per_s"].as_f64());
+            println!(
+                "| {} | {} | {} | {:.1} | {:.0} | {} |",
                 r["backend"].as_str().unwrap_or("?"),
+                r["kernels"].as_str().unwrap_or("?"),
                 r["adapter"].as_str().unwrap_or("?"),
                 r["ms_per_step"].as_f64().unwrap_or(f64::NAN),
-                r["tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+                tps,
+                base.map_or("–".to_string(), |b| format!("{:.2}×", tps / b))
             );
         }
     }

@@ -1,15 +1,17 @@
-//! `e2llm bench kernels`: our fused attention (e2llm-kernels) against the plain
-//! matmul–mask–softmax–matmul path and burn's own `module::attention`, both on burn's wgpu
-//! backend, on the same adapter.
+//! `e2llm bench kernels`: our fused attention — the burn op the model runs
+//! (`e2llm_kernels::fused`, attention.wgsl on burn's own wgpu buffers), forward and forward +
+//! backward — against the plain matmul–mask–softmax–matmul path (forward, and forward +
+//! backward through burn's autodiff) and burn's own `module::attention` (forward only), all on
+//! burn's wgpu backend on the same adapter.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use e2llm_kernels::attention::AttentionBuffers;
 use e2llm_kernels::cpu::AttentionShape;
-use e2llm_kernels::Gpu;
+use e2llm_kernels::{fused, Gpu};
 use rand::{Rng, SeedableRng};
 
 use crate::util::{open_device, parse_list};
@@ -57,8 +59,10 @@ pub fn run(a: KernelArgs) -> Result<()> {
         a.kv_heads > 0 && a.heads.is_multiple_of(a.kv_heads),
         "--heads must be a multiple of --kv-heads"
     );
-    let gpu = Gpu::new().context("e2llm-kernels needs a GPU adapter (lavapipe counts)")?;
     let device = open_device("wgpu")?;
+    let adapter = Gpu::new()
+        .map(|g| g.adapter_name)
+        .unwrap_or_else(|_| "default wgpu adapter".into());
     let (h, hkv, d) = (a.heads, a.kv_heads, a.head_dim);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let inv_freq: Vec<f32> = (0..d / 2)
@@ -67,12 +71,12 @@ pub fn run(a: KernelArgs) -> Result<()> {
     let mut rows = Vec::new();
     println!(
         "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps\n",
-        gpu.adapter_name, a.reps
+        adapter, a.reps
     );
     println!(
-        "| length | e2llm fwd ms | e2llm fwd+bwd ms | e2llm memory MiB | plain fwd ms | plain matrix MiB | burn attention fwd ms | plain ÷ e2llm | burn ÷ e2llm |"
+        "| length | e2llm fwd ms | e2llm fwd+bwd ms | e2llm memory MiB | plain fwd ms | plain fwd+bwd ms | plain matrix MiB | burn attention fwd ms | plain ÷ e2llm fwd | plain ÷ e2llm fwd+bwd | burn ÷ e2llm fwd |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &s in &lengths {
         let mut rand =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
@@ -93,26 +97,58 @@ pub fn run(a: KernelArgs) -> Result<()> {
             g: 1.0,
             factor: 1.0,
         };
-        let bufs = AttentionBuffers::new(&gpu, &q, &k, &v, &pos, &pos, &inv_freq, &d_o, shape)?;
+        let ours_mib = AttentionBuffers::bytes_for(shape, 1, true) as f64 / (1 << 20) as f64;
+        let t = |data: &[f32], heads: usize| {
+            Tensor::<4>::from_data(TensorData::new(data.to_vec(), [1, s, heads, d]), &device)
+        };
+        let (fq, fk, fv, fdo) = (t(&q, h), t(&k, hkv), t(&v, hkv), t(&d_o, h));
+        let mut aux_host = [pos.as_slice(), &pos, &inv_freq].concat();
+        let aux = Tensor::<1>::from_data(
+            TensorData::new(std::mem::take(&mut aux_host), [2 * s + d / 2]),
+            &device,
+        );
+        let scale = shape.scale;
         let fwd = time_ms(a.reps, || {
-            let mut enc = gpu.encoder();
-            bufs.record_forward(&gpu, &mut enc);
-            Ok(gpu.finish(enc)?)
+            let (o, _) = fused::rope_attention_forward(
+                fq.clone(),
+                fk.clone(),
+                fv.clone(),
+                aux.clone(),
+                scale,
+                1.0,
+            );
+            o.sum().into_data();
+            Ok(())
         })?;
         let fwd_bwd = time_ms(a.reps, || {
-            let mut enc = gpu.encoder();
-            bufs.record_forward(&gpu, &mut enc);
-            bufs.record_backward(&gpu, &mut enc);
-            Ok(gpu.finish(enc)?)
+            let (o, stats) = fused::rope_attention_forward(
+                fq.clone(),
+                fk.clone(),
+                fv.clone(),
+                aux.clone(),
+                scale,
+                1.0,
+            );
+            let (dq, dk, dv) = fused::rope_attention_backward(
+                fq.clone(),
+                fk.clone(),
+                fv.clone(),
+                aux.clone(),
+                o,
+                stats,
+                fdo.clone(),
+                scale,
+                1.0,
+            );
+            (dq.sum() + dk.sum() + dv.sum()).into_data();
+            Ok(())
         })?;
-        let ours_mib = bufs.bytes() as f64 / (1 << 20) as f64;
-        drop(bufs);
 
         let matrix_mib = (h * s * s * 4) as f64 / (1 << 20) as f64;
         let bq = Tensor::<4>::random([1, h, s, d], Distribution::Normal(0.0, 1.0), &device);
         let bk = Tensor::<4>::random([1, hkv, s, d], Distribution::Normal(0.0, 1.0), &device);
         let bv = Tensor::<4>::random([1, hkv, s, d], Distribution::Normal(0.0, 1.0), &device);
-        let (plain, burn_attn) = if matrix_mib <= a.max_matrix_mib as f64 {
+        let (plain, plain_bwd, burn_attn) = if matrix_mib <= a.max_matrix_mib as f64 {
             let plain = time_ms(a.reps, || {
                 let o = e2llm_model::attention::attention_reference(
                     bq.clone(),
@@ -120,7 +156,26 @@ pub fn run(a: KernelArgs) -> Result<()> {
                     bv.clone(),
                     0,
                 );
-                o.into_data();
+                o.sum().into_data();
+                Ok(())
+            })?;
+            let ad = device.clone().autodiff();
+            let track = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
+            let (aq, ak, av) = (track(&bq), track(&bk), track(&bv));
+            let ado = Tensor::<4>::from_data(fdo.clone().swap_dims(1, 2).to_data(), &ad);
+            let plain_bwd = time_ms(a.reps, || {
+                let o = e2llm_model::attention::attention_reference(
+                    aq.clone(),
+                    ak.clone(),
+                    av.clone(),
+                    0,
+                );
+                let grads = (o * ado.clone()).sum().backward();
+                for x in [&aq, &ak, &av] {
+                    if let Some(g) = x.grad(&grads) {
+                        g.sum().into_data();
+                    }
+                }
                 Ok(())
             })?;
             let burn_attn = time_ms(a.reps, || {
@@ -142,34 +197,40 @@ pub fn run(a: KernelArgs) -> Result<()> {
                         is_causal: true,
                     },
                 );
-                o.into_data();
+                o.sum().into_data();
                 Ok(())
             })?;
-            (Some(plain), Some(burn_attn))
+            (Some(plain), Some(plain_bwd), Some(burn_attn))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let show = |v: Option<f64>| v.map_or("skipped".to_string(), |x| format!("{x:.1}"));
-        let ratio = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.2}×", x / fwd));
+        let ratio =
+            |v: Option<f64>, by: f64| v.map_or("–".to_string(), |x| format!("{:.2}×", x / by));
         println!(
-            "| {s} | {fwd:.1} | {fwd_bwd:.1} | {ours_mib:.1} | {} | {matrix_mib:.0} | {} | {} | {} |",
+            "| {s} | {fwd:.1} | {fwd_bwd:.1} | {ours_mib:.1} | {} | {} | {matrix_mib:.0} | {} | {} | {} | {} |",
             show(plain),
+            show(plain_bwd),
             show(burn_attn),
-            ratio(plain),
-            ratio(burn_attn)
+            ratio(plain, fwd),
+            ratio(plain_bwd, fwd_bwd),
+            ratio(burn_attn, fwd)
         );
         rows.push(serde_json::json!({
             "length": s, "e2llm_fwd_ms": fwd, "e2llm_fwd_bwd_ms": fwd_bwd, "e2llm_mib": ours_mib,
-            "plain_fwd_ms": plain, "plain_matrix_mib": matrix_mib, "burn_attention_fwd_ms": burn_attn,
+            "plain_fwd_ms": plain, "plain_fwd_bwd_ms": plain_bwd, "plain_matrix_mib": matrix_mib,
+            "burn_attention_fwd_ms": burn_attn,
         }));
     }
     println!(
         "\ne2llm's kernel also applies RoPE to q and k inside; the references get pre-rotated inputs. \
-         Memory: e2llm's is every buffer it allocates; the plain path needs at least the score matrix."
+         Every time includes reading back a sum (one value per output). Memory: e2llm's is every \
+         buffer of its forward and backward (linear in length); the plain path needs at least the \
+         score matrix, forward and backward more."
     );
     if let Some(path) = &a.json {
         let json = serde_json::json!({
-            "adapter": gpu.adapter_name, "heads": h, "kv_heads": hkv, "head_dim": d,
+            "adapter": adapter, "heads": h, "kv_heads": hkv, "head_dim": d,
             "reps": a.reps, "results": rows,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
