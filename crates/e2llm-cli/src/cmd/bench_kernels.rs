@@ -51,6 +51,21 @@ fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(1e3 * t0.elapsed().as_secs_f64() / reps as f64)
 }
 
+/// Reads a reduced result back (which waits for everything it depends on) and checks it.
+fn read(t: Tensor<1>) -> Result<()> {
+    let device = t.device();
+    let v = t
+        .try_into_data()
+        .map_err(|e| anyhow::anyhow!("reading a result back: {e:?}"))?
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    anyhow::ensure!(v.iter().all(|x| x.is_finite()), "a non-finite result: {v:?}");
+    device
+        .sync()
+        .map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+    Ok(())
+}
+
 /// Runs the attention benchmark.
 pub fn run(a: KernelArgs) -> Result<()> {
     let lengths: Vec<usize> = parse_list(&a.lengths, "--lengths")?;
@@ -117,8 +132,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 scale,
                 1.0,
             );
-            o.sum().into_data();
-            Ok(())
+            read(o.sum())
         })?;
         let fwd_bwd = time_ms(a.reps, || {
             let (o, stats) = fused::rope_attention_forward(
@@ -140,8 +154,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 scale,
                 1.0,
             );
-            (dq.sum() + dk.sum() + dv.sum()).into_data();
-            Ok(())
+            read(dq.sum() + dk.sum() + dv.sum())
         })?;
 
         let matrix_mib = (h * s * s * 4) as f64 / (1 << 20) as f64;
@@ -156,8 +169,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                     bv.clone(),
                     0,
                 );
-                o.sum().into_data();
-                Ok(())
+                read(o.sum())
             })?;
             let ad = device.clone().autodiff();
             let track = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
@@ -173,7 +185,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 let grads = (o * ado.clone()).sum().backward();
                 for x in [&aq, &ak, &av] {
                     if let Some(g) = x.grad(&grads) {
-                        g.sum().into_data();
+                        read(g.sum())?;
                     }
                 }
                 Ok(())
@@ -197,8 +209,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                         is_causal: true,
                     },
                 );
-                o.sum().into_data();
-                Ok(())
+                read(o.sum())
             })?;
             (Some(plain), Some(plain_bwd), Some(burn_attn))
         } else {
