@@ -6,6 +6,7 @@
 use crate::cpu::{AttentionShape, MapWindow};
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::launch::{self, Launch};
 use crate::ops::{check, f};
 use crate::shaders;
 
@@ -17,8 +18,6 @@ pub const TILES_PER_DISPATCH: usize = 8;
 pub fn tile_rows(d: usize) -> usize {
     2048 / d
 }
-
-const ATTN: (&str, &str) = ("attention", shaders::ATTENTION);
 
 /// `(begin, end, last)` of each chunk of a loop over `total` steps of `step` each.
 fn chunks(total: usize, step: usize) -> Vec<(usize, usize, bool)> {
@@ -63,6 +62,7 @@ fn check_shapes(
 }
 
 /// A buffer of the attention kernels by role; the value is its binding in `attention.wgsl`.
+/// Plans ([`forward_plan`], [`backward_plan`]) are [`Launch`]es whose storage bindings are these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
     /// `[B·Sq·Hq·D]` queries (unrotated).
@@ -87,37 +87,32 @@ pub enum Slot {
     DKV = 9,
 }
 
-/// One dispatch of an attention kernel: what to bind (in this order), its `Params` and its grid.
-/// The raw-wgpu path ([`AttentionBuffers`]) and the burn op (`crate::fused`) both run these.
-#[derive(Clone, Debug)]
-pub struct Launch {
-    /// The entry point in `attention.wgsl`.
-    pub entry: &'static str,
-    /// The buffers it binds, in binding order.
-    pub slots: &'static [Slot],
-    /// Its `Params`.
-    pub params: [u32; 12],
-    /// Workgroups along x, y, z.
-    pub groups: (u32, u32, u32),
+impl Slot {
+    /// The slot bound at `binding` in `attention.wgsl`.
+    pub fn at(binding: u32) -> Slot {
+        [
+            Slot::Q,
+            Slot::K,
+            Slot::V,
+            Slot::Aux,
+            Slot::O,
+            Slot::Stats,
+            Slot::Params,
+            Slot::DO,
+            Slot::DQ,
+            Slot::DKV,
+        ][binding as usize]
+    }
 }
 
-const FWD: &[Slot] = &[
-    Slot::Q,
-    Slot::K,
-    Slot::V,
-    Slot::Aux,
-    Slot::O,
-    Slot::Stats,
-    Slot::Params,
-];
-const PREP: &[Slot] = &[Slot::O, Slot::Stats, Slot::Params, Slot::DO];
+const FWD: &[Slot] = &[Slot::Q, Slot::K, Slot::V, Slot::Aux, Slot::O, Slot::Stats];
+const PREP: &[Slot] = &[Slot::O, Slot::Stats, Slot::DO];
 const DQ: &[Slot] = &[
     Slot::Q,
     Slot::K,
     Slot::V,
     Slot::Aux,
     Slot::Stats,
-    Slot::Params,
     Slot::DO,
     Slot::DQ,
 ];
@@ -127,18 +122,35 @@ const DKV: &[Slot] = &[
     Slot::V,
     Slot::Aux,
     Slot::Stats,
-    Slot::Params,
     Slot::DO,
     Slot::DKV,
 ];
 
-/// Every entry point of `attention.wgsl` with the buffers it binds.
+/// Every entry point of `attention.wgsl` with the storage buffers it binds (its uniform
+/// `Params` besides).
 pub const ENTRIES: &[(&str, &[Slot])] = &[
     ("attention_fwd", FWD),
     ("attention_bwd_prep", PREP),
     ("attention_bwd_dq", DQ),
     ("attention_bwd_dkv", DKV),
 ];
+
+fn launch(
+    entry: &'static str,
+    slots: &[Slot],
+    params: [u32; 12],
+    groups: (u32, u32, u32),
+) -> Launch {
+    Launch {
+        shader: launch::ATTENTION,
+        entry,
+        storage: slots.iter().map(|&s| s as u32).collect(),
+        uniform: Slot::Params as u32,
+        params: params.to_vec(),
+        groups,
+        workgroup: 64,
+    }
+}
 
 fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool) -> [u32; 12] {
     [
@@ -161,11 +173,13 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
 pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
     chunks(s.skv, tile_rows(s.head_dim))
         .into_iter()
-        .map(|(begin, end, last)| Launch {
-            entry: "attention_fwd",
-            slots: FWD,
-            params: params(s, batch, begin, end, last),
-            groups: ((s.sq as u32).div_ceil(64), s.hq as u32, batch as u32),
+        .map(|(begin, end, last)| {
+            launch(
+                "attention_fwd",
+                FWD,
+                params(s, batch, begin, end, last),
+                ((s.sq as u32).div_ceil(64), s.hq as u32, batch as u32),
+            )
         })
         .collect()
 }
@@ -173,30 +187,30 @@ pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
 /// The backward after [`forward_plan`]: δ, dq, then dk and dv.
 pub fn backward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
     let b = batch as u32;
-    let mut plan = vec![Launch {
-        entry: "attention_bwd_prep",
-        slots: PREP,
-        params: params(s, batch, 0, 0, true),
-        groups: (((s.sq * s.hq) as u32).div_ceil(64), 1, b),
-    }];
+    let mut plan = vec![launch(
+        "attention_bwd_prep",
+        PREP,
+        params(s, batch, 0, 0, true),
+        (((s.sq * s.hq) as u32).div_ceil(64), 1, b),
+    )];
     let tile = tile_rows(s.head_dim);
     for (begin, end, last) in chunks(s.skv, tile) {
-        plan.push(Launch {
-            entry: "attention_bwd_dq",
-            slots: DQ,
-            params: params(s, batch, begin, end, last),
-            groups: ((s.sq as u32).div_ceil(64), s.hq as u32, b),
-        });
+        plan.push(launch(
+            "attention_bwd_dq",
+            DQ,
+            params(s, batch, begin, end, last),
+            ((s.sq as u32).div_ceil(64), s.hq as u32, b),
+        ));
     }
     // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
     let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
     for (begin, end, last) in chunks(steps, 1) {
-        plan.push(Launch {
-            entry: "attention_bwd_dkv",
-            slots: DKV,
-            params: params(s, batch, begin, end, last),
-            groups: ((s.skv as u32).div_ceil(64), s.hkv as u32, b),
-        });
+        plan.push(launch(
+            "attention_bwd_dkv",
+            DKV,
+            params(s, batch, begin, end, last),
+            ((s.skv as u32).div_ceil(64), s.hkv as u32, b),
+        ));
     }
     plan
 }
@@ -324,27 +338,22 @@ impl AttentionBuffers {
 
     fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, plan: Vec<Launch>) {
         for launch in plan {
-            let params = gpu.params(&launch.params);
-            let bound: Vec<(u32, &wgpu::Buffer)> = launch
-                .slots
+            let buffers: Vec<&wgpu::Buffer> = launch
+                .storage
                 .iter()
-                .map(|&slot| {
-                    let buf = match slot {
-                        Slot::Q => &self.q,
-                        Slot::K => &self.k,
-                        Slot::V => &self.v,
-                        Slot::Aux => &self.aux,
-                        Slot::O => &self.o,
-                        Slot::Stats => &self.stats,
-                        Slot::Params => &params,
-                        Slot::DO => &self.d_o,
-                        Slot::DQ => &self.dq,
-                        Slot::DKV => &self.dkv,
-                    };
-                    (slot as u32, buf)
+                .map(|&b| match Slot::at(b) {
+                    Slot::Q => &self.q,
+                    Slot::K => &self.k,
+                    Slot::V => &self.v,
+                    Slot::Aux => &self.aux,
+                    Slot::O => &self.o,
+                    Slot::Stats => &self.stats,
+                    Slot::DO => &self.d_o,
+                    Slot::DQ => &self.dq,
+                    _ => &self.dkv,
                 })
                 .collect();
-            gpu.dispatch(enc, (ATTN.0, ATTN.1, launch.entry), &bound, launch.groups);
+            gpu.run(enc, &launch, &buffers);
         }
     }
 

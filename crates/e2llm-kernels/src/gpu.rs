@@ -160,6 +160,32 @@ impl Gpu {
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
     }
 
+    /// Records `launch` with `buffers` bound to its storage bindings (in order) and its
+    /// `Params` in a fresh uniform buffer.
+    pub fn run(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        launch: &crate::launch::Launch,
+        buffers: &[&wgpu::Buffer],
+    ) {
+        debug_assert_eq!(buffers.len(), launch.storage.len(), "{}", launch.entry);
+        let params = self.params(&launch.params);
+        let mut bound: Vec<(u32, &wgpu::Buffer)> = launch
+            .storage
+            .iter()
+            .copied()
+            .zip(buffers.iter().copied())
+            .collect();
+        bound.push((launch.uniform, &params));
+        let shader = launch.shader;
+        self.dispatch(
+            enc,
+            (shader.name, shader.source, launch.entry),
+            &bound,
+            launch.groups,
+        );
+    }
+
     /// A fresh command encoder.
     pub fn encoder(&self) -> wgpu::CommandEncoder {
         self.device

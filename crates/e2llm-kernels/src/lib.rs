@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod error;
 pub mod fused;
 pub mod gpu;
+pub mod launch;
 pub mod ops;
 pub mod shaders;
 

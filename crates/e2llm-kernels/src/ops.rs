@@ -1,10 +1,11 @@
 //! Each kernel as a host function over slices with the same arguments as its CPU twin in
-//! [`crate::cpu`]: upload, dispatch, read back. Attention lives in [`crate::attention`]. (Wiring them into burn as custom backend ops,
-//! so the model runs on them without copies, is the next step; see ARCHITECTURE.md.)
+//! [`crate::cpu`]: upload, dispatch ([`crate::launch`] describes each dispatch, shared with the
+//! burn ops of [`crate::fused`]), read back. Attention lives in [`crate::attention`].
 
 use crate::cpu::AdamWParams;
 use crate::error::{KernelError, Result};
 use crate::gpu::{grid, Gpu};
+use crate::launch;
 use crate::shaders;
 
 pub(crate) fn check(op: &'static str, ok: bool, reason: impl FnOnce() -> String) -> Result<()> {
@@ -90,14 +91,11 @@ pub fn rmsnorm(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<(Vec<f32>, V
     let rows = x.len() / d;
     let (bx, bw) = (gpu.upload("x", x), gpu.upload("w", w));
     let (by, br) = (gpu.zeros("y", x.len()), gpu.zeros("rstd", rows));
-    let params = gpu.params(&[rows as u32, d as u32, f(eps), 0]);
     let mut enc = gpu.encoder();
-    let (gx, gy) = grid(rows as u32);
-    gpu.dispatch(
+    gpu.run(
         &mut enc,
-        ("rmsnorm", shaders::RMSNORM, "rmsnorm_fwd"),
-        &[(0, &bx), (1, &bw), (2, &by), (3, &br), (4, &params)],
-        (gx, gy, 1),
+        &launch::rmsnorm_fwd(rows, d, eps),
+        &[&bx, &bw, &by, &br],
     );
     let out = gpu.finish_and_read(enc, &[&by, &br])?;
     Ok((out[0][..x.len()].to_vec(), out[1][..rows].to_vec()))
@@ -131,28 +129,10 @@ pub fn rmsnorm_backward(
         gpu.upload("dy", dy),
     );
     let (bdx, bdw) = (gpu.zeros("dx", x.len()), gpu.zeros("dw", d));
-    let params = gpu.params(&[rows as u32, d as u32, 0, 0]);
     let mut enc = gpu.encoder();
-    let (gx, gy) = grid(rows as u32);
-    gpu.dispatch(
-        &mut enc,
-        ("rmsnorm", shaders::RMSNORM, "rmsnorm_bwd_x"),
-        &[
-            (0, &bx),
-            (1, &bw),
-            (3, &br),
-            (4, &params),
-            (5, &bdy),
-            (6, &bdx),
-        ],
-        (gx, gy, 1),
-    );
-    gpu.dispatch(
-        &mut enc,
-        ("rmsnorm", shaders::RMSNORM, "rmsnorm_bwd_w"),
-        &[(0, &bx), (3, &br), (4, &params), (5, &bdy), (7, &bdw)],
-        ((d as u32).div_ceil(256), 1, 1),
-    );
+    let [dx, dw] = launch::rmsnorm_bwd(rows, d);
+    gpu.run(&mut enc, &dx, &[&bx, &bw, &br, &bdy, &bdx]);
+    gpu.run(&mut enc, &dw, &[&bx, &br, &bdy, &bdw]);
     let out = gpu.finish_and_read(enc, &[&bdx, &bdw])?;
     Ok((out[0][..x.len()].to_vec(), out[1][..d].to_vec()))
 }
@@ -164,15 +144,8 @@ pub fn swiglu(gpu: &Gpu, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
     })?;
     let n = a.len();
     let (ba, bb, bh) = (gpu.upload("a", a), gpu.upload("b", b), gpu.zeros("h", n));
-    let params = gpu.params(&[n as u32, 0, 0, 0]);
     let mut enc = gpu.encoder();
-    let (gx, gy) = grid((n as u32).div_ceil(256));
-    gpu.dispatch(
-        &mut enc,
-        ("swiglu", shaders::SWIGLU, "swiglu_fwd"),
-        &[(0, &ba), (1, &bb), (2, &bh), (3, &params)],
-        (gx, gy, 1),
-    );
+    gpu.run(&mut enc, &launch::swiglu_fwd(n), &[&ba, &bb, &bh]);
     let mut out = gpu.finish_and_read(enc, &[&bh])?;
     Ok(out.swap_remove(0)[..n].to_vec())
 }
@@ -192,21 +165,11 @@ pub fn swiglu_backward(
     let n = a.len();
     let (ba, bb, bdh) = (gpu.upload("a", a), gpu.upload("b", b), gpu.upload("dh", dh));
     let (bda, bdb) = (gpu.zeros("da", n), gpu.zeros("db", n));
-    let params = gpu.params(&[n as u32, 0, 0, 0]);
     let mut enc = gpu.encoder();
-    let (gx, gy) = grid((n as u32).div_ceil(256));
-    gpu.dispatch(
+    gpu.run(
         &mut enc,
-        ("swiglu", shaders::SWIGLU, "swiglu_bwd"),
-        &[
-            (0, &ba),
-            (1, &bb),
-            (3, &params),
-            (4, &bdh),
-            (5, &bda),
-            (6, &bdb),
-        ],
-        (gx, gy, 1),
+        &launch::swiglu_bwd(n),
+        &[&ba, &bb, &bdh, &bda, &bdb],
     );
     let out = gpu.finish_and_read(enc, &[&bda, &bdb])?;
     Ok((out[0][..n].to_vec(), out[1][..n].to_vec()))
@@ -241,21 +204,11 @@ pub fn cross_entropy(
         gpu.upload("weights", weights),
     );
     let (bl, bd) = (gpu.zeros("loss", rows), gpu.zeros("dlogits", logits.len()));
-    let params = gpu.params(&[rows as u32, vocab as u32, f(scale), 0]);
     let mut enc = gpu.encoder();
-    let (gx, gy) = grid(rows as u32);
-    gpu.dispatch(
+    gpu.run(
         &mut enc,
-        ("cross_entropy", shaders::CROSS_ENTROPY, "cross_entropy"),
-        &[
-            (0, &bz),
-            (1, &bt),
-            (2, &bw),
-            (3, &bl),
-            (4, &bd),
-            (5, &params),
-        ],
-        (gx, gy, 1),
+        &launch::cross_entropy(rows, vocab, scale),
+        &[&bz, &bt, &bw, &bl, &bd],
     );
     let out = gpu.finish_and_read(enc, &[&bl, &bd])?;
     Ok((out[0][..rows].to_vec(), out[1][..logits.len()].to_vec()))

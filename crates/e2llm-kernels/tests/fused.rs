@@ -3,13 +3,12 @@
 //! q, k and v through autodiff, on flex (the CPU twins) and on wgpu (attention.wgsl launched on
 //! burn's own buffers; lavapipe in CI). Batch rows carry different positions and scales
 //! (E²-LLM), GQA groups of 1/2/4, lengths past one launch chunk, and a cached prefix (Sq < Skv).
-//! Also: every entry point's renumbered module (`shaders::for_entry`) binds exactly 0..n in
-//! group 0 — storage buffers first, the uniform Params last — checked with naga (no GPU).
+//! Also: every entry point the burn ops launch, as cubecl compiles it (`shaders::for_entry`),
+//! binds exactly 0..=n in group 0 — its storage buffers read-write, then the uniform Params —
+//! checked with naga (no GPU).
 
 use burn::tensor::{activation, Bool, Device, DeviceKind, Tensor, TensorData};
-use e2llm_kernels::attention::ENTRIES;
 use e2llm_kernels::fused::{rope_attention, rope_attention_backward, rope_attention_forward};
-use e2llm_kernels::shaders;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -298,10 +297,34 @@ fn fused_attention_on_wgpu_equals_the_flex_twins() {
 
 #[test]
 fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
-    use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
-    for (entry, slots) in ENTRIES {
-        let (storage, uniform) = e2llm_kernels::fused::split_params(slots);
-        let src = shaders::for_entry(shaders::ATTENTION, &storage, uniform);
+    use e2llm_kernels::attention::{backward_plan, forward_plan};
+    use e2llm_kernels::cpu::AttentionShape;
+    use e2llm_kernels::fused::WgslKernel;
+    use e2llm_kernels::launch;
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let s = AttentionShape {
+        sq: 10,
+        skv: 10,
+        hq: 2,
+        hkv: 1,
+        head_dim: 32,
+        scale: 0.2,
+        g: 1.0,
+        factor: 1.0,
+    };
+    let mut launches = forward_plan(s, 2);
+    launches.extend(backward_plan(s, 2));
+    launches.push(launch::rmsnorm_fwd(3, 8, 1e-5));
+    launches.extend(launch::rmsnorm_bwd(3, 8));
+    launches.push(launch::swiglu_fwd(24));
+    launches.push(launch::swiglu_bwd(24));
+    launches.push(launch::cross_entropy(3, 40, 1.0));
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &launches {
+        if !seen.insert((l.shader.name, l.entry)) {
+            continue;
+        }
+        let src = WgslKernel::new(l).wgsl();
         let module = naga::front::wgsl::parse_str(&src).expect("renumbered module parses");
         let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
             .validate(&module)
@@ -310,17 +333,138 @@ fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
             .entry_points
             .iter()
             .enumerate()
-            .find(|(_, e)| e.name == *entry)
+            .find(|(_, e)| e.name == l.entry)
             .expect("entry point present");
         let used = info.get_entry_point(index);
-        let mut bound: Vec<(u32, u32)> = module
+        let mut bound: Vec<(u32, u32, naga::AddressSpace)> = module
             .global_variables
             .iter()
-            .filter(|(h, _)| !used[*h].is_empty() && used[*h] != GlobalUse::empty())
-            .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.group, b.binding)))
+            .filter(|(h, _)| !used[*h].is_empty())
+            .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.group, b.binding, g.space)))
             .collect();
-        bound.sort();
-        let want: Vec<(u32, u32)> = (0..slots.len() as u32).map(|i| (0, i)).collect();
-        assert_eq!(bound, want, "{entry}: bindings used after renumbering");
+        bound.sort_by_key(|b| (b.0, b.1));
+        let n = l.storage.len() as u32;
+        let want: Vec<(u32, u32)> = (0..=n).map(|i| (0, i)).collect();
+        let got: Vec<(u32, u32)> = bound.iter().map(|b| (b.0, b.1)).collect();
+        assert_eq!(got, want, "{}: bindings used after renumbering", l.entry);
+        for (_, i, space) in &bound {
+            let ok = if *i == n {
+                *space == naga::AddressSpace::Uniform
+            } else {
+                matches!(space, naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE))
+            };
+            assert!(ok, "{}: binding {i} is {space:?}", l.entry);
+        }
     }
+    assert_eq!(seen.len(), 10, "every entry point covered: {seen:?}");
+}
+
+/// RMSNorm, SwiGLU and cross-entropy ops against plain burn ops: outputs and the gradients of
+/// every differentiable input through autodiff (widths past one workgroup of 256).
+fn check_norm_and_loss(device: &Device, tol: f32) {
+    use burn::tensor::Int;
+    use e2llm_kernels::fused::{cross_entropy, rmsnorm, swiglu};
+    let ad = device.clone().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let t2 = |rng: &mut ChaCha8Rng, r: usize, c: usize| {
+        Tensor::<2>::from_data(TensorData::new(rand_vec(rng, r * c), [r, c]), &ad).require_grad()
+    };
+    let both = |a: &Tensor<2>, b: &Tensor<2>, what: &str, g: &dyn Fn(&Tensor<2>) -> Vec<f32>| {
+        assert_close(what, &g(a), &g(b), tol);
+    };
+
+    // RMSNorm, width 300.
+    let (rows, d, eps) = (6, 300, 1e-5f32);
+    let xd = rand_vec(&mut rng, rows * d);
+    let wd = rand_vec(&mut rng, d);
+    let r = Tensor::<2>::from_data(
+        TensorData::new(rand_vec(&mut rng, rows * d), [rows, d]),
+        &ad,
+    );
+    let run = |fused: bool| {
+        let x = Tensor::<2>::from_data(TensorData::new(xd.clone(), [rows, d]), &ad).require_grad();
+        let w = Tensor::<1>::from_data(TensorData::new(wd.clone(), [d]), &ad).require_grad();
+        let y = if fused {
+            rmsnorm(x.clone(), w.clone(), eps)
+        } else {
+            let inv = (x.clone().powi_scalar(2).mean_dim(1) + eps as f64)
+                .sqrt()
+                .recip();
+            x.clone() * inv * w.clone().unsqueeze_dim::<2>(0)
+        };
+        let grads = (y.clone() * r.clone()).sum().backward();
+        (
+            host(y),
+            host(x.grad(&grads).expect("dx")),
+            host(w.grad(&grads).expect("dw")),
+        )
+    };
+    let (f, p) = (run(true), run(false));
+    assert_close("rmsnorm y", &f.0, &p.0, tol);
+    assert_close("rmsnorm dx", &f.1, &p.1, tol);
+    assert_close("rmsnorm dw", &f.2, &p.2, tol);
+
+    // SwiGLU, 7 × 333 values.
+    let (a, b) = (t2(&mut rng, 7, 333), t2(&mut rng, 7, 333));
+    let r = Tensor::<2>::from_data(TensorData::new(rand_vec(&mut rng, 7 * 333), [7, 333]), &ad);
+    let run = |fused: bool| {
+        let (a, b) = (
+            a.clone().detach().require_grad(),
+            b.clone().detach().require_grad(),
+        );
+        let h = if fused {
+            swiglu(a.clone(), b.clone())
+        } else {
+            activation::silu(a.clone()) * b.clone()
+        };
+        let grads = (h.clone() * r.clone()).sum().backward();
+        (h, a.grad(&grads).expect("da"), b.grad(&grads).expect("db"))
+    };
+    let (f, p) = (run(true), run(false));
+    assert_close("swiglu h", &host(f.0), &host(p.0), tol);
+    both(&f.1.clone(), &p.1.clone(), "swiglu da", &|t| {
+        host(t.clone())
+    });
+    both(&f.2.clone(), &p.2.clone(), "swiglu db", &|t| {
+        host(t.clone())
+    });
+
+    // Cross-entropy, 9 rows of 1000 logits, weights with zeros and a heavy answer token.
+    let (rows, vocab) = (9, 1000);
+    let zd: Vec<f32> = rand_vec(&mut rng, rows * vocab)
+        .iter()
+        .map(|v| v * 4.0)
+        .collect();
+    let targets: Vec<i32> = (0..rows)
+        .map(|_| rng.random_range(0..vocab as i32))
+        .collect();
+    let weights: Vec<f32> = (0..rows).map(|i| [1.0, 0.0, 20.0][i % 3]).collect();
+    let run = |fused: bool| {
+        let z =
+            Tensor::<2>::from_data(TensorData::new(zd.clone(), [rows, vocab]), &ad).require_grad();
+        let w = Tensor::<1>::from_data(TensorData::new(weights.clone(), [rows]), &ad);
+        let t = Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [rows]), &ad);
+        let loss = if fused {
+            cross_entropy(z.clone(), t, w)
+        } else {
+            let logp = activation::log_softmax(z.clone(), 1);
+            logp.gather(1, t.reshape([rows, 1])).reshape([rows]).neg() * w
+        };
+        let grads = (loss.clone().sum() * 0.1).backward();
+        (host(loss), host(z.grad(&grads).expect("dz")))
+    };
+    let (f, p) = (run(true), run(false));
+    assert_close("cross_entropy loss", &f.0, &p.0, tol);
+    assert_close("cross_entropy dz", &f.1, &p.1, tol);
+}
+
+#[test]
+fn norm_swiglu_and_loss_on_flex_match_plain_ops() {
+    check_norm_and_loss(&Device::flex(), 2e-5);
+}
+
+#[test]
+fn norm_swiglu_and_loss_on_wgpu_match_plain_ops() {
+    let Some(device) = wgpu() else { return };
+    check_norm_and_loss(&device, 1e-4);
 }

@@ -283,14 +283,9 @@ impl Llama {
         layer: usize,
     ) -> Result<Tensor<3>> {
         let (mut x, rope) = self.embed(ids, positions)?;
-        // Through a cache, as forward_hidden decides (dynamic NTK keeps the reference cache).
-        let dynamic = matches!(
-            self.config.rope.scaling,
-            e2llm_core::RopeScaling::Dynamic { .. }
-        );
-        let fused = self.fused() && !dynamic;
+        let paths = self.paths(true);
         for (i, l) in self.layers.iter().take(layer).enumerate() {
-            x = l.forward(x, &rope, Some(cache.slot(i)), fused);
+            x = l.forward(x, &rope, Some(cache.slot(i)), paths);
         }
         Ok(x)
     }

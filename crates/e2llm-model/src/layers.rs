@@ -50,6 +50,14 @@ impl RmsNorm {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → same shape.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with(x, false)
+    }
+
+    /// [`Self::forward`] through `shaders/rmsnorm.wgsl` (its CPU twin on the CPU) when `fused`.
+    pub fn forward_with(&self, x: Tensor<3>, fused: bool) -> Tensor<3> {
+        if fused {
+            return e2llm_kernels::fused::rmsnorm(x, self.weight.val(), self.eps as f32);
+        }
         let ms = x.clone().powi_scalar(2).mean_dim(2);
         let inv = (ms + self.eps).sqrt().recip();
         x * inv * self.weight.val().unsqueeze_dims::<3>(&[0, 1])
@@ -71,7 +79,18 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → same shape.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.forward_with(x, false)
+    }
+
+    /// [`Self::forward`] with the gate through `shaders/swiglu.wgsl` (its CPU twin on the CPU)
+    /// when `fused`.
+    pub fn forward_with(&self, x: Tensor<3>, fused: bool) -> Tensor<3> {
+        let (gate, up) = (self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        let h = if fused {
+            e2llm_kernels::fused::swiglu(gate, up)
+        } else {
+            activation::silu(gate) * up
+        };
+        self.down_proj.forward(h)
     }
 }

@@ -31,6 +31,6 @@ pub use burn::tensor::Device;
 /// The WGSL kernels (re-exported so callers can open a [`kernels::Gpu`] for [`MapBackend::Gpu`]).
 pub use e2llm_kernels as kernels;
 pub use error::{ModelError, Result};
-pub use llama::{KvCache, Llama};
+pub use llama::{KvCache, Llama, Paths};
 pub use rope::Positions;
 pub use tokenizer::Tokenizer;

@@ -30,13 +30,33 @@ impl DecoderLayer {
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut Option<LayerCache>>,
-        fused: bool,
+        paths: Paths,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache, fused);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let normed = self.input_layernorm.forward_with(x.clone(), paths.layers);
+        let h = x + self.self_attn.forward(normed, rope, cache, paths.attention);
+        let normed = self
+            .post_attention_layernorm
+            .forward_with(h.clone(), paths.layers);
+        h + self.mlp.forward_with(normed, paths.layers)
+    }
+}
+
+/// Which parts of a forward run the fused WGSL kernels (see [`Kernels`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Paths {
+    /// Attention (`attention.wgsl`).
+    pub attention: bool,
+    /// RMSNorm and the SwiGLU gate (`rmsnorm.wgsl`, `swiglu.wgsl`).
+    pub layers: bool,
+}
+
+impl Paths {
+    /// Everything fused or nothing.
+    pub fn all(fused: bool) -> Self {
+        Self {
+            attention: fused,
+            layers: fused,
+        }
     }
 }
 
@@ -181,13 +201,12 @@ impl Llama {
         // Dynamic NTK changes the frequencies with the span, and HF keeps cached keys rotated
         // at the frequencies of their own step: only the reference cache (rotated keys) does
         // that, the fused kernel rotates every key at the current frequencies.
-        let dynamic = matches!(self.config.rope.scaling, RopeScaling::Dynamic { .. });
-        let fused = self.fused() && !(dynamic && cache.is_some());
+        let paths = self.paths(cache.is_some());
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, slot, fused);
+            x = layer.forward(x, &rope, slot, paths);
         }
-        Ok(self.norm.forward(x))
+        Ok(self.norm.forward_with(x, paths.layers))
     }
 
     /// Projects hidden states to vocabulary logits (through `lm_head`, or the tied embeddings).
@@ -265,9 +284,22 @@ impl Llama {
         self
     }
 
-    /// Whether attention runs the fused kernel on this model's device.
+    /// Whether this model runs the fused kernels on its device.
     pub fn fused(&self) -> bool {
         self.kernels
             .fused_on(&self.device(), self.config.head_dim())
+    }
+
+    /// The paths of a forward, with or without a KV cache: dynamic NTK changes the frequencies
+    /// with the span, and HF keeps cached keys rotated at the frequencies of their own step —
+    /// only the reference cache (rotated keys) does that, the fused kernel rotates every key at
+    /// the current frequencies, so dynamic NTK with a cache keeps reference attention.
+    pub(crate) fn paths(&self, cached: bool) -> Paths {
+        let fused = self.fused();
+        let dynamic = matches!(self.config.rope.scaling, RopeScaling::Dynamic { .. });
+        Paths {
+            attention: fused && !(dynamic && cached),
+            layers: fused,
+        }
     }
 }

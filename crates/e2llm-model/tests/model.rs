@@ -293,7 +293,7 @@ fn reference_weights(
         .select(0, ids_t)
         .reshape([1, n, cfg.hidden_size]);
     for l in &model.layers[..layer] {
-        x = l.forward(x, &rope, None, false);
+        x = l.forward(x, &rope, None, Default::default());
     }
     let l = &model.layers[layer];
     let x = l.input_layernorm.forward(x);

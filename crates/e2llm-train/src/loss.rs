@@ -25,6 +25,31 @@ pub fn weighted_cross_entropy(logits: Tensor<3>, targets: &[u32], weights: &[f32
     (nll * w).sum() / total.max(f32::MIN_POSITIVE)
 }
 
+/// [`weighted_cross_entropy`] through `shaders/cross_entropy.wgsl` (the CPU twin on the CPU):
+/// log-softmax, NLL and the gradient in one pass over the logits.
+///
+/// # Shapes
+/// As [`weighted_cross_entropy`].
+pub fn weighted_cross_entropy_fused(
+    logits: Tensor<3>,
+    targets: &[u32],
+    weights: &[f32],
+) -> Tensor<1> {
+    let [b, s, v] = logits.dims();
+    let device = logits.device();
+    let t = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            targets.iter().map(|&t| t as i32).collect::<Vec<_>>(),
+            [b * s],
+        ),
+        &device,
+    );
+    let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [b * s]), &device);
+    let total: f32 = weights.iter().sum();
+    e2llm_model::kernels::fused::cross_entropy(logits.reshape([b * s, v]), t, w).sum()
+        / total.max(f32::MIN_POSITIVE)
+}
+
 /// Plain cross-entropy of one row on the host, for reference checks: `[seq, vocab]` logits.
 pub fn cross_entropy_host(logits: &[f32], vocab: usize, targets: &[u32], weights: &[f32]) -> f64 {
     let mut num = 0.0f64;

@@ -14,7 +14,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{train_tokenizer, Corpus, DataSource, Row};
 use crate::error::{Result, TrainError};
-use crate::loss::weighted_cross_entropy;
+use crate::loss::{weighted_cross_entropy, weighted_cross_entropy_fused};
 use crate::method::{model_config, Placement, Placer};
 use crate::optim::{lr_at, AdamW, AdamWConfig, NamedGrads};
 
@@ -178,7 +178,11 @@ impl Trainer {
             w.extend_from_slice(&r.weights);
         }
         let logits = self.model.forward(&ids, &placement.positions, None)?;
-        Ok(weighted_cross_entropy(logits, &targets, &w))
+        Ok(if self.model.fused() {
+            weighted_cross_entropy_fused(logits, &targets, &w)
+        } else {
+            weighted_cross_entropy(logits, &targets, &w)
+        })
     }
 
     /// One optimizer step (with gradient accumulation and clipping).

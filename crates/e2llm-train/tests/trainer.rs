@@ -438,12 +438,13 @@ fn run_until_stops_on_request_and_keeps_a_checkpoint_that_resumes() {
     assert_eq!(saved, vec![2, 6]);
 }
 
-/// One E²-LLM training step (rows with their own g and t) through the fused attention kernel
-/// and through the plain burn ops: same loss, same gradient of every parameter (≤ 1e-3), and
-/// the same loss again after the AdamW update — on flex (the kernels' CPU twins) and on wgpu
-/// (attention.wgsl with its FlashAttention-2 backward; lavapipe in CI).
+/// One E²-LLM training step (rows with their own g and t) through the fused kernels
+/// (attention, RMSNorm, SwiGLU, cross-entropy) and through the plain burn ops: same loss, same
+/// gradient of every parameter (≤ 1e-3 of its largest), and the same loss again after the AdamW
+/// update — on flex (the kernels' CPU twins) and on wgpu (the WGSL with their backward kernels;
+/// lavapipe in CI).
 #[test]
-fn fused_and_reference_attention_train_alike() {
+fn fused_and_reference_kernels_train_alike() {
     use e2llm_model::Kernels;
     let mut backends = vec!["cpu"];
     match e2llm_model::backend::open("wgpu") {

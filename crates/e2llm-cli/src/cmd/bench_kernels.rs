@@ -59,7 +59,10 @@ fn read(t: Tensor<1>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("reading a result back: {e:?}"))?
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    anyhow::ensure!(v.iter().all(|x| x.is_finite()), "a non-finite result: {v:?}");
+    anyhow::ensure!(
+        v.iter().all(|x| x.is_finite()),
+        "a non-finite result: {v:?}"
+    );
     device
         .sync()
         .map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;

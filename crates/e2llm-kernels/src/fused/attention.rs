@@ -5,8 +5,7 @@
 //!
 //! - `Cube` (wgpu natively, WebGPU in a browser): `shaders/attention.wgsl` launched on burn's
 //!   own cubecl client and buffers — the same launch plan ([`forward_plan`], [`backward_plan`])
-//!   the raw-wgpu path runs, the module renumbered per entry point by
-//!   [`shaders::for_entry`] because cubecl binds buffers by position.
+//!   the raw-wgpu path runs (see [`super`] for how a WGSL entry point runs on cubecl).
 //! - `Flex` (CPU): the CPU twins ([`crate::cpu::attention`], [`crate::cpu::attention_backward`])
 //!   per sequence — O(length) memory like the kernel.
 //! - `Autodiff`: forward keeps q, k, v, positions, o and the softmax statistics; backward runs
@@ -23,19 +22,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
-use burn_cubecl::cubecl::client::Client;
-use burn_cubecl::cubecl::ir::{ElemType, UIntKind};
-use burn_cubecl::cubecl::prelude::*;
-use burn_cubecl::cubecl::server::{Handle, KernelArguments, MetadataBindingInfo};
-use burn_cubecl::cubecl::{CubeKernel, PrecompiledSource};
+use burn::tensor::{Shape, Tensor, TensorData};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 
-use crate::attention::{backward_plan, check_batch, forward_plan, Launch, Slot};
+use super::{empty, f32_only, host, launch};
+use crate::attention::{backward_plan, check_batch, forward_plan, Slot};
 use crate::cpu::{self, AttentionShape};
-use crate::shaders;
 
 /// Causal GQA attention with RoPE applied inside, as one op per backend.
 #[backend_extension(Cube, Flex, Autodiff)]
@@ -153,15 +146,6 @@ pub fn rope_attention_backward(
     )
 }
 
-/// Whether `device` (autodiff or not) is one of burn's cubecl devices (wgpu, WebGPU), where
-/// [`rope_attention`] runs `attention.wgsl`; elsewhere it runs the CPU twins.
-pub fn is_gpu(device: &burn::tensor::Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Cube(_)
-    )
-}
-
 /// The kernel shape and batch of q `[B, Sq, Hq, D]` and k `[B, Skv, Hkv, D]`; panics (as
 /// burn's own ops do on bad shapes) with the reason when they do not fit the kernel.
 fn shape_of(q: &Shape, k: &Shape, aux: &Shape, scale: f32, factor: f32) -> (AttentionShape, usize) {
@@ -188,106 +172,6 @@ fn shape_of(q: &Shape, k: &Shape, aux: &Shape, scale: f32, factor: f32) -> (Atte
     (s, batch)
 }
 
-/// `shaders/attention.wgsl` at one entry point, for cubecl: bindings numbered in launch order.
-struct AttentionKernel {
-    entry: &'static str,
-    slots: &'static [Slot],
-}
-
-impl KernelMetadata for AttentionKernel {
-    fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.entry)
-    }
-
-    fn address_type(&self) -> ElemType {
-        UIntKind::U32.into()
-    }
-}
-
-impl CubeKernel for AttentionKernel {
-    fn define(&self) -> KernelDefinition {
-        // The WGSL is the kernel; the definition only keys cubecl's caches.
-        let settings = KernelSettings::new(
-            CubeDim::new_1d(64).into(),
-            ExecutionMode::Checked,
-            AddressType::U32,
-        );
-        KernelDefinition {
-            body: Scope::root(settings.clone()),
-            settings,
-            info: Default::default(),
-        }
-    }
-
-    fn source(&self) -> Option<PrecompiledSource> {
-        let (storage, uniform) = split_params(self.slots);
-        Some(PrecompiledSource {
-            source: shaders::for_entry(shaders::ATTENTION, &storage, uniform),
-            entrypoint_name: self.entry.to_string(),
-            lang: "wgsl",
-        })
-    }
-}
-
-/// The storage bindings of `slots` (in order) and the uniform `Params` binding, if used.
-pub fn split_params(slots: &[Slot]) -> (Vec<u32>, Option<u32>) {
-    let storage = slots
-        .iter()
-        .filter(|&&s| s != Slot::Params)
-        .map(|&s| s as u32)
-        .collect();
-    let uniform = slots.contains(&Slot::Params).then_some(Slot::Params as u32);
-    (storage, uniform)
-}
-
-/// Launches `plan` on `client`: each storage slot's handle in order, then `Params` as the
-/// launch's uniform info data (the binding after the buffers).
-fn run(client: &Client, plan: Vec<Launch>, handle: impl Fn(Slot) -> Handle) {
-    for launch in plan {
-        let mut args = KernelArguments::new();
-        for &slot in launch.slots.iter().filter(|&&s| s != Slot::Params) {
-            args = args.with_buffer(handle(slot).binding());
-        }
-        // Two u32 words per u64, little-endian: the uniform's bytes are the words in order.
-        let words = launch
-            .params
-            .chunks(2)
-            .map(|w| u64::from(w[0]) | (u64::from(w.get(1).copied().unwrap_or(0)) << 32))
-            .collect();
-        args = args.with_info(MetadataBindingInfo::custom(words));
-        let (x, y, z) = launch.groups;
-        client.launch(
-            Box::new(AttentionKernel {
-                entry: launch.entry,
-                slots: launch.slots,
-            }),
-            CubeCount::Static(x, y, z),
-            args,
-        );
-    }
-}
-
-/// An uninitialised f32 tensor of `shape` on `like`'s device (every kernel writes its
-/// outputs before reading them).
-fn empty(like: &CubeTensor, shape: Shape) -> CubeTensor {
-    let handle = like.client.empty(shape.num_elements() * 4);
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        DType::F32,
-    )
-}
-
-fn f32_only(t: &CubeTensor) {
-    assert!(
-        t.dtype == DType::F32,
-        "rope_attention runs in f32; got {:?}",
-        t.dtype
-    );
-}
-
 impl FusedAttention for CubeBackend {
     fn rope_attention_forward(
         q: FloatTensor<Self>,
@@ -299,21 +183,20 @@ impl FusedAttention for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
         let [q, k, v, aux] = [q, k, v, aux].map(into_contiguous);
-        f32_only(&q);
+        f32_only("rope_attention", &q);
         let o = empty(&q, q.shape());
         let stats = empty(&q, Shape::new([batch * 3 * s.hq * s.sq]));
-        run(&q.client, forward_plan(s, batch), |slot| {
-            match slot {
+        for l in forward_plan(s, batch) {
+            let bufs = l.storage.iter().map(|&b| match Slot::at(b) {
                 Slot::Q => &q,
                 Slot::K => &k,
                 Slot::V => &v,
                 Slot::Aux => &aux,
                 Slot::O => &o,
                 _ => &stats,
-            }
-            .handle
-            .clone()
-        });
+            });
+            launch(&q.client, &l, bufs);
+        }
         (o, stats)
     }
 
@@ -334,8 +217,8 @@ impl FusedAttention for CubeBackend {
         let dq = empty(&q, q.shape());
         let nk = k_shape.num_elements();
         let dkv = empty(&q, Shape::new([2 * nk]));
-        run(&q.client, backward_plan(s, batch), |slot| {
-            match slot {
+        for l in backward_plan(s, batch) {
+            let bufs = l.storage.iter().map(|&b| match Slot::at(b) {
                 Slot::Q => &q,
                 Slot::K => &k,
                 Slot::V => &v,
@@ -345,10 +228,9 @@ impl FusedAttention for CubeBackend {
                 Slot::DO => &d_o,
                 Slot::DQ => &dq,
                 _ => &dkv,
-            }
-            .handle
-            .clone()
-        });
+            });
+            launch(&q.client, &l, bufs);
+        }
         let half = |r: std::ops::Range<usize>| {
             Self::float_reshape(
                 Self::float_slice(dkv.clone(), &[Slice::from(r)]),
@@ -358,14 +240,6 @@ impl FusedAttention for CubeBackend {
         let (dk, dv) = (half(0..nk), half(nk..2 * nk));
         (dq, dk, dv)
     }
-}
-
-/// Host copy of a flex tensor (flex reads synchronously).
-fn host(t: FloatTensor<Flex>) -> Vec<f32> {
-    pollster::block_on(Flex::float_into_data(t))
-        .ok()
-        .and_then(|d| d.convert::<f32>().try_into_vec::<f32>().ok())
-        .unwrap_or_default()
 }
 
 /// One sequence's q/k/qpos/kpos slices of flat batch data.
