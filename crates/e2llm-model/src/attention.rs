@@ -36,7 +36,9 @@ impl Kernels {
             Kernels::Fused => true,
             Kernels::Reference => false,
             Kernels::Auto => {
-                e2llm_kernels::fused::is_gpu(device) && head_dim <= 128 && head_dim % 2 == 0
+                e2llm_kernels::fused::is_gpu(device)
+                    && head_dim <= 128
+                    && head_dim.is_multiple_of(2)
             }
         }
     }

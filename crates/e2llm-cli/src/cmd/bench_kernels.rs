@@ -51,6 +51,59 @@ fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(1e3 * t0.elapsed().as_secs_f64() / reps as f64)
 }
 
+/// One timing: milliseconds, or why there is none.
+enum Measured {
+    Ms(f64),
+    Failed(String),
+    Skipped(String),
+}
+
+impl Measured {
+    /// `other ÷ self`-style speed ratio of a reference against ours.
+    fn ratio(&self, ours: &Measured) -> String {
+        match (self, ours) {
+            (Measured::Ms(r), Measured::Ms(o)) => format!("{:.2}×", r / o),
+            _ => "–".into(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Measured::Ms(v) => (*v).into(),
+            Measured::Failed(why) => serde_json::json!({ "failed": why }),
+            Measured::Skipped(why) => serde_json::json!({ "skipped": why }),
+        }
+    }
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Measured::Ms(v) => write!(f, "{v:.1}"),
+            Measured::Failed(why) => write!(f, "failed: {why}"),
+            Measured::Skipped(why) => write!(f, "skipped: {why}"),
+        }
+    }
+}
+
+/// [`time_ms`], with a failure (an allocation the adapter refuses, above all) reported by its
+/// root cause instead of ending the benchmark.
+fn measure(reps: usize, f: impl FnMut() -> Result<()>) -> Measured {
+    match time_ms(reps, f) {
+        Ok(ms) => Measured::Ms(ms),
+        Err(e) => {
+            let why = e.root_cause().to_string();
+            let why = if why.contains("allocate") {
+                format!("out of memory ({why})")
+            } else {
+                why
+            };
+            eprintln!("  failed: {e:#}");
+            Measured::Failed(why.chars().take(80).collect())
+        }
+    }
+}
+
 /// Reads a reduced result back (which waits for everything it depends on) and checks it.
 fn read(t: Tensor<1>) -> Result<()> {
     let device = t.device();
@@ -126,7 +179,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             &device,
         );
         let scale = shape.scale;
-        let fwd = time_ms(a.reps, || {
+        let fwd = measure(a.reps, || {
             let (o, _) = fused::rope_attention_forward(
                 fq.clone(),
                 fk.clone(),
@@ -136,8 +189,8 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 1.0,
             );
             read(o.sum())
-        })?;
-        let fwd_bwd = time_ms(a.reps, || {
+        });
+        let fwd_bwd = measure(a.reps, || {
             let (o, stats) = fused::rope_attention_forward(
                 fq.clone(),
                 fk.clone(),
@@ -158,14 +211,14 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 1.0,
             );
             read(dq.sum() + dk.sum() + dv.sum())
-        })?;
+        });
 
         let matrix_mib = (h * s * s * 4) as f64 / (1 << 20) as f64;
         let bq = Tensor::<4>::random([1, h, s, d], Distribution::Normal(0.0, 1.0), &device);
         let bk = Tensor::<4>::random([1, hkv, s, d], Distribution::Normal(0.0, 1.0), &device);
         let bv = Tensor::<4>::random([1, hkv, s, d], Distribution::Normal(0.0, 1.0), &device);
         let (plain, plain_bwd, burn_attn) = if matrix_mib <= a.max_matrix_mib as f64 {
-            let plain = time_ms(a.reps, || {
+            let plain = measure(a.reps, || {
                 let o = e2llm_model::attention::attention_reference(
                     bq.clone(),
                     bk.clone(),
@@ -173,12 +226,12 @@ pub fn run(a: KernelArgs) -> Result<()> {
                     0,
                 );
                 read(o.sum())
-            })?;
+            });
             let ad = device.clone().autodiff();
             let track = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
             let (aq, ak, av) = (track(&bq), track(&bk), track(&bv));
             let ado = Tensor::<4>::from_data(fdo.clone().swap_dims(1, 2).to_data(), &ad);
-            let plain_bwd = time_ms(a.reps, || {
+            let plain_bwd = measure(a.reps, || {
                 let o = e2llm_model::attention::attention_reference(
                     aq.clone(),
                     ak.clone(),
@@ -192,8 +245,8 @@ pub fn run(a: KernelArgs) -> Result<()> {
                     }
                 }
                 Ok(())
-            })?;
-            let burn_attn = time_ms(a.reps, || {
+            });
+            let burn_attn = measure(a.reps, || {
                 let rep = h / hkv;
                 let (k, v) = if rep > 1 {
                     (bk.clone().repeat_dim(1, rep), bv.clone().repeat_dim(1, rep))
@@ -213,27 +266,23 @@ pub fn run(a: KernelArgs) -> Result<()> {
                     },
                 );
                 read(o.sum())
-            })?;
-            (Some(plain), Some(plain_bwd), Some(burn_attn))
+            });
+            (plain, plain_bwd, burn_attn)
         } else {
-            (None, None, None)
+            let skip =
+                || Measured::Skipped(format!("matrix over --max-matrix-mib {}", a.max_matrix_mib));
+            (skip(), skip(), skip())
         };
-        let show = |v: Option<f64>| v.map_or("skipped".to_string(), |x| format!("{x:.1}"));
-        let ratio =
-            |v: Option<f64>, by: f64| v.map_or("–".to_string(), |x| format!("{:.2}×", x / by));
         println!(
-            "| {s} | {fwd:.1} | {fwd_bwd:.1} | {ours_mib:.1} | {} | {} | {matrix_mib:.0} | {} | {} | {} | {} |",
-            show(plain),
-            show(plain_bwd),
-            show(burn_attn),
-            ratio(plain, fwd),
-            ratio(plain_bwd, fwd_bwd),
-            ratio(burn_attn, fwd)
+            "| {s} | {fwd} | {fwd_bwd} | {ours_mib:.1} | {plain} | {plain_bwd} | {matrix_mib:.0} | {burn_attn} | {} | {} | {} |",
+            plain.ratio(&fwd),
+            plain_bwd.ratio(&fwd_bwd),
+            burn_attn.ratio(&fwd)
         );
         rows.push(serde_json::json!({
-            "length": s, "e2llm_fwd_ms": fwd, "e2llm_fwd_bwd_ms": fwd_bwd, "e2llm_mib": ours_mib,
-            "plain_fwd_ms": plain, "plain_fwd_bwd_ms": plain_bwd, "plain_matrix_mib": matrix_mib,
-            "burn_attention_fwd_ms": burn_attn,
+            "length": s, "e2llm_fwd_ms": fwd.json(), "e2llm_fwd_bwd_ms": fwd_bwd.json(),
+            "e2llm_mib": ours_mib, "plain_fwd_ms": plain.json(), "plain_fwd_bwd_ms": plain_bwd.json(),
+            "plain_matrix_mib": matrix_mib, "burn_attention_fwd_ms": burn_attn.json(),
         }));
     }
     println!(
