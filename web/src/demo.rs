@@ -7,9 +7,7 @@
 //! at once.
 
 use burn::tensor::Tensor;
-use e2llm_core::passkey::{
-    build_passkey, eval_scale, paper_auto_scale, score, PasskeyPrompt, PasskeySpec,
-};
+use e2llm_core::passkey::{build_passkey, score, PasskeyPrompt, PasskeySpec, ScaleMode};
 use e2llm_core::LlamaConfig;
 use e2llm_model::generate::argmax;
 use e2llm_model::{
@@ -221,16 +219,16 @@ impl Demo {
         let cfg = &self.model.config;
         let orig_len = cfg.max_position_embeddings;
         let g = match req.scale {
-            ScaleChoice::Auto => paper_auto_scale(n, orig_len),
-            ScaleChoice::Safe => eval_scale(n, req.max_new_tokens, orig_len),
-            ScaleChoice::Manual(g) if g.is_finite() && g > 0.0 => g,
+            ScaleChoice::Auto => ScaleMode::Auto,
+            ScaleChoice::Safe => ScaleMode::Safe,
+            ScaleChoice::Manual(g) if g.is_finite() && g > 0.0 => ScaleMode::Fixed(g),
             ScaleChoice::Manual(g) => {
                 return Err(WebError::Input(format!(
                     "RoPE scale {g} must be a positive number"
                 )))
             }
         }
-        .max(1.0);
+        .g(n, req.max_new_tokens, orig_len);
         let total = n + req.max_new_tokens;
         let fused = self.model.fused();
         let chunk = if req.chunk > 0 {

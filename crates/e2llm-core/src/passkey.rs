@@ -267,6 +267,46 @@ pub fn eval_scale(prompt_tokens: usize, max_new_tokens: usize, orig_len: usize) 
     paper_auto_scale(prompt_tokens.saturating_add(max_new_tokens), orig_len)
 }
 
+/// How the position-interpolation scale `g` is picked for a prompt (the CLI's, the trainer's
+/// evaluation's, the desktop's and the web demo's one rule).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum ScaleMode {
+    /// `g = ceil(length / L)`, as the paper does at inference.
+    Auto,
+    /// The smallest integer `g` with `(prompt + new tokens) / g ≤ L`, so the answer's positions
+    /// stay inside what training saw (METHOD.md's trap note).
+    Safe,
+    /// A fixed `g`.
+    Fixed(f32),
+}
+
+impl ScaleMode {
+    /// The scale for a prompt of `prompt_tokens` followed by `new_tokens` generated ones, with
+    /// a model trained at `orig_len`; at least 1.
+    pub fn g(self, prompt_tokens: usize, new_tokens: usize, orig_len: usize) -> f32 {
+        match self {
+            ScaleMode::Auto => paper_auto_scale(prompt_tokens, orig_len),
+            ScaleMode::Safe => eval_scale(prompt_tokens, new_tokens, orig_len),
+            ScaleMode::Fixed(g) => g,
+        }
+        .max(1.0)
+    }
+}
+
+impl std::str::FromStr for ScaleMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "safe" => Ok(Self::Safe),
+            _ => match s.parse::<f32>() {
+                Ok(g) if g.is_finite() && g > 0.0 => Ok(Self::Fixed(g)),
+                _ => Err(format!("`{s}` is not auto, safe or a positive number")),
+            },
+        }
+    }
+}
+
 /// The paper's automatic scale `ceil(len / L)`, at least 1; `orig_len` 0 gives infinity.
 pub fn paper_auto_scale(len: usize, orig_len: usize) -> f32 {
     if orig_len == 0 {

@@ -220,3 +220,22 @@ fn scale_rules() {
     }
     assert_eq!(eval_scale(10, 10, 0), f32::INFINITY);
 }
+
+#[test]
+fn scale_modes_parse_and_pick_g() {
+    use e2llm_core::ScaleMode;
+    let parse = |s: &str| s.parse::<ScaleMode>();
+    assert_eq!(parse("auto"), Ok(ScaleMode::Auto));
+    assert_eq!(parse("safe"), Ok(ScaleMode::Safe));
+    assert_eq!(parse("2.5"), Ok(ScaleMode::Fixed(2.5)));
+    for bad in ["0", "-1", "nan", "inf", "fast"] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    // Prompt 512 + 10 answer tokens at L 128: the paper's 4, the safe 5.
+    assert_eq!(ScaleMode::Auto.g(512, 10, 128), 4.0);
+    assert_eq!(ScaleMode::Safe.g(512, 10, 128), 5.0);
+    assert_eq!(ScaleMode::Fixed(3.0).g(512, 10, 128), 3.0);
+    // Never below 1.
+    assert_eq!(ScaleMode::Fixed(0.5).g(10, 0, 128), 1.0);
+    assert_eq!(ScaleMode::Auto.g(0, 0, 128), 1.0);
+}

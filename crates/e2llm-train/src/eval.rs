@@ -1,40 +1,15 @@
 //! Passkey retrieval over a length × depth grid (METHOD.md's protocol: greedy decoding, first
 //! integer, exact match), with the RoPE scale chosen per length.
 
-use e2llm_core::passkey::{
-    build_passkey, eval_scale, paper_auto_scale, score, Filler, PasskeySpec,
-};
+use e2llm_core::passkey::{build_passkey, score, Filler, PasskeySpec};
 use e2llm_model::generate::{generate, GenerateOptions};
 use e2llm_model::{Llama, Tokenizer};
 use serde::Serialize;
 
 use crate::error::{Result, TrainError};
 
-/// How the position-interpolation scale `g` is picked for a prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub enum ScaleMode {
-    /// `g = ceil(length / L)`, as the paper does at inference.
-    Auto,
-    /// The smallest integer `g` with `(prompt + new tokens) / g ≤ L`, so the answer's positions
-    /// stay inside what training saw (METHOD.md's trap note).
-    Safe,
-    /// A fixed `g`.
-    Fixed(f32),
-}
-
-impl std::str::FromStr for ScaleMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "safe" => Ok(Self::Safe),
-            _ => match s.parse::<f32>() {
-                Ok(g) if g.is_finite() && g > 0.0 => Ok(Self::Fixed(g)),
-                _ => Err(format!("`{s}` is not auto, safe or a positive number")),
-            },
-        }
-    }
-}
+/// How the scale `g` is picked (the core's one rule, re-exported for the CLI and desktop).
+pub use e2llm_core::passkey::ScaleMode;
 
 /// The grid to run.
 #[derive(Debug, Clone)]
@@ -115,12 +90,7 @@ pub fn passkey_grid(
                     TrainError::Data(format!("passkey prompt at {length} tokens: {e}"))
                 })?;
                 let ids = tok.encode(&prompt.text, false)?;
-                let g = match eval.scale {
-                    ScaleMode::Auto => paper_auto_scale(ids.len(), orig_len),
-                    ScaleMode::Safe => eval_scale(ids.len(), eval.max_new_tokens, orig_len),
-                    ScaleMode::Fixed(g) => g,
-                }
-                .max(1.0);
+                let g = eval.scale.g(ids.len(), eval.max_new_tokens, orig_len);
                 cell.g = g;
                 let opts = GenerateOptions {
                     max_new_tokens: eval.max_new_tokens,

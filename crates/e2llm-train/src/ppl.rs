@@ -6,7 +6,6 @@
 //! `0..ℓ` divided by the scale `g` the [`ScaleMode`] picks for `ℓ`.
 
 use burn::tensor::activation;
-use e2llm_core::passkey::paper_auto_scale;
 use e2llm_model::rope::Positions;
 use e2llm_model::Llama;
 use serde::Serialize;
@@ -91,11 +90,8 @@ pub fn perplexity(
                 tokens.len()
             )));
         }
-        let g = match scale {
-            ScaleMode::Auto | ScaleMode::Safe => paper_auto_scale(length, orig_len),
-            ScaleMode::Fixed(g) => g,
-        }
-        .max(1.0);
+        // No tokens are generated, so `safe` is `auto` here.
+        let g = scale.g(length, 0, orig_len);
         let (mut nll, mut count) = (0.0f64, 0usize);
         for (start, first) in wins {
             let ids = &tokens[start..start + length];

@@ -5,6 +5,7 @@ use std::path::Path;
 use eframe::egui::{self, DragValue};
 
 use e2llm_model::backend::BACKENDS;
+use e2llm_model::Kernels;
 use e2llm_train::{Method, TrainConfig};
 
 use super::{error_label, field};
@@ -227,6 +228,19 @@ impl DesktopApp {
                 .show_ui(ui, |ui| {
                     for b in BACKENDS {
                         ui.selectable_value(&mut c.backend, b.to_string(), *b);
+                    }
+                });
+            ui.end_row();
+            ui.label("kernels").on_hover_text(
+                "auto: the fused WGSL kernels (attention, RMSNorm, SwiGLU, loss) on wgpu, \
+                 plain burn ops on the CPU; fused: the kernels everywhere (their CPU twins on \
+                 the CPU); reference: plain burn ops everywhere",
+            );
+            egui::ComboBox::from_id_salt("kernels")
+                .selected_text(c.kernels.to_string())
+                .show_ui(ui, |ui| {
+                    for k in [Kernels::Auto, Kernels::Fused, Kernels::Reference] {
+                        ui.selectable_value(&mut c.kernels, k, k.to_string());
                     }
                 });
             ui.end_row();
