@@ -54,7 +54,16 @@ impl Compute {
     /// The HF checkpoint in `dir` on this device, attention through `--kernels`.
     pub fn load(&self, dir: &Path) -> Result<Llama> {
         let device = self.device()?;
-        Ok(checkpoint::load_dir(dir, &device)?.with_kernels(self.kernels))
+        let model = checkpoint::load_dir(dir, &device)?;
+        let d = model.config.head_dim();
+        if self.kernels == Kernels::Fused && !(d <= 128 && d.is_multiple_of(2)) {
+            bail!(
+                "{}: --kernels fused needs an even head width of at most 128, this model's is {d}; \
+                 use --kernels auto or reference",
+                dir.display()
+            );
+        }
+        Ok(model.with_kernels(self.kernels))
     }
 }
 

@@ -29,6 +29,11 @@ pub const CROSS_ENTROPY: Shader = Shader {
     name: "cross_entropy",
     source: shaders::CROSS_ENTROPY,
 };
+/// `shaders/adamw.wgsl`.
+pub const ADAMW: Shader = Shader {
+    name: "adamw",
+    source: shaders::ADAMW,
+};
 /// `shaders/attention.wgsl`.
 pub const ATTENTION: Shader = Shader {
     name: "attention",
@@ -141,6 +146,24 @@ pub fn cross_entropy(rows: usize, vocab: usize, scale: f32) -> Launch {
         uniform: 5,
         params: vec![rows as u32, vocab as u32, scale.to_bits(), 0],
         groups: rows_grid(rows),
+        workgroup: 256,
+    }
+}
+
+/// One AdamW update of `n` values in place: buffers param, grad, m, v.
+pub fn adamw(n: usize, p: crate::cpu::AdamWParams) -> Launch {
+    let c1 = 1.0 - p.beta1.powi(p.step);
+    let c2 = 1.0 - p.beta2.powi(p.step);
+    Launch {
+        shader: ADAMW,
+        entry: "adamw",
+        storage: vec![0, 1, 2, 3],
+        uniform: 4,
+        params: [n as u32]
+            .into_iter()
+            .chain([p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, c1, c2].map(f32::to_bits))
+            .collect(),
+        groups: elems_grid(n),
         workgroup: 256,
     }
 }

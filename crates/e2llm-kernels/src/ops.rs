@@ -242,26 +242,8 @@ pub fn adamw(
         gpu.upload("m", m),
         gpu.upload("v", v),
     );
-    let c1 = 1.0 - p.beta1.powi(p.step);
-    let c2 = 1.0 - p.beta2.powi(p.step);
-    let params = gpu.params(&[
-        n as u32,
-        f(p.lr),
-        f(p.beta1),
-        f(p.beta2),
-        f(p.eps),
-        f(p.weight_decay),
-        f(c1),
-        f(c2),
-    ]);
     let mut enc = gpu.encoder();
-    let (gx, gy) = grid((n as u32).div_ceil(256));
-    gpu.dispatch(
-        &mut enc,
-        ("adamw", shaders::ADAMW, "adamw"),
-        &[(0, &bp), (1, &bg), (2, &bm), (3, &bv), (4, &params)],
-        (gx, gy, 1),
-    );
+    gpu.run(&mut enc, &launch::adamw(n, p), &[&bp, &bg, &bm, &bv]);
     let out = gpu.finish_and_read(enc, &[&bp, &bm, &bv])?;
     param.copy_from_slice(&out[0][..n]);
     m.copy_from_slice(&out[1][..n]);

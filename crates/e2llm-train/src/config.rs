@@ -216,6 +216,12 @@ impl TrainConfig {
         if !(m.hidden_size / m.num_attention_heads).is_multiple_of(2) {
             return Err("the head width (hidden_size / num_attention_heads) must be even".into());
         }
+        if self.kernels == Kernels::Fused && m.hidden_size / m.num_attention_heads > 128 {
+            return Err(
+                "`kernels = \"fused\"` needs a head width (hidden_size / num_attention_heads) of at most 128"
+                    .into(),
+            );
+        }
         if !m.num_attention_heads.is_multiple_of(m.num_key_value_heads) {
             return Err(
                 "`model.num_attention_heads` must be a multiple of `model.num_key_value_heads`"

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Gradients, Tensor};
+use e2llm_model::kernels::cpu::AdamWParams;
 use e2llm_model::Llama;
 
 /// Turns a burn module path (`layers.0.self_attn.q_proj.weight`) into the HF tensor name.
@@ -109,6 +110,7 @@ pub struct AdamW {
 
 struct Stepper<'a> {
     path: Vec<String>,
+    fused: bool,
     cfg: AdamWConfig,
     lr: f64,
     step: i32,
@@ -137,13 +139,25 @@ impl ModuleMapper for Stepper<'_> {
             None => (g.zeros_like(), g.zeros_like()),
         };
         let c = self.cfg;
-        let m = m * c.beta1 + g.clone() * (1.0 - c.beta1);
-        let v = v * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
-        let bc1 = 1.0 - c.beta1.powi(self.step);
-        let bc2 = 1.0 - c.beta2.powi(self.step);
         let decay = if D >= 2 { c.weight_decay } else { 0.0 };
-        let update = (m.clone() / bc1) / ((v.clone() / bc2).sqrt() + c.eps);
-        let w = w * (1.0 - self.lr * decay) - update * self.lr;
+        let (w, m, v) = if self.fused {
+            let p = AdamWParams {
+                lr: self.lr as f32,
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                eps: c.eps as f32,
+                weight_decay: decay as f32,
+                step: self.step,
+            };
+            e2llm_model::kernels::fused::adamw(w, g, m, v, p)
+        } else {
+            let m = m * c.beta1 + g.clone() * (1.0 - c.beta1);
+            let v = v * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
+            let bc1 = 1.0 - c.beta1.powi(self.step);
+            let bc2 = 1.0 - c.beta2.powi(self.step);
+            let update = (m.clone() / bc1) / ((v.clone() / bc2).sqrt() + c.eps);
+            (w * (1.0 - self.lr * decay) - update * self.lr, m, v)
+        };
         self.moments.insert(name, (m, v));
         let w = Tensor::from_inner(w.reshape(shape)).require_grad();
         Param::from_mapped_value(id, w, mapper)
@@ -151,12 +165,15 @@ impl ModuleMapper for Stepper<'_> {
 }
 
 impl AdamW {
-    /// One update of every parameter that has a gradient, at learning rate `lr`.
+    /// One update of every parameter that has a gradient, at learning rate `lr` — in one
+    /// `adamw.wgsl` kernel per parameter when the model runs the fused kernels.
     pub fn step(&mut self, model: Llama, grads: &NamedGrads, lr: f64, cfg: AdamWConfig) -> Llama {
         self.step += 1;
         let step = i32::try_from(self.step).unwrap_or(i32::MAX);
+        let fused = model.fused();
         model.map(&mut Stepper {
             path: Vec::new(),
+            fused,
             cfg,
             lr,
             step,

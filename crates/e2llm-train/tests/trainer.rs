@@ -139,11 +139,25 @@ fn gradients_match_finite_differences() {
     assert_eq!(checked, 21);
 }
 
+/// The AdamW step (burn ops, and the fused `adamw.wgsl` op on flex and wgpu) against the
+/// update written out on the host.
 #[test]
 fn adamw_matches_a_host_reference() {
+    let mut devices = vec![(Device::flex(), e2llm_model::Kernels::Reference)];
+    devices.push((Device::flex(), e2llm_model::Kernels::Fused));
+    match e2llm_model::backend::open("wgpu") {
+        Ok(d) => devices.push((d, e2llm_model::Kernels::Fused)),
+        Err(e) => eprintln!("wgpu part skipped: {e}"),
+    }
+    for (device, kernels) in devices {
+        adamw_step_matches_host(&device, kernels);
+    }
+}
+
+fn adamw_step_matches_host(device: &Device, kernels: e2llm_model::Kernels) {
     let cfg = small_model_config();
-    let ad = Device::flex().autodiff();
-    let model = weights::init_random(cfg, 0.3, 9, &ad);
+    let ad = device.clone().autodiff();
+    let model = weights::init_random(cfg, 0.3, 9, &ad).with_kernels(kernels);
     let before = weights::to_host(&model).expect("host");
     let ids: Vec<u32> = (0..6).collect();
     let loss = weighted_cross_entropy(
@@ -178,7 +192,7 @@ fn adamw_matches_a_host_reference() {
             let want = wi * (1.0 - lr * decay) - lr * m / (v.sqrt() + c.eps);
             assert!(
                 (w1[i] as f64 - want).abs() < 1e-5,
-                "{name}[{i}]: {} vs {want}",
+                "{kernels} {name}[{i}]: {} vs {want}",
                 w1[i]
             );
         }
@@ -297,6 +311,18 @@ fn bad_configs_are_clear_errors() {
         }
     );
     assert_eq!(set.lr, 0.5);
+    // The kernels choice: spelled as the CLI spells it, checked against the head width.
+    let k = e2llm_train::config::apply_overrides(&ok, &["kernels=fused".into()]).expect("kernels");
+    assert_eq!(k.kernels, e2llm_model::Kernels::Fused);
+    let e = e2llm_train::config::apply_overrides(&ok, &["kernels=fast".into()])
+        .expect_err("unknown kernels");
+    assert!(e.to_string().contains("fast"), "{e}");
+    let e = TrainConfig::from_toml(
+        "run.toml",
+        "kernels = \"fused\"\n[model]\nhidden_size = 512\nnum_attention_heads = 2\nnum_key_value_heads = 2",
+    )
+    .expect_err("head width 256");
+    assert!(e.to_string().contains("at most 128"), "{e}");
 }
 
 #[test]

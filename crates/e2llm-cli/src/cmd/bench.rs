@@ -100,7 +100,7 @@ fn train(a: TrainArgs) -> Result<()> {
             "reference"
         };
         eprintln!(
-            "{name}, {attention} attention: {} warm-up + {} timed steps …",
+            "{name}, {attention} kernels: {} warm-up + {} timed steps …",
             a.warmup, a.steps
         );
         for _ in 0..a.warmup {
@@ -138,7 +138,7 @@ fn train(a: TrainArgs) -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("training throughput, quickstart model; host: {host}, {threads} threads\n");
-    println!("| backend | attention | device | ms/step | tokens/s | ÷ reference |\n|---|---|---|---:|---:|---:|");
+    println!("| backend | kernels | device | ms/step | tokens/s | ÷ reference |\n|---|---|---|---:|---:|---:|");
     for r in &rows {
         if let Some(why) = r.get("skipped") {
             println!(

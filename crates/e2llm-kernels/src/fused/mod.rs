@@ -15,7 +15,7 @@
 //!
 //! [`attention`]: causal GQA attention with RoPE inside (FlashAttention-2 backward).
 //! [`norm`]: RMSNorm and the SwiGLU gate. [`loss`]: weighted cross-entropy with its gradient
-//! from the same pass.
+//! from the same pass. [`optim`]: the AdamW update (no autodiff: it runs on plain tensors).
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
@@ -34,12 +34,14 @@ use crate::shaders;
 pub mod attention;
 pub mod loss;
 pub mod norm;
+pub mod optim;
 
 pub use attention::{
     rope_attention, rope_attention_backward, rope_attention_forward, FusedAttention,
 };
 pub use loss::{cross_entropy, FusedLoss};
 pub use norm::{rmsnorm, swiglu, FusedNorm};
+pub use optim::{adamw, FusedOptim};
 
 /// Whether `device` (autodiff or not) is one of burn's cubecl devices (wgpu, WebGPU), where the
 /// ops run the WGSL kernels; elsewhere they run the CPU twins.
