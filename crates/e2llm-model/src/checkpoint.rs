@@ -41,6 +41,11 @@ pub fn load_config(dir: &Path) -> Result<LlamaConfig> {
     parse_config(&path.display().to_string(), &text)
 }
 
+/// Reads `dir/tokenizer.json` for a model of `vocab_size` tokens.
+pub fn load_tokenizer(dir: &Path, vocab_size: usize) -> Result<crate::Tokenizer> {
+    crate::Tokenizer::from_file(&dir.join(TOKENIZER_FILE), vocab_size)
+}
+
 /// Loads a model from in-memory files: the config text and one or more safetensors shards
 /// given as `(file name, bytes)`.
 pub fn load_from_bytes(

@@ -154,7 +154,7 @@ pub fn load(
         reason,
     };
     let model = hf::load_dir(dir, device)?;
-    let tokenizer = Tokenizer::from_file(&dir.join(hf::TOKENIZER_FILE), model.config.vocab_size)?;
+    let tokenizer = hf::load_tokenizer(dir, model.config.vocab_size)?;
     let opt_path = dir.join(OPTIM_FILE);
     let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
     let mut host = weights::HostWeights::new();

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use e2llm_model::{backend, checkpoint as hf, Tokenizer};
+use e2llm_model::{backend, checkpoint as hf};
 use serde::Serialize;
 
 use crate::checkpoint;
@@ -407,7 +407,7 @@ pub fn evaluate(
 ) -> Result<(Vec<Cell>, Vec<PplPoint>)> {
     let device = backend::device(backend_name)?;
     let model = hf::load_dir(ckpt, &device)?;
-    let tok = Tokenizer::from_file(&ckpt.join(hf::TOKENIZER_FILE), model.config.vocab_size)?;
+    let tok = hf::load_tokenizer(ckpt, model.config.vocab_size)?;
     let l = model.config.max_position_embeddings;
     let scale = inference_scale(method);
     let eval = PasskeyEval {

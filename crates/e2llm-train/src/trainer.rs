@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use e2llm_model::{backend, weights, Llama, Tokenizer};
+use e2llm_model::{backend, weights, Llama};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -93,10 +93,7 @@ impl Trainer {
             Some(dir) => {
                 let dir = Path::new(dir);
                 let mut model = e2llm_model::checkpoint::load_dir(dir, &device)?;
-                let tok = Tokenizer::from_file(
-                    &dir.join(e2llm_model::checkpoint::TOKENIZER_FILE),
-                    model.config.vocab_size,
-                )?;
+                let tok = e2llm_model::checkpoint::load_tokenizer(dir, model.config.vocab_size)?;
                 model.config.rope.scaling =
                     crate::method::rope_scaling_for(cfg.method, cfg.orig_len);
                 (model, tok)

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use e2llm_model::checkpoint;
 use e2llm_model::generate::{generate, GenerateOptions, SamplingConfig};
-use e2llm_model::{checkpoint, Tokenizer};
 
 use crate::util::{check_scale, Compute};
 
@@ -42,7 +42,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let g = check_scale(a.rope_scale)?;
     let cfg = checkpoint::load_config(&a.model)?;
-    let tok = Tokenizer::from_file(&a.model.join(checkpoint::TOKENIZER_FILE), cfg.vocab_size)?;
+    let tok = checkpoint::load_tokenizer(&a.model, cfg.vocab_size)?;
     let model = a.compute.load(&a.model)?;
     let prompt = tok.encode(&a.prompt, true)?;
     let opts = GenerateOptions {

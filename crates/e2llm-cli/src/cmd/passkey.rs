@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use e2llm_core::passkey::Filler;
-use e2llm_model::{checkpoint, Tokenizer};
+use e2llm_model::checkpoint;
 use e2llm_train::eval::{markdown_table, passkey_grid, PasskeyEval, ScaleMode};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
         None => Filler::Standard,
     };
     let cfg = checkpoint::load_config(&a.model)?;
-    let tok = Tokenizer::from_file(&a.model.join(checkpoint::TOKENIZER_FILE), cfg.vocab_size)?;
+    let tok = checkpoint::load_tokenizer(&a.model, cfg.vocab_size)?;
     let model = a.compute.load(&a.model)?;
     let eval = PasskeyEval {
         lengths,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use e2llm_model::{checkpoint, Tokenizer};
+use e2llm_model::checkpoint;
 use e2llm_train::data::Corpus;
 use e2llm_train::eval::ScaleMode;
 use e2llm_train::ppl::{perplexity, text_for_windows};
@@ -51,7 +51,7 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::ensure!(s > 0, "--stride must be at least 1");
     }
     let cfg = checkpoint::load_config(&a.model)?;
-    let tok = Tokenizer::from_file(&a.model.join(checkpoint::TOKENIZER_FILE), cfg.vocab_size)?;
+    let tok = checkpoint::load_tokenizer(&a.model, cfg.vocab_size)?;
     let text = match &a.text {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
