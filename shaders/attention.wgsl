@@ -17,6 +17,7 @@
 //   4 o [B·Sq·Hq·D]  5 stats = per sequence lse [Hq·Sq] ++ δ [Hq·Sq] ++ l [Hq·Sq]
 //   6 uniform Params  7 dO [B·Sq·Hq·D]
 //   8 dq [B·Sq·Hq·D]  9 dkv = dk [B·Skv·Hkv·D] ++ dv [B·Skv·Hkv·D]
+//   10 part: split-key decode partial states [B·Sq·Hq·splits·(D + 2)]
 // Each entry point binds a subset; a launcher that numbers bindings 0.. in order (burn's cubecl
 // runtime: storage buffers, then Params as its uniform "info" binding) gets the module from
 // e2llm_kernels::shaders::for_entry. Params must stay uniform: loop bounds around barriers come
@@ -27,6 +28,10 @@
 //   attention_bwd_dq   grid (⌈Sq/64⌉, Hq, B): 64 queries; loops over key tiles; writes dq.
 //   attention_bwd_dkv  grid (⌈Skv/64⌉, Hkv, B): 64 keys; loops over query tiles of each head of the
 //                      group; writes dk, dv.
+//   attention_decode   grid (splits, Hq, B·Sq): the forward for few queries (a KV-cache step):
+//                      each workgroup takes c_end keys of one query, 64 keys at a time, and
+//                      writes one partial (m, l, acc) to part; attention_decode_combine, grid
+//                      (⌈B·Sq·Hq/64⌉) with c_begin = splits, merges them into o and lse.
 // D ≤ 128 and even.
 // Long loops are split across dispatches (c_begin/c_end, at most 8 tiles each): lavapipe
 // silently dropped the output of workgroups that looped over 16+ tiles with barriers inside.
@@ -67,6 +72,7 @@ const TILE_FLOATS: u32 = 2048u;
 @group(0) @binding(7) var<storage, read> d_o: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dq: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dkv: array<f32>;
+@group(0) @binding(10) var<storage, read_write> part: array<f32>;
 
 // Offsets of this workgroup's sequence b (set first thing in every entry point): qo into q, o,
 // dO, dq; ko into k, v, dk (dv follows dk after B·Skv·Hkv·D); so into stats; b itself for aux.
@@ -216,6 +222,143 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             stats[so + 2u * hn + h * p.sq + qi] = l;
         }
     }
+}
+
+// Split-key decode, for few queries (the KV-cache case): workgroup (split, h, b·Sq + i) takes
+// keys [split·c_end, (split+1)·c_end) of query i, one key per invocation at a time (no barrier
+// inside the key loop), then reduces its 64 running (m, l, acc) states in workgroup memory and
+// writes one partial state to part[((b·Sq + i)·Hq + h)·splits + split] (d + 2 floats: m, l, acc).
+// attention_decode_combine merges the splits of each (b, i, h) into o and lse.
+@compute @workgroup_size(64)
+fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let bi = wid.z / p.sq;
+    let qi = wid.z % p.sq;
+    set_batch(bi);
+    let d = p.head_dim;
+    let half = d / 2u;
+    let h = wid.y;
+    let kvh = h / (p.hq / p.hkv);
+    let past = p.skv - p.sq;
+    let base_q = (qi * p.hq + h) * d;
+    var qr: array<f32, 128>;
+    var acc: array<f32, 128>;
+    for (var j = 0u; j < half; j = j + 1u) {
+        let cs = rot(qpos(qi), j, 1.0);
+        let x0 = q[qo + base_q + j];
+        let x1 = q[qo + base_q + j + half];
+        qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
+        qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
+    }
+    for (var j = 0u; j < d; j = j + 1u) {
+        acc[j] = 0.0;
+    }
+    var m = -3.0e38;
+    var l = 0.0;
+    let k0 = wid.x * p.c_end;
+    let k1 = min(k0 + p.c_end, past + qi + 1u);
+    for (var kj = k0 + lid; kj < k1; kj = kj + WG) {
+        let kb = (kj * p.hkv + kvh) * d;
+        var s = 0.0;
+        for (var j = 0u; j < half; j = j + 1u) {
+            let cs = rot(kpos(kj), j, 1.0);
+            let x0 = k[ko + kb + j];
+            let x1 = k[ko + kb + j + half];
+            s = s + qr[j] * (x0 * cs.x - x1 * cs.y) + qr[j + half] * (x1 * cs.x + x0 * cs.y);
+        }
+        let m_new = max(m, s);
+        let corr = exp(m - m_new);
+        let w = exp(s - m_new);
+        l = l * corr + w;
+        for (var j = 0u; j < d; j = j + 1u) {
+            acc[j] = acc[j] * corr + w * v[ko + kb + j];
+        }
+        m = m_new;
+    }
+    // Reduce the 64 states: the max, then l and acc rescaled to it and summed.
+    ts[lid] = m;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            ts[lid] = max(ts[lid], ts[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let mx = ts[0];
+    workgroupBarrier();
+    let scale = exp(m - mx);
+    let out = ((wid.z * p.hq + h) * nwg.x + wid.x) * (d + 2u);
+    us[lid] = l * scale;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            us[lid] = us[lid] + us[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        part[out] = mx;
+        part[out + 1u] = us[0];
+    }
+    workgroupBarrier();
+    // acc in blocks of 32 dimensions: 64 × 32 floats fill ts.
+    for (var b0 = 0u; b0 < d; b0 = b0 + 32u) {
+        for (var t = 0u; t < 32u; t = t + 1u) {
+            var x = 0.0;
+            if (b0 + t < d) {
+                x = acc[b0 + t] * scale;
+            }
+            ts[lid * 32u + t] = x;
+        }
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s = s / 2u) {
+            if (lid < s) {
+                for (var t = 0u; t < 32u; t = t + 1u) {
+                    ts[lid * 32u + t] = ts[lid * 32u + t] + ts[(lid + s) * 32u + t];
+                }
+            }
+            workgroupBarrier();
+        }
+        if (lid < 32u && b0 + lid < d) {
+            part[out + 2u + b0 + lid] = ts[lid];
+        }
+        workgroupBarrier();
+    }
+}
+
+// Merges the c_begin splits of each (b, i, h) — invocation (b·Sq + i)·Hq + h — into o and lse.
+@compute @workgroup_size(64)
+fn attention_decode_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x;
+    if (idx >= p.batch * p.sq * p.hq) {
+        return;
+    }
+    let d = p.head_dim;
+    let splits = p.c_begin;
+    let row = idx / p.hq;           // b · Sq + i
+    let h = idx % p.hq;
+    set_batch(row / p.sq);
+    let qi = row % p.sq;
+    let first = idx * splits * (d + 2u);
+    var mx = -3.0e38;
+    for (var s = 0u; s < splits; s = s + 1u) {
+        mx = max(mx, part[first + s * (d + 2u)]);
+    }
+    var lsum = 0.0;
+    for (var s = 0u; s < splits; s = s + 1u) {
+        let at = first + s * (d + 2u);
+        lsum = lsum + part[at + 1u] * exp(part[at] - mx);
+    }
+    let base_q = (qi * p.hq + h) * d;
+    for (var j = 0u; j < d; j = j + 1u) {
+        var x = 0.0;
+        for (var s = 0u; s < splits; s = s + 1u) {
+            let at = first + s * (d + 2u);
+            x = x + part[at + 2u + j] * exp(part[at] - mx);
+        }
+        o[qo + base_q + j] = x / lsum;
+    }
+    stats[so + h * p.sq + qi] = mx + log(lsum);
 }
 
 @compute @workgroup_size(64)

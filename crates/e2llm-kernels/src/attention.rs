@@ -85,6 +85,8 @@ pub enum Slot {
     DQ = 8,
     /// dk `[B·Skv·Hkv·D]` ++ dv `[B·Skv·Hkv·D]`.
     DKV = 9,
+    /// Split-key decode partial states `[B·Sq·Hq·splits·(D + 2)]`.
+    Part = 10,
 }
 
 impl Slot {
@@ -101,6 +103,7 @@ impl Slot {
             Slot::DO,
             Slot::DQ,
             Slot::DKV,
+            Slot::Part,
         ][binding as usize]
     }
 }
@@ -126,6 +129,9 @@ const DKV: &[Slot] = &[
     Slot::DKV,
 ];
 
+const DECODE: &[Slot] = &[Slot::Q, Slot::K, Slot::V, Slot::Aux, Slot::Part];
+const COMBINE: &[Slot] = &[Slot::Part, Slot::O, Slot::Stats];
+
 /// Every entry point of `attention.wgsl` with the storage buffers it binds (its uniform
 /// `Params` besides).
 pub const ENTRIES: &[(&str, &[Slot])] = &[
@@ -133,7 +139,30 @@ pub const ENTRIES: &[(&str, &[Slot])] = &[
     ("attention_bwd_prep", PREP),
     ("attention_bwd_dq", DQ),
     ("attention_bwd_dkv", DKV),
+    ("attention_decode", DECODE),
+    ("attention_decode_combine", COMBINE),
 ];
+
+/// Forwards of at most this many queries per sequence (a KV-cache step) split the keys across
+/// workgroups ([`forward_plan`]'s decode path) instead of giving each query one invocation.
+pub const DECODE_MAX_QUERIES: usize = 8;
+
+/// Keys per workgroup of the split-key decode.
+pub const DECODE_SPLIT: usize = 256;
+
+/// Splits of the decode path for `skv` keys (0 when `s` takes the tiled forward).
+pub fn decode_splits(s: AttentionShape) -> usize {
+    if s.sq <= DECODE_MAX_QUERIES {
+        s.skv.div_ceil(DECODE_SPLIT).max(1)
+    } else {
+        0
+    }
+}
+
+/// Values of the decode path's partial-state buffer for `batch` sequences (0: none needed).
+pub fn part_len(s: AttentionShape, batch: usize) -> usize {
+    batch * s.sq * s.hq * decode_splits(s) * (s.head_dim + 2)
+}
 
 fn launch(
     entry: &'static str,
@@ -169,8 +198,28 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
     ]
 }
 
-/// The forward of `batch` sequences of shape `s`: o and lse (zeroed o and stats to start).
+/// The forward of `batch` sequences of shape `s`: o and lse. Few queries (a KV-cache step) take
+/// the split-key decode (keys spread over workgroups, then merged); otherwise the tiled
+/// forward, its key loop chunked over dispatches.
 pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
+    let splits = decode_splits(s);
+    if splits > 0 {
+        let rows = (batch * s.sq) as u32;
+        return vec![
+            launch(
+                "attention_decode",
+                DECODE,
+                params(s, batch, 0, DECODE_SPLIT, true),
+                (splits as u32, s.hq as u32, rows),
+            ),
+            launch(
+                "attention_decode_combine",
+                COMBINE,
+                params(s, batch, splits, 0, true),
+                ((rows * s.hq as u32).div_ceil(64), 1, 1),
+            ),
+        ];
+    }
     chunks(s.skv, tile_rows(s.head_dim))
         .into_iter()
         .map(|(begin, end, last)| {
@@ -261,6 +310,7 @@ pub struct AttentionBuffers {
     d_o: wgpu::Buffer,
     dq: wgpu::Buffer,
     dkv: wgpu::Buffer,
+    part: wgpu::Buffer,
 }
 
 impl AttentionBuffers {
@@ -297,6 +347,7 @@ impl AttentionBuffers {
             d_o: gpu.upload("dO", d_o),
             dq: gpu.zeros("dq", n(q.len())),
             dkv: gpu.zeros("dkv", n(2 * k.len())),
+            part: gpu.zeros("part", part_len(s, 1)),
         })
     }
 
@@ -307,7 +358,7 @@ impl AttentionBuffers {
         let (qn, kn) = (batch * s.sq * s.hq * d, batch * s.skv * s.hkv * d);
         let fwd = qn + 2 * kn + batch * (s.sq + s.skv) + d / 2 + qn + batch * 3 * s.hq * s.sq;
         let bwd = if grads { qn + qn + 2 * kn } else { 0 };
-        4 * (fwd + bwd) as u64
+        4 * (fwd + bwd + part_len(s, batch)) as u64
     }
 
     /// Bytes of device memory these buffers hold (what the kernels need besides their 16 KiB
@@ -323,6 +374,7 @@ impl AttentionBuffers {
             &self.d_o,
             &self.dq,
             &self.dkv,
+            &self.part,
         ]
         .iter()
         .map(|b| b.size())
@@ -350,6 +402,7 @@ impl AttentionBuffers {
                     Slot::Stats => &self.stats,
                     Slot::DO => &self.d_o,
                     Slot::DQ => &self.dq,
+                    Slot::Part => &self.part,
                     _ => &self.dkv,
                 })
                 .collect();

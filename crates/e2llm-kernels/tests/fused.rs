@@ -314,6 +314,8 @@ fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
     };
     let mut launches = forward_plan(s, 2);
     launches.extend(backward_plan(s, 2));
+    // One query: the split-key decode.
+    launches.extend(forward_plan(AttentionShape { sq: 1, ..s }, 2));
     launches.push(launch::rmsnorm_fwd(3, 8, 1e-5));
     launches.extend(launch::rmsnorm_bwd(3, 8));
     launches.push(launch::swiglu_fwd(24));
@@ -356,7 +358,7 @@ fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
             assert!(ok, "{}: binding {i} is {space:?}", l.entry);
         }
     }
-    assert_eq!(seen.len(), 10, "every entry point covered: {seen:?}");
+    assert_eq!(seen.len(), 12, "every entry point covered: {seen:?}");
 }
 
 /// RMSNorm, SwiGLU and cross-entropy ops against plain burn ops: outputs and the gradients of

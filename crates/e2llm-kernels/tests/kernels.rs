@@ -336,9 +336,13 @@ fn flash_attention_matches_the_plain_path() {
     let Some(gpu) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     // (sq, skv, hq, hkv, d, g): lengths off the tile and workgroup sizes, GQA 1/2/4,
-    // head_dim 32/64/128, a KV-cache prefix (skv > sq), g up to 64.
+    // head_dim 32/64/128, a KV-cache prefix (skv > sq), g up to 64; ≤ 8 queries take the
+    // split-key decode (one split, several, D 128, GQA 4).
     let cases = [
         (1, 1, 1, 1, 32, 1.0),
+        (1, 1000, 4, 1, 64, 20.0),
+        (8, 520, 4, 2, 128, 3.0),
+        (3, 257, 2, 2, 32, 1.0),
         (70, 70, 4, 4, 32, 1.0),
         (33, 100, 4, 2, 64, 5.0),
         (65, 65, 8, 2, 128, 64.0),

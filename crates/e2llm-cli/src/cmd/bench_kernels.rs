@@ -37,6 +37,9 @@ pub struct KernelArgs {
     /// Skip a reference whose score matrix would exceed this many MiB.
     #[arg(long, default_value_t = 2048)]
     max_matrix_mib: usize,
+    /// Only the decode-step table (one query against a cache of each length).
+    #[arg(long)]
+    decode_only: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -159,7 +162,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         "| length | e2llm fwd ms | e2llm fwd+bwd ms | e2llm memory MiB | plain fwd ms | plain fwd+bwd ms | plain matrix MiB | burn attention fwd ms | plain ÷ e2llm fwd | plain ÷ e2llm fwd+bwd | burn ÷ e2llm fwd |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &s in &lengths {
+    for &s in lengths.iter().filter(|_| !a.decode_only) {
         let mut rand =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let (q, k, v, d_o) = (
@@ -297,10 +300,59 @@ pub fn run(a: KernelArgs) -> Result<()> {
          buffer of its forward and backward (linear in length); the plain path needs at least the \
          score matrix, forward and backward more."
     );
+
+    // A decode step: one new query against a cache of `s` keys (the split-key decode path).
+    println!("\ndecode step (1 query, causal against the whole cache)\n");
+    println!("| cache length | e2llm ms | plain ms | plain ÷ e2llm |\n|---:|---:|---:|---:|");
+    let mut decode = Vec::new();
+    for &s in &lengths {
+        let rand = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+        };
+        let (q1, kc, vc) = (
+            rand([1, 1, h, d]),
+            rand([1, s, hkv, d]),
+            rand([1, s, hkv, d]),
+        );
+        let pos: Vec<f32> = (0..s).map(|i| i as f32).collect();
+        let aux = [&pos[s - 1..], pos.as_slice(), inv_freq.as_slice()].concat();
+        let n = aux.len();
+        let aux = Tensor::<1>::from_data(TensorData::new(aux, [n]), &device);
+        let scale = 1.0 / (d as f32).sqrt();
+        let ours = measure(a.reps, || {
+            let (o, _) = fused::rope_attention_forward(
+                q1.clone(),
+                kc.clone(),
+                vc.clone(),
+                aux.clone(),
+                scale,
+                1.0,
+            );
+            read(o.sum())
+        });
+        let (pq, pk, pv) = (
+            q1.clone().swap_dims(1, 2),
+            kc.clone().swap_dims(1, 2),
+            vc.clone().swap_dims(1, 2),
+        );
+        let plain = measure(a.reps, || {
+            let o = e2llm_model::attention::attention_reference(
+                pq.clone(),
+                pk.clone(),
+                pv.clone(),
+                s - 1,
+            );
+            read(o.sum())
+        });
+        println!("| {s} | {ours} | {plain} | {} |", plain.ratio(&ours));
+        decode.push(serde_json::json!({
+            "cache_length": s, "e2llm_ms": ours.json(), "plain_ms": plain.json(),
+        }));
+    }
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "adapter": adapter, "heads": h, "kv_heads": hkv, "head_dim": d,
-            "reps": a.reps, "results": rows,
+            "reps": a.reps, "results": rows, "decode": decode,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;

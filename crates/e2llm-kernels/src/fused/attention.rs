@@ -27,7 +27,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::CubeBackend;
 
 use super::{empty, f32_only, host, launch};
-use crate::attention::{backward_plan, check_batch, forward_plan, Slot};
+use crate::attention::{backward_plan, check_batch, forward_plan, part_len, Slot};
 use crate::cpu::{self, AttentionShape};
 
 /// Causal GQA attention with RoPE applied inside, as one op per backend.
@@ -186,6 +186,7 @@ impl FusedAttention for CubeBackend {
         f32_only("rope_attention", &q);
         let o = empty(&q, q.shape());
         let stats = empty(&q, Shape::new([batch * 3 * s.hq * s.sq]));
+        let part = empty(&q, Shape::new([part_len(s, batch).max(1)]));
         for l in forward_plan(s, batch) {
             let bufs = l.storage.iter().map(|&b| match Slot::at(b) {
                 Slot::Q => &q,
@@ -193,6 +194,7 @@ impl FusedAttention for CubeBackend {
                 Slot::V => &v,
                 Slot::Aux => &aux,
                 Slot::O => &o,
+                Slot::Part => &part,
                 _ => &stats,
             });
             launch(&q.client, &l, bufs);
