@@ -3,8 +3,10 @@
 //! The project's WGSL compute kernels (`shaders/`, one file per op family): RoPE with
 //! positions as data, causal GQA flash attention with RoPE inside, RMSNorm, SwiGLU,
 //! cross-entropy and AdamW — each with a plain-Rust CPU twin ([`cpu`]) and a GPU entry point
-//! ([`ops`]) over a cached-pipeline wgpu context ([`gpu::Gpu`]). Every shader stays inside
-//! WebGPU's default limits so the same source runs in a browser.
+//! ([`ops`]) over a cached-pipeline wgpu context ([`gpu::Gpu`]); every dispatch is described
+//! once ([`launch`], [`attention`]'s plans). [`fused`] runs the same WGSL as burn ops on burn's
+//! own wgpu buffers, with their backward under autodiff — what the model and trainer use. Every
+//! shader stays inside WebGPU's default limits so the same source runs in a browser.
 
 pub mod attention;
 pub mod cpu;

@@ -1,6 +1,7 @@
 //! The WGSL kernels as burn ops: backend extensions of burn's dispatch backend
-//! (`#[backend_extension(Cube, Flex, Autodiff)]`), so a model written against
-//! `burn::tensor::Tensor` calls them and trains through them unchanged.
+//! (`#[backend_extension(Cube, Flex, Autodiff)]`; AdamW, which runs on plain tensors, without
+//! `Autodiff`), so a model written against `burn::tensor::Tensor` calls them and trains through
+//! them unchanged.
 //!
 //! - `Cube` (wgpu natively, WebGPU in a browser): the shader runs on burn's own cubecl client
 //!   and buffers, from the same [`crate::launch::Launch`] the raw-wgpu path records. A
