@@ -52,7 +52,8 @@ pub fn run(a: Args) -> Result<()> {
     let vocab = model.config.vocab_size;
     let logits = model.forward(&ids, &Positions::row(positions, g), None)?;
     let values = logits
-        .into_data()
+        .try_into_data()
+        .map_err(|e| crate::util::device_error(&e, &a.compute, ids.len()))?
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading logits back: {e:?}"))?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
