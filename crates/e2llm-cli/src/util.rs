@@ -33,37 +33,6 @@ pub fn check_scale(g: f32) -> Result<f32> {
     Ok(g)
 }
 
-/// One clear error for a computation the device could not finish (above all a buffer it would
-/// not allocate), instead of burn's panic with a chain of skipped kernels.
-pub fn device_error(e: &impl fmt::Debug, compute: &Compute, tokens: usize) -> anyhow::Error {
-    let text = format!("{e:?}");
-    let oom = text.split("allocate buffer of size: ").nth(1).map(|rest| {
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-    });
-    match oom {
-        Some(bytes) => anyhow::anyhow!(
-            "{tokens} tokens did not fit on the {} device: it refused a {} MiB buffer; \
-             use fewer tokens{}",
-            compute.backend,
-            bytes.parse::<u64>().map_or(0, |b| b >> 20),
-            if !(compute.kernels == Kernels::Fused
-                || (compute.kernels == Kernels::Auto && compute.backend == "wgpu"))
-            {
-                ", or --kernels fused (no score matrix)"
-            } else {
-                ""
-            }
-        ),
-        None => anyhow::anyhow!(
-            "the {} device failed computing {tokens} tokens: {}",
-            compute.backend,
-            text.lines().next().unwrap_or("unknown error")
-        ),
-    }
-}
-
 /// Where a command computes: `--backend` and `--kernels`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Compute {

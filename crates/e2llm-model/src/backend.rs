@@ -63,3 +63,27 @@ pub fn probe(device: &Device) -> Result<()> {
         }
     }
 }
+
+/// The size in MiB of a buffer the device refused to allocate, if that is what `error` (any
+/// burn/cubecl error, through its `Debug` text) reports.
+pub fn refused_buffer_mib(error: &str) -> Option<u64> {
+    let rest = error.split("allocate buffer of size: ").nth(1)?;
+    let bytes: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    bytes.parse::<u64>().ok().map(|b| b >> 20)
+}
+
+/// One line for a computation the device could not finish: the size of a buffer it refused
+/// ("out of memory") or the first line of the error, not burn's chain of skipped kernels.
+pub fn describe_failure(e: &impl std::fmt::Debug) -> String {
+    let text = format!("{e:?}");
+    match refused_buffer_mib(&text) {
+        Some(mib) => format!(
+            "the device ran out of memory (it refused a {mib} MiB buffer); use a shorter \
+             context, or the fused kernels (--kernels fused: no score matrix)"
+        ),
+        None => format!(
+            "the device failed: {}",
+            text.lines().next().unwrap_or("unknown error")
+        ),
+    }
+}

@@ -119,7 +119,8 @@ impl Default for GenerateOptions {
 }
 
 fn read_row(t: burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
-    t.into_data()
+    t.try_into_data()
+        .map_err(|e| ModelError::Backend(crate::backend::describe_failure(&e)))?
         .try_to_vec::<f32>()
         .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))
 }

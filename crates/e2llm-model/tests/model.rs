@@ -444,3 +444,20 @@ fn attention_map_on_the_gpu_kernel_equals_its_cpu_twin() {
         assert!(d < 1e-4, "{spec:?} at g {g}: GPU vs CPU differ by {d}");
     }
 }
+
+#[test]
+fn a_refused_allocation_reads_as_one_line() {
+    use e2llm_model::backend::{describe_failure, refused_buffer_mib};
+    // The shape of cubecl's error chain when wgpu refuses a buffer.
+    let chain = "An error happened during execution\nCaused by:\n  Several failures at once\n\
+                 Caused by:\n  An IO error happened\nCaused by:\n  can't allocate buffer of size: 268435456";
+    assert_eq!(refused_buffer_mib(chain), Some(256));
+    assert_eq!(refused_buffer_mib("shader compilation failed"), None);
+    let line = describe_failure(&chain);
+    assert!(line.contains("256 MiB") && !line.contains('\n'), "{line}");
+    let other = describe_failure(&"lost the device\nmore");
+    assert!(
+        other.contains("lost the device") && !other.contains("more"),
+        "{other}"
+    );
+}

@@ -99,12 +99,8 @@ fn measure(reps: usize, f: impl FnMut() -> Result<()>) -> Measured {
             eprintln!("  failed: {text}");
             // One table cell: "out of memory (N MiB buffer)" for a refused allocation, else
             // the first line.
-            let why = match text.split("allocate buffer of size: ").nth(1) {
-                Some(rest) => {
-                    let bytes: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    let mib = bytes.parse::<u64>().map_or(0, |b| b >> 20);
-                    format!("out of memory ({mib} MiB buffer)")
-                }
+            let why = match e2llm_model::backend::refused_buffer_mib(&text) {
+                Some(mib) => format!("out of memory ({mib} MiB buffer)"),
                 None => text
                     .lines()
                     .next()

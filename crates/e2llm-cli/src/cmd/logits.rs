@@ -53,7 +53,14 @@ pub fn run(a: Args) -> Result<()> {
     let logits = model.forward(&ids, &Positions::row(positions, g), None)?;
     let values = logits
         .try_into_data()
-        .map_err(|e| crate::util::device_error(&e, &a.compute, ids.len()))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} tokens on {}: {}",
+                ids.len(),
+                a.compute,
+                e2llm_model::backend::describe_failure(&e)
+            )
+        })?
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading logits back: {e:?}"))?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
