@@ -99,7 +99,13 @@ pub fn perplexity(
             let logits = model.forward(ids, &Positions::contiguous(1, length, 0, g), None)?;
             let [_, s, v] = logits.dims();
             let logp = activation::log_softmax(logits.reshape([s, v]), 1)
-                .to_data()
+                .try_into_data()
+                .map_err(|e| {
+                    TrainError::Data(format!(
+                        "perplexity at {length} tokens: {}",
+                        e2llm_model::backend::describe_failure(&e)
+                    ))
+                })?
                 .try_to_vec::<f32>()
                 .map_err(|e| TrainError::Data(format!("reading logits: {e:?}")))?;
             for (i, &t) in targets.iter().enumerate().skip(first) {
