@@ -112,6 +112,23 @@ fn rot(pos: f32, j: u32, dir: f32) -> vec2<f32> {
     return vec2<f32>(cos(a), sin(a)) * p.factor;
 }
 
+// Query qi of head h rotated to its position and scaled: q'_i = RoPE(q_i, qpos_i / g) · scale
+// (the current sequence's q; call after set_batch).
+fn rotated_q(qi: u32, h: u32) -> array<f32, 128> {
+    let d = p.head_dim;
+    let half = d / 2u;
+    let base = qo + (qi * p.hq + h) * d;
+    var qr: array<f32, 128>;
+    for (var j = 0u; j < half; j = j + 1u) {
+        let cs = rot(qpos(qi), j, 1.0);
+        let x0 = q[base + j];
+        let x1 = q[base + j + half];
+        qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
+        qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
+    }
+    return qr;
+}
+
 // Loads key rows t0..t0+tile of kv head `kvh` into `ts` (rotated) and their values into `us`;
 // rows past Skv are zero. Every invocation of the workgroup calls it, between barriers.
 fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
@@ -165,13 +182,7 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         acc[j] = 0.0;
     }
     if (in_range) {
-        for (var j = 0u; j < half; j = j + 1u) {
-            let cs = rot(qpos(qi), j, 1.0);
-            let x0 = q[qo + base_q + j];
-            let x1 = q[qo + base_q + j + half];
-            qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
-            qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
-        }
+        qr = rotated_q(qi, h);
         if (p.c_begin > 0u) {
             m = stats[so + h * p.sq + qi];
             l = stats[so + 2u * hn + h * p.sq + qi];
@@ -240,16 +251,8 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
-    let base_q = (qi * p.hq + h) * d;
-    var qr: array<f32, 128>;
     var acc: array<f32, 128>;
-    for (var j = 0u; j < half; j = j + 1u) {
-        let cs = rot(qpos(qi), j, 1.0);
-        let x0 = q[qo + base_q + j];
-        let x1 = q[qo + base_q + j + half];
-        qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
-        qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
-    }
+    let qr = rotated_q(qi, h);
     for (var j = 0u; j < d; j = j + 1u) {
         acc[j] = 0.0;
     }
@@ -396,13 +399,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var delta = 0.0;
     if (in_range) {
         let base = (qi * p.hq + h) * d;
-        for (var j = 0u; j < half; j = j + 1u) {
-            let cs = rot(qpos(qi), j, 1.0);
-            let x0 = q[qo + base + j];
-            let x1 = q[qo + base + j + half];
-            qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
-            qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
-        }
+        qr = rotated_q(qi, h);
         for (var j = 0u; j < d; j = j + 1u) {
             dor[j] = d_o[qo + base + j];
         }

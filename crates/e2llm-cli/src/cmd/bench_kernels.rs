@@ -183,11 +183,8 @@ pub fn run(a: KernelArgs) -> Result<()> {
             Tensor::<4>::from_data(TensorData::new(data.to_vec(), [1, s, heads, d]), &device)
         };
         let (fq, fk, fv, fdo) = (t(&q, h), t(&k, hkv), t(&v, hkv), t(&d_o, h));
-        let mut aux_host = [pos.as_slice(), &pos, &inv_freq].concat();
-        let aux = Tensor::<1>::from_data(
-            TensorData::new(std::mem::take(&mut aux_host), [2 * s + d / 2]),
-            &device,
-        );
+        let aux_host = [pos.as_slice(), &pos, &inv_freq].concat();
+        let aux = Tensor::<1>::from_data(TensorData::new(aux_host, [2 * s + d / 2]), &device);
         let scale = shape.scale;
         let forward = || {
             fused::rope_attention_forward(

@@ -92,9 +92,13 @@ impl FusedLoss for Flex {
         let (rows, vocab) = rows_vocab(&logits.shape(), &targets.shape(), &weights.shape());
         let (device, shape) = (logits.device(), logits.shape());
         let t: Vec<u32> = pollster::block_on(Flex::int_into_data(targets))
-            .ok()
-            .and_then(|d| d.convert::<i64>().try_into_vec::<i64>().ok())
-            .unwrap_or_default()
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|d| {
+                d.convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .map_err(|e| format!("{e:?}"))
+            })
+            .unwrap_or_else(|e| panic!("reading flex targets back: {e}"))
             .into_iter()
             .map(|v| v as u32)
             .collect();

@@ -160,10 +160,15 @@ pub(crate) fn f32_only(op: &str, t: &CubeTensor) {
     assert!(t.dtype == DType::F32, "{op} runs in f32; got {:?}", t.dtype);
 }
 
-/// Host copy of a flex tensor (flex reads synchronously).
+/// Host copy of a flex tensor (flex reads synchronously, from its own memory). A failure here
+/// is a bug, reported as one (not an empty vector that fails later on a shape).
 pub(crate) fn host(t: FloatTensor<Flex>) -> Vec<f32> {
     pollster::block_on(Flex::float_into_data(t))
-        .ok()
-        .and_then(|d| d.convert::<f32>().try_into_vec::<f32>().ok())
-        .unwrap_or_default()
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|d| {
+            d.convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))
+        })
+        .unwrap_or_else(|e| panic!("reading a flex tensor back: {e}"))
 }
