@@ -22,19 +22,24 @@
 // runtime: storage buffers, then Params as its uniform "info" binding) gets the module from
 // e2llm_kernels::shaders::for_entry. Params must stay uniform: loop bounds around barriers come
 // from it, and WGSL's uniformity analysis (Chrome's Tint) rejects them read from read_write storage.
-// Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory):
-//   attention_fwd      grid (⌈Sq/64⌉, Hq, B): 64 queries of one head; writes o, lse.
+// Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory;
+// each invocation of the tiled kernels takes QB = 4 adjacent rows, so one read of a tile row from
+// workgroup memory feeds four rows' sums — on CPU rasterisers (lavapipe, SwiftShader) those
+// reads, not the arithmetic, bound the kernels: 3× faster than one row per invocation there):
+//   attention_fwd      grid (⌈Sq/256⌉, Hq, B): 256 queries of one head; writes o, lse.
 //   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.
-//   attention_bwd_dq   grid (⌈Sq/64⌉, Hq, B): 64 queries; loops over key tiles; writes dq.
-//   attention_bwd_dkv  grid (⌈Skv/64⌉, Hkv, B): 64 keys; loops over query tiles of each head of the
-//                      group; writes dk, dv.
+//   attention_bwd_dq   grid (⌈Sq/256⌉, Hq, B): 256 queries; loops over key tiles; writes dq.
+//   attention_bwd_dkv  grid (⌈Skv/256⌉, Hkv, B): 256 keys; loops over query tiles of each head of
+//                      the group; writes dk, dv.
 //   attention_decode   grid (splits, Hq, B·Sq): the forward for few queries (a KV-cache step):
 //                      each workgroup takes c_end keys of one query, 64 keys at a time, and
 //                      writes one partial (m, l, acc) to part; attention_decode_combine, grid
 //                      (⌈B·Sq·Hq/64⌉) with c_begin = splits, merges them into o and lse.
 // D ≤ 128 and even.
-// Long loops are split across dispatches (c_begin/c_end, at most 8 tiles each): lavapipe
-// silently dropped the output of workgroups that looped over 16+ tiles with barriers inside.
+// Long loops are split across dispatches (c_begin/c_end, at most 8 tiles each, ~2·2048 inner
+// iterations per tile): llvmpipe (lavapipe) ends every loop of a shader once the invocation has
+// run 65,535 loop iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop) — past
+// that a workgroup's output was silently lost.
 // Between chunks the running state lives in the output buffers: the forward keeps the
 // unnormalised accumulator in o and (m, l) in stats[2·Hq·Sq..]; dq and dk keep the unrotated
 // sums in dq and dkv, dv its sum in dkv.
@@ -112,21 +117,19 @@ fn rot(pos: f32, j: u32, dir: f32) -> vec2<f32> {
     return vec2<f32>(cos(a), sin(a)) * p.factor;
 }
 
-// Query qi of head h rotated to its position and scaled: q'_i = RoPE(q_i, qpos_i / g) · scale
-// (the current sequence's q; call after set_batch).
-fn rotated_q(qi: u32, h: u32) -> array<f32, 128> {
+// Query qi of head h rotated to its position and scaled, q'_i = RoPE(q_i, qpos_i / g) · scale,
+// into *qr (the current sequence's q; call after set_batch).
+fn rotate_q_into(qr: ptr<function, array<f32, 128>>, qi: u32, h: u32) {
     let d = p.head_dim;
     let half = d / 2u;
     let base = qo + (qi * p.hq + h) * d;
-    var qr: array<f32, 128>;
     for (var j = 0u; j < half; j = j + 1u) {
         let cs = rot(qpos(qi), j, 1.0);
         let x0 = q[base + j];
         let x1 = q[base + j + half];
-        qr[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
-        qr[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
+        (*qr)[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
+        (*qr)[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
     }
-    return qr;
 }
 
 // Loads key rows t0..t0+tile of kv head `kvh` into `ts` (rotated) and their values into `us`;
@@ -161,78 +164,108 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
     }
 }
 
+// Rows (queries, or keys for dk/dv) per invocation of the tiled kernels; see the header.
+const QB: u32 = 4u;
+
+// Starts query qi's forward state: rotated q, and (a later chunk) the stored (m, l, acc).
+fn fwd_begin(qr: ptr<function, array<f32, 128>>, acc: ptr<function, array<f32, 128>>, qi: u32,
+             h: u32) -> vec2<f32> {
+    if (qi >= p.sq) {
+        return vec2<f32>(-3.0e38, 0.0);
+    }
+    rotate_q_into(qr, qi, h);
+    if (p.c_begin == 0u) {
+        return vec2<f32>(-3.0e38, 0.0);
+    }
+    let base_q = qo + (qi * p.hq + h) * p.head_dim;
+    for (var j = 0u; j < p.head_dim; j = j + 1u) {
+        (*acc)[j] = o[base_q + j];
+    }
+    let hn = p.hq * p.sq;
+    return vec2<f32>(stats[so + h * p.sq + qi], stats[so + 2u * hn + h * p.sq + qi]);
+}
+
+// Stores query qi's forward state: o and lse on the last chunk, else acc and (m, l).
+fn fwd_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32, m: f32, l: f32) {
+    if (qi >= p.sq) {
+        return;
+    }
+    let base_q = qo + (qi * p.hq + h) * p.head_dim;
+    let hn = p.hq * p.sq;
+    let fin = p.last == 1u;
+    let inv_l = select(1.0, 1.0 / l, fin);
+    for (var j = 0u; j < p.head_dim; j = j + 1u) {
+        o[base_q + j] = (*acc)[j] * inv_l;
+    }
+    stats[so + h * p.sq + qi] = select(m, m + log(l), fin);
+    if (!fin) {
+        stats[so + 2u * hn + h * p.sq + qi] = l;
+    }
+}
+
 @compute @workgroup_size(64)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     set_batch(wid.z);
     let d = p.head_dim;
-    let half = d / 2u;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
-    let qi = wid.x * WG + lid;
-    let in_range = qi < p.sq;
-    let base_q = (qi * p.hq + h) * d;
-    let hn = p.hq * p.sq;
+    let q_first = wid.x * WG * QB;
+    let q0 = q_first + lid * QB;
 
-    var qr: array<f32, 128>;
-    var acc: array<f32, 128>;
-    var m = -3.0e38;
-    var l = 0.0;
-    for (var j = 0u; j < d; j = j + 1u) {
-        acc[j] = 0.0;
-    }
-    if (in_range) {
-        qr = rotated_q(qi, h);
-        if (p.c_begin > 0u) {
-            m = stats[so + h * p.sq + qi];
-            l = stats[so + 2u * hn + h * p.sq + qi];
-            for (var j = 0u; j < d; j = j + 1u) {
-                acc[j] = o[qo + base_q + j];
-            }
-        }
-    }
+    var qa: array<f32, 128>;
+    var qb: array<f32, 128>;
+    var qc: array<f32, 128>;
+    var qd: array<f32, 128>;
+    var aa: array<f32, 128>;
+    var ab: array<f32, 128>;
+    var ac: array<f32, 128>;
+    var ad: array<f32, 128>;
+    let sa = fwd_begin(&qa, &aa, q0, h);
+    let sb = fwd_begin(&qb, &ab, q0 + 1u, h);
+    let sc = fwd_begin(&qc, &ac, q0 + 2u, h);
+    let sd = fwd_begin(&qd, &ad, q0 + 3u, h);
+    var m = vec4<f32>(sa.x, sb.x, sc.x, sd.x);
+    var l = vec4<f32>(sa.y, sb.y, sc.y, sd.y);
+    // Key j is seen by query q0 + c when j < past + q0 + c + 1.
+    let lim = vec4<u32>(past + q0 + 1u) + vec4<u32>(0u, 1u, 2u, 3u);
+    // Keys any of this invocation's queries sees (0: none in range).
+    let kn = select(0u, past + min(q0 + QB, p.sq), q0 < p.sq);
 
     let tile = TILE_FLOATS / d;
-    let last_q = min(wid.x * WG + WG, p.sq) - 1u;
+    let last_q = min(q_first + WG * QB, p.sq) - 1u;
     let kend = min(min(p.skv, past + last_q + 1u), p.c_end);
     for (var t0 = p.c_begin; t0 < kend; t0 = t0 + tile) {
         load_kv_tile(t0, tile, kvh, lid);
         workgroupBarrier();
-        if (in_range) {
-            let hi = min(min(t0 + tile, p.skv), past + qi + 1u);
-            let n = select(0u, hi - t0, hi > t0);
-            for (var r = 0u; r < n; r = r + 1u) {
-                var s = 0.0;
-                for (var j = 0u; j < d; j = j + 1u) {
-                    s = s + qr[j] * ts[r * d + j];
-                }
-                let m_new = max(m, s);
-                let corr = exp(m - m_new);
-                let w = exp(s - m_new);
-                l = l * corr + w;
-                for (var j = 0u; j < d; j = j + 1u) {
-                    acc[j] = acc[j] * corr + w * us[r * d + j];
-                }
-                m = m_new;
+        let hi = min(min(t0 + tile, p.skv), kn);
+        let n = select(0u, hi - t0, hi > t0);
+        for (var r = 0u; r < n; r = r + 1u) {
+            let rb = r * d;
+            var s = vec4<f32>(0.0);
+            for (var j = 0u; j < d; j = j + 1u) {
+                s = s + vec4<f32>(qa[j], qb[j], qc[j], qd[j]) * ts[rb + j];
+            }
+            let seen = vec4<u32>(t0 + r) < lim;
+            let m_new = select(m, max(m, s), seen);
+            let corr = exp(m - m_new);
+            let w = select(vec4<f32>(0.0), exp(s - m_new), seen);
+            l = l * corr + w;
+            m = m_new;
+            for (var j = 0u; j < d; j = j + 1u) {
+                let u = us[rb + j];
+                aa[j] = aa[j] * corr.x + w.x * u;
+                ab[j] = ab[j] * corr.y + w.y * u;
+                ac[j] = ac[j] * corr.z + w.z * u;
+                ad[j] = ad[j] * corr.w + w.w * u;
             }
         }
         workgroupBarrier();
     }
-    if (in_range) {
-        if (p.last == 1u) {
-            let inv_l = 1.0 / l;
-            for (var j = 0u; j < d; j = j + 1u) {
-                o[qo + base_q + j] = acc[j] * inv_l;
-            }
-            stats[so + h * p.sq + qi] = m + log(l);
-        } else {
-            for (var j = 0u; j < d; j = j + 1u) {
-                o[qo + base_q + j] = acc[j];
-            }
-            stats[so + h * p.sq + qi] = m;
-            stats[so + 2u * hn + h * p.sq + qi] = l;
-        }
-    }
+    fwd_end(&aa, q0, h, m.x, l.x);
+    fwd_end(&ab, q0 + 1u, h, m.y, l.y);
+    fwd_end(&ac, q0 + 2u, h, m.z, l.z);
+    fwd_end(&ad, q0 + 3u, h, m.w, l.w);
 }
 
 // Split-key decode, for few queries (the KV-cache case): workgroup (split, h, b·Sq + i) takes
@@ -252,10 +285,8 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
     var acc: array<f32, 128>;
-    let qr = rotated_q(qi, h);
-    for (var j = 0u; j < d; j = j + 1u) {
-        acc[j] = 0.0;
-    }
+    var qr: array<f32, 128>;
+    rotate_q_into(&qr, qi, h);
     var m = -3.0e38;
     var l = 0.0;
     let k0 = wid.x * p.c_end;
@@ -381,79 +412,165 @@ fn attention_bwd_prep(@builtin(global_invocation_id) gid: vec3<u32>) {
     stats[so + p.hq * p.sq + h * p.sq + i] = acc;
 }
 
+// Starts query qi's dq state: rotated q, its dO, (a later chunk) the stored sum; returns
+// (lse, δ). Rows past Sq stay zero.
+fn dq_begin(qr: ptr<function, array<f32, 128>>, dor: ptr<function, array<f32, 128>>,
+            acc: ptr<function, array<f32, 128>>, qi: u32, h: u32) -> vec2<f32> {
+    if (qi >= p.sq) {
+        return vec2<f32>(0.0);
+    }
+    rotate_q_into(qr, qi, h);
+    let base = qo + (qi * p.hq + h) * p.head_dim;
+    for (var j = 0u; j < p.head_dim; j = j + 1u) {
+        (*dor)[j] = d_o[base + j];
+    }
+    if (p.c_begin > 0u) {
+        for (var j = 0u; j < p.head_dim; j = j + 1u) {
+            (*acc)[j] = dq[base + j];
+        }
+    }
+    return vec2<f32>(stats[so + h * p.sq + qi], stats[so + p.hq * p.sq + h * p.sq + qi]);
+}
+
+// Stores query qi's dq: the running sum, or on the last chunk scaled and rotated back.
+fn dq_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32) {
+    if (qi >= p.sq) {
+        return;
+    }
+    let d = p.head_dim;
+    let half = d / 2u;
+    let base = qo + (qi * p.hq + h) * d;
+    if (p.last == 0u) {
+        for (var j = 0u; j < d; j = j + 1u) {
+            dq[base + j] = (*acc)[j];
+        }
+        return;
+    }
+    for (var j = 0u; j < half; j = j + 1u) {
+        let cs = rot(qpos(qi), j, -1.0);
+        let x0 = (*acc)[j] * p.scale;
+        let x1 = (*acc)[j + half] * p.scale;
+        dq[base + j] = x0 * cs.x - x1 * cs.y;
+        dq[base + j + half] = x1 * cs.x + x0 * cs.y;
+    }
+}
+
 @compute @workgroup_size(64)
 fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     set_batch(wid.z);
     let d = p.head_dim;
-    let half = d / 2u;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
-    let qi = wid.x * WG + lid;
-    let in_range = qi < p.sq;
+    let q_first = wid.x * WG * QB;
+    let q0 = q_first + lid * QB;
 
-    var qr: array<f32, 128>;
-    var dor: array<f32, 128>;
-    var acc: array<f32, 128>;
-    var lse = 0.0;
-    var delta = 0.0;
-    if (in_range) {
-        let base = (qi * p.hq + h) * d;
-        qr = rotated_q(qi, h);
-        for (var j = 0u; j < d; j = j + 1u) {
-            dor[j] = d_o[qo + base + j];
-        }
-        lse = stats[so + h * p.sq + qi];
-        delta = stats[so + p.hq * p.sq + h * p.sq + qi];
-    }
-    for (var j = 0u; j < d; j = j + 1u) {
-        acc[j] = 0.0;
-    }
-    if (in_range && p.c_begin > 0u) {
-        let base = (qi * p.hq + h) * d;
-        for (var j = 0u; j < d; j = j + 1u) {
-            acc[j] = dq[qo + base + j];
-        }
-    }
+    var qa: array<f32, 128>;
+    var qb: array<f32, 128>;
+    var qc: array<f32, 128>;
+    var qd: array<f32, 128>;
+    var oa: array<f32, 128>;
+    var ob: array<f32, 128>;
+    var oc: array<f32, 128>;
+    var od: array<f32, 128>;
+    var ga: array<f32, 128>;
+    var gb: array<f32, 128>;
+    var gc: array<f32, 128>;
+    var gd: array<f32, 128>;
+    let sa = dq_begin(&qa, &oa, &ga, q0, h);
+    let sb = dq_begin(&qb, &ob, &gb, q0 + 1u, h);
+    let sc = dq_begin(&qc, &oc, &gc, q0 + 2u, h);
+    let sd = dq_begin(&qd, &od, &gd, q0 + 3u, h);
+    let lse = vec4<f32>(sa.x, sb.x, sc.x, sd.x);
+    let delta = vec4<f32>(sa.y, sb.y, sc.y, sd.y);
+    let lim = vec4<u32>(past + q0 + 1u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let kn = select(0u, past + min(q0 + QB, p.sq), q0 < p.sq);
+
     let tile = TILE_FLOATS / d;
-    let last_q = min(wid.x * WG + WG, p.sq) - 1u;
+    let last_q = min(q_first + WG * QB, p.sq) - 1u;
     let kend = min(min(p.skv, past + last_q + 1u), p.c_end);
     for (var t0 = p.c_begin; t0 < kend; t0 = t0 + tile) {
         load_kv_tile(t0, tile, kvh, lid);
         workgroupBarrier();
-        if (in_range) {
-            let hi = min(min(t0 + tile, p.skv), past + qi + 1u);
-            let n = select(0u, hi - t0, hi > t0);
-            for (var r = 0u; r < n; r = r + 1u) {
-                var s = 0.0;
-                var dp = 0.0;
-                for (var j = 0u; j < d; j = j + 1u) {
-                    s = s + qr[j] * ts[r * d + j];
-                    dp = dp + dor[j] * us[r * d + j];
-                }
-                let ds = exp(s - lse) * (dp - delta);
-                for (var j = 0u; j < d; j = j + 1u) {
-                    acc[j] = acc[j] + ds * ts[r * d + j];
-                }
+        let hi = min(min(t0 + tile, p.skv), kn);
+        let n = select(0u, hi - t0, hi > t0);
+        for (var r = 0u; r < n; r = r + 1u) {
+            let rb = r * d;
+            var s = vec4<f32>(0.0);
+            var dp = vec4<f32>(0.0);
+            for (var j = 0u; j < d; j = j + 1u) {
+                s = s + vec4<f32>(qa[j], qb[j], qc[j], qd[j]) * ts[rb + j];
+                dp = dp + vec4<f32>(oa[j], ob[j], oc[j], od[j]) * us[rb + j];
+            }
+            let seen = vec4<u32>(t0 + r) < lim;
+            let ds = select(vec4<f32>(0.0), exp(s - lse) * (dp - delta), seen);
+            for (var j = 0u; j < d; j = j + 1u) {
+                let t = ts[rb + j];
+                ga[j] = ga[j] + ds.x * t;
+                gb[j] = gb[j] + ds.y * t;
+                gc[j] = gc[j] + ds.z * t;
+                gd[j] = gd[j] + ds.w * t;
             }
         }
         workgroupBarrier();
     }
-    if (in_range && p.last == 0u) {
-        let base = (qi * p.hq + h) * d;
+    dq_end(&ga, q0, h);
+    dq_end(&gb, q0 + 1u, h);
+    dq_end(&gc, q0 + 2u, h);
+    dq_end(&gd, q0 + 3u, h);
+}
+
+// Starts key kj's dk/dv state: rotated k, v, (a later chunk) the stored sums. Rows past Skv
+// stay zero.
+fn dkv_begin(kr: ptr<function, array<f32, 128>>, vr: ptr<function, array<f32, 128>>,
+             dka: ptr<function, array<f32, 128>>, dva: ptr<function, array<f32, 128>>, kj: u32,
+             kvh: u32) {
+    if (kj >= p.skv) {
+        return;
+    }
+    let d = p.head_dim;
+    let half = d / 2u;
+    let base = (kj * p.hkv + kvh) * d;
+    for (var j = 0u; j < half; j = j + 1u) {
+        let cs = rot(kpos(kj), j, 1.0);
+        let x0 = k[ko + base + j];
+        let x1 = k[ko + base + j + half];
+        (*kr)[j] = x0 * cs.x - x1 * cs.y;
+        (*kr)[j + half] = x1 * cs.x + x0 * cs.y;
+    }
+    for (var j = 0u; j < d; j = j + 1u) {
+        (*vr)[j] = v[ko + base + j];
+    }
+    if (p.c_begin > 0u) {
         for (var j = 0u; j < d; j = j + 1u) {
-            dq[qo + base + j] = acc[j];
+            (*dka)[j] = dkv[ko + base + j];
+            (*dva)[j] = dkv[dv_at(base + j)];
         }
     }
-    if (in_range && p.last == 1u) {
-        let base = (qi * p.hq + h) * d;
-        for (var j = 0u; j < half; j = j + 1u) {
-            let cs = rot(qpos(qi), j, -1.0);
-            let x0 = acc[j] * p.scale;
-            let x1 = acc[j + half] * p.scale;
-            dq[qo + base + j] = x0 * cs.x - x1 * cs.y;
-            dq[qo + base + j + half] = x1 * cs.x + x0 * cs.y;
+}
+
+// Stores key kj's dk and dv: the running sums, or on the last chunk dk rotated back.
+fn dkv_end(dka: ptr<function, array<f32, 128>>, dva: ptr<function, array<f32, 128>>, kj: u32,
+           kvh: u32) {
+    if (kj >= p.skv) {
+        return;
+    }
+    let d = p.head_dim;
+    let half = d / 2u;
+    let base = (kj * p.hkv + kvh) * d;
+    for (var j = 0u; j < d; j = j + 1u) {
+        dkv[dv_at(base + j)] = (*dva)[j];
+    }
+    if (p.last == 0u) {
+        for (var j = 0u; j < d; j = j + 1u) {
+            dkv[ko + base + j] = (*dka)[j];
         }
+        return;
+    }
+    for (var j = 0u; j < half; j = j + 1u) {
+        let cs = rot(kpos(kj), j, -1.0);
+        dkv[ko + base + j] = (*dka)[j] * cs.x - (*dka)[j + half] * cs.y;
+        dkv[ko + base + j + half] = (*dka)[j + half] * cs.x + (*dka)[j] * cs.y;
     }
 }
 
@@ -465,40 +582,34 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let kvh = wid.y;
     let group = p.hq / p.hkv;
     let past = p.skv - p.sq;
-    let kj = wid.x * WG + lid;
-    let in_range = kj < p.skv;
+    let k_first = wid.x * WG * QB;
+    let k0 = k_first + lid * QB;
 
-    var kr: array<f32, 128>;
-    var vr: array<f32, 128>;
-    var dka: array<f32, 128>;
-    var dva: array<f32, 128>;
-    if (in_range) {
-        let base = (kj * p.hkv + kvh) * d;
-        for (var j = 0u; j < half; j = j + 1u) {
-            let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[ko + base + j];
-            let x1 = k[ko + base + j + half];
-            kr[j] = x0 * cs.x - x1 * cs.y;
-            kr[j + half] = x1 * cs.x + x0 * cs.y;
-        }
-        for (var j = 0u; j < d; j = j + 1u) {
-            vr[j] = v[ko + base + j];
-        }
-    }
-    for (var j = 0u; j < d; j = j + 1u) {
-        dka[j] = 0.0;
-        dva[j] = 0.0;
-    }
-    if (in_range && p.c_begin > 0u) {
-        let base = (kj * p.hkv + kvh) * d;
-        for (var j = 0u; j < d; j = j + 1u) {
-            dka[j] = dkv[ko + base + j];
-            dva[j] = dkv[dv_at(base + j)];
-        }
-    }
+    var ka: array<f32, 128>;
+    var kb: array<f32, 128>;
+    var kc: array<f32, 128>;
+    var kd: array<f32, 128>;
+    var va: array<f32, 128>;
+    var vb: array<f32, 128>;
+    var vc: array<f32, 128>;
+    var vd: array<f32, 128>;
+    var ga: array<f32, 128>;
+    var gb: array<f32, 128>;
+    var gc: array<f32, 128>;
+    var gd: array<f32, 128>;
+    var ua: array<f32, 128>;
+    var ub: array<f32, 128>;
+    var uc: array<f32, 128>;
+    var ud: array<f32, 128>;
+    dkv_begin(&ka, &va, &ga, &ua, k0, kvh);
+    dkv_begin(&kb, &vb, &gb, &ub, k0 + 1u, kvh);
+    dkv_begin(&kc, &vc, &gc, &uc, k0 + 2u, kvh);
+    dkv_begin(&kd, &vd, &gd, &ud, k0 + 3u, kvh);
+    let keys = vec4<u32>(k0) + vec4<u32>(0u, 1u, 2u, 3u);
+    let live = keys < vec4<u32>(p.skv);
+
     let tile = TILE_FLOATS / d;
-    // Queries that see the first key of this workgroup: i ≥ k0 − past.
-    let k_first = wid.x * WG;
+    // Queries that see the first key of this workgroup: i ≥ k_first − past.
     let q_start = select(0u, k_first - past, k_first > past);
     // One flat loop over (head of the group, query tile).
     let first = q_start - q_start % tile;
@@ -506,72 +617,65 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     for (var it = p.c_begin; it < min(group * n_tiles, p.c_end); it = it + 1u) {
         let h = kvh * group + it / n_tiles;
         let t0 = first + (it % n_tiles) * tile;
-        {
-            for (var e = lid; e < tile * half; e = e + WG) {
-                let r = e / half;
-                let j = e % half;
-                let qi = t0 + r;
-                var q0 = 0.0;
-                var q1 = 0.0;
-                if (qi < p.sq) {
-                    let base = (qi * p.hq + h) * d;
-                    let cs = rot(qpos(qi), j, 1.0);
-                    let x0 = q[qo + base + j];
-                    let x1 = q[qo + base + j + half];
-                    q0 = (x0 * cs.x - x1 * cs.y) * p.scale;
-                    q1 = (x1 * cs.x + x0 * cs.y) * p.scale;
-                }
-                ts[r * d + j] = q0;
-                ts[r * d + j + half] = q1;
+        for (var e = lid; e < tile * half; e = e + WG) {
+            let r = e / half;
+            let j = e % half;
+            let qi = t0 + r;
+            var q0 = 0.0;
+            var q1 = 0.0;
+            if (qi < p.sq) {
+                let base = (qi * p.hq + h) * d;
+                let cs = rot(qpos(qi), j, 1.0);
+                let x0 = q[qo + base + j];
+                let x1 = q[qo + base + j + half];
+                q0 = (x0 * cs.x - x1 * cs.y) * p.scale;
+                q1 = (x1 * cs.x + x0 * cs.y) * p.scale;
             }
-            for (var e = lid; e < tile * d; e = e + WG) {
-                let qi = t0 + e / d;
-                var val = 0.0;
-                if (qi < p.sq) {
-                    val = d_o[qo + (qi * p.hq + h) * d + e % d];
-                }
-                us[e] = val;
+            ts[r * d + j] = q0;
+            ts[r * d + j + half] = q1;
+        }
+        for (var e = lid; e < tile * d; e = e + WG) {
+            let qi = t0 + e / d;
+            var val = 0.0;
+            if (qi < p.sq) {
+                val = d_o[qo + (qi * p.hq + h) * d + e % d];
             }
-            workgroupBarrier();
-            if (in_range) {
-                let n = min(tile, p.sq - t0);
-                for (var r = 0u; r < n; r = r + 1u) {
-                    let qi = t0 + r;
-                    if (kj <= past + qi) {
-                        var s = 0.0;
-                        var dp = 0.0;
-                        for (var j = 0u; j < d; j = j + 1u) {
-                            s = s + ts[r * d + j] * kr[j];
-                            dp = dp + us[r * d + j] * vr[j];
-                        }
-                        let pij = exp(s - stats[so + h * p.sq + qi]);
-                        let ds = pij * (dp - stats[so + p.hq * p.sq + h * p.sq + qi]);
-                        for (var j = 0u; j < d; j = j + 1u) {
-                            dva[j] = dva[j] + pij * us[r * d + j];
-                            dka[j] = dka[j] + ds * ts[r * d + j];
-                        }
-                    }
+            us[e] = val;
+        }
+        workgroupBarrier();
+        let n = min(tile, p.sq - t0);
+        for (var r = 0u; r < n; r = r + 1u) {
+            let qi = t0 + r;
+            // Key k0 + c is seen by query qi when k0 + c ≤ past + qi.
+            if (k0 <= past + qi && k0 < p.skv) {
+                let rb = r * d;
+                var s = vec4<f32>(0.0);
+                var dp = vec4<f32>(0.0);
+                for (var j = 0u; j < d; j = j + 1u) {
+                    s = s + vec4<f32>(ka[j], kb[j], kc[j], kd[j]) * ts[rb + j];
+                    dp = dp + vec4<f32>(va[j], vb[j], vc[j], vd[j]) * us[rb + j];
+                }
+                let seen = live & (keys <= vec4<u32>(past + qi));
+                let pij = select(vec4<f32>(0.0), exp(s - stats[so + h * p.sq + qi]), seen);
+                let ds = pij * (dp - stats[so + p.hq * p.sq + h * p.sq + qi]);
+                for (var j = 0u; j < d; j = j + 1u) {
+                    let t = ts[rb + j];
+                    let u = us[rb + j];
+                    ga[j] = ga[j] + ds.x * t;
+                    gb[j] = gb[j] + ds.y * t;
+                    gc[j] = gc[j] + ds.z * t;
+                    gd[j] = gd[j] + ds.w * t;
+                    ua[j] = ua[j] + pij.x * u;
+                    ub[j] = ub[j] + pij.y * u;
+                    uc[j] = uc[j] + pij.z * u;
+                    ud[j] = ud[j] + pij.w * u;
                 }
             }
-            workgroupBarrier();
         }
+        workgroupBarrier();
     }
-    if (in_range && p.last == 0u) {
-        let base = (kj * p.hkv + kvh) * d;
-        for (var j = 0u; j < d; j = j + 1u) {
-            dkv[ko + base + j] = dka[j];
-            dkv[dv_at(base + j)] = dva[j];
-        }
-    }
-    if (in_range && p.last == 1u) {
-        let base = (kj * p.hkv + kvh) * d;
-        for (var j = 0u; j < half; j = j + 1u) {
-            let cs = rot(kpos(kj), j, -1.0);
-            dkv[ko + base + j] = dka[j] * cs.x - dka[j + half] * cs.y;
-            dkv[ko + base + j + half] = dka[j + half] * cs.x + dka[j] * cs.y;
-        }
-        for (var j = 0u; j < d; j = j + 1u) {
-            dkv[dv_at(base + j)] = dva[j];
-        }
-    }
+    dkv_end(&ga, &ua, k0, kvh);
+    dkv_end(&gb, &ub, k0 + 1u, kvh);
+    dkv_end(&gc, &uc, k0 + 2u, kvh);
+    dkv_end(&gd, &ud, k0 + 3u, kvh);
 }

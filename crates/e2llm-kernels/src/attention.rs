@@ -14,6 +14,13 @@ use crate::shaders;
 /// into chunks (see the shader header for why).
 pub const TILES_PER_DISPATCH: usize = 8;
 
+/// Query (forward, dq) or key (dk/dv) rows each invocation of the tiled kernels takes
+/// (`QB` in `attention.wgsl`): a workgroup of 64 covers this many times 64 rows.
+pub const ROWS_PER_INVOCATION: usize = 4;
+
+/// Rows one workgroup of the tiled kernels covers.
+const ROWS_PER_WORKGROUP: u32 = 64 * ROWS_PER_INVOCATION as u32;
+
 /// Key (or query) rows per tile for head width `d`: two tiles fill 16 KiB of workgroup memory.
 pub fn tile_rows(d: usize) -> usize {
     2048 / d
@@ -227,7 +234,11 @@ pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
                 "attention_fwd",
                 FWD,
                 params(s, batch, begin, end, last),
-                ((s.sq as u32).div_ceil(64), s.hq as u32, batch as u32),
+                (
+                    (s.sq as u32).div_ceil(ROWS_PER_WORKGROUP),
+                    s.hq as u32,
+                    batch as u32,
+                ),
             )
         })
         .collect()
@@ -248,7 +259,7 @@ pub fn backward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
             "attention_bwd_dq",
             DQ,
             params(s, batch, begin, end, last),
-            ((s.sq as u32).div_ceil(64), s.hq as u32, b),
+            ((s.sq as u32).div_ceil(ROWS_PER_WORKGROUP), s.hq as u32, b),
         ));
     }
     // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
@@ -258,7 +269,7 @@ pub fn backward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
             "attention_bwd_dkv",
             DKV,
             params(s, batch, begin, end, last),
-            ((s.skv as u32).div_ceil(64), s.hkv as u32, b),
+            ((s.skv as u32).div_ceil(ROWS_PER_WORKGROUP), s.hkv as u32, b),
         ));
     }
     plan

@@ -125,6 +125,23 @@ fn every_shader_parses_and_validates_with_naga() {
 }
 
 #[test]
+fn the_attention_plans_cover_the_rows_the_shader_gives_each_invocation() {
+    // The host sizes the tiled kernels' grids by ROWS_PER_INVOCATION; the shader's QB must agree
+    // or rows would be skipped (or computed twice).
+    let module = naga::front::wgsl::parse_str(shaders::ATTENTION).expect("parses");
+    let (_, qb) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some("QB"))
+        .expect("attention.wgsl declares QB");
+    let value = match module.global_expressions[qb.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
+        ref e => panic!("QB is {e:?}"),
+    };
+    assert_eq!(value, e2llm_kernels::attention::ROWS_PER_INVOCATION);
+}
+
+#[test]
 fn rope_twin_backward_is_the_inverse_and_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (t, h, d) = (5, 3, 16);
@@ -348,6 +365,7 @@ fn flash_attention_matches_the_plain_path() {
         (65, 65, 8, 2, 128, 64.0),
         (130, 130, 2, 1, 32, 17.0),
         (1100, 1100, 1, 1, 32, 1.0),
+        (270, 600, 4, 2, 32, 5.0),
         (600, 600, 2, 2, 64, 3.0),
         (300, 300, 4, 2, 128, 1.0),
     ];
@@ -443,6 +461,7 @@ fn flash_attention_backward_matches_its_twin() {
         (300, 300, 4, 1, 32, 1.0),
         (65, 65, 4, 1, 128, 1.0),
         (700, 700, 2, 1, 64, 9.0),
+        (270, 530, 2, 1, 32, 3.0),
     ];
     for case in cases {
         let Case {
