@@ -167,6 +167,13 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
 // Rows (queries, or keys for dk/dv) per invocation of the tiled kernels; see the header.
 const QB: u32 = 4u;
 
+// Row block of workgroup x out of n: 0, n−1, 1, n−2, … Causal blocks cost more the later their
+// queries (or the earlier their keys); pairing heavy with light balances runtimes that hand
+// out workgroups in contiguous runs (llvmpipe: 1.2× at one head of 4k).
+fn zigzag(x: u32, n: u32) -> u32 {
+    return select(n - 1u - x / 2u, x / 2u, x % 2u == 0u);
+}
+
 // Starts query qi's forward state: rotated q, and (a later chunk) the stored (m, l, acc).
 fn fwd_begin(qr: ptr<function, array<f32, 128>>, acc: ptr<function, array<f32, 128>>, qi: u32,
              h: u32) -> vec2<f32> {
@@ -204,13 +211,14 @@ fn fwd_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32, m: f32, l: f32)
 }
 
 @compute @workgroup_size(64)
-fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
     set_batch(wid.z);
     let d = p.head_dim;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
-    let q_first = wid.x * WG * QB;
+    let q_first = zigzag(wid.x, nwg.x) * WG * QB;
     let q0 = q_first + lid * QB;
 
     var qa: array<f32, 128>;
@@ -456,13 +464,14 @@ fn dq_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32) {
 }
 
 @compute @workgroup_size(64)
-fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
     set_batch(wid.z);
     let d = p.head_dim;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
-    let q_first = wid.x * WG * QB;
+    let q_first = zigzag(wid.x, nwg.x) * WG * QB;
     let q0 = q_first + lid * QB;
 
     var qa: array<f32, 128>;
@@ -575,14 +584,15 @@ fn dkv_end(dka: ptr<function, array<f32, 128>>, dva: ptr<function, array<f32, 12
 }
 
 @compute @workgroup_size(64)
-fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
     set_batch(wid.z);
     let d = p.head_dim;
     let half = d / 2u;
     let kvh = wid.y;
     let group = p.hq / p.hkv;
     let past = p.skv - p.sq;
-    let k_first = wid.x * WG * QB;
+    let k_first = zigzag(wid.x, nwg.x) * WG * QB;
     let k0 = k_first + lid * QB;
 
     var ka: array<f32, 128>;

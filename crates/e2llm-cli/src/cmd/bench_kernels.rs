@@ -96,19 +96,24 @@ fn measure(reps: usize, f: impl FnMut() -> Result<()>) -> Measured {
         Ok(ms) => Measured::Ms(ms),
         Err(e) => {
             let text = format!("{e:#}");
-            eprintln!("  failed: {text}");
-            // One table cell: "out of memory (N MiB buffer)" for a refused allocation, else
-            // the first line.
+            // One table cell: "out of memory (N MiB buffer)" for a refused allocation (the
+            // expected failure of the quadratic paths: one line on stderr), else the first
+            // line (the whole error on stderr).
             let why = match e2llm_model::backend::refused_buffer_mib(&text) {
                 Some(mib) => format!("out of memory ({mib} MiB buffer)"),
-                None => text
-                    .lines()
-                    .next()
-                    .unwrap_or("failed")
-                    .chars()
-                    .take(80)
-                    .collect(),
+                None => {
+                    eprintln!("  failed: {text}");
+                    text.lines()
+                        .next()
+                        .unwrap_or("failed")
+                        .chars()
+                        .take(80)
+                        .collect()
+                }
             };
+            if why.starts_with("out of memory") {
+                eprintln!("  {why}");
+            }
             Measured::Failed(why)
         }
     }
