@@ -25,6 +25,16 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// Reads `t` back to the host as f32 values; a device failure (above all an allocation the
+/// adapter refused) is one [`ModelError::Backend`] line saying so ([`describe_failure`]) instead
+/// of burn's panic.
+pub fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    t.try_into_data()
+        .map_err(|e| ModelError::Backend(describe_failure(&e)))?
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Backend(format!("reading a tensor back: {e:?}")))
+}
+
 /// [`device`] followed by [`probe`]: a device that is known to run, or why not.
 pub fn open(name: &str) -> Result<Device> {
     let device = device(name)?;

@@ -119,10 +119,7 @@ impl Default for GenerateOptions {
 }
 
 fn read_row(t: burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
-    t.try_into_data()
-        .map_err(|e| ModelError::Backend(crate::backend::describe_failure(&e)))?
-        .try_to_vec::<f32>()
-        .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))
+    crate::backend::read_f32(t)
 }
 
 /// Generates after `prompt` with a KV cache, positions `0, 1, 2, …` divided by `rope_scale`.

@@ -259,6 +259,12 @@ pub fn init_random(config: LlamaConfig, std: f32, seed: u64, device: &Device) ->
 /// One weight on the host: HF name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
+/// `t` on the host; a device failure is one [`ModelError::Backend`] line.
+fn data<const D: usize>(t: Tensor<D>) -> Result<TensorData> {
+    t.try_into_data()
+        .map_err(|e| ModelError::Backend(crate::backend::describe_failure(&e)))
+}
+
 /// Reads every weight back to the host, by HF name, in `tensor_specs` order.
 pub fn to_host(model: &Llama) -> Result<Vec<NamedTensor>> {
     let mut out = Vec::new();
@@ -266,15 +272,15 @@ pub fn to_host(model: &Llama) -> Result<Vec<NamedTensor>> {
         t.try_to_vec::<f32>()
             .map_err(|e| ModelError::Backend(format!("{e:?}")))
     };
-    let mut push = |name: String, data: TensorData| -> Result<()> {
-        let shape = data.shape().to_vec();
-        out.push((name, shape, read(data)?));
+    let mut push = |name: String, host: TensorData| -> Result<()> {
+        let shape = host.shape().to_vec();
+        out.push((name, shape, read(host)?));
         Ok(())
     };
     let lin = |l: &Linear| (l.weight.val(), l.bias.as_ref().map(|b| b.val()));
     push(
         "model.embed_tokens.weight".into(),
-        model.embed_tokens.val().into_data(),
+        data(model.embed_tokens.val())?,
     )?;
     for (i, layer) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
@@ -290,26 +296,23 @@ pub fn to_host(model: &Llama) -> Result<Vec<NamedTensor>> {
             ("mlp.down_proj", &m.down_proj),
         ] {
             let (w, b) = lin(l);
-            push(format!("{p}.{name}.weight"), w.into_data())?;
+            push(format!("{p}.{name}.weight"), data(w)?)?;
             if let Some(b) = b {
-                push(format!("{p}.{name}.bias"), b.into_data())?;
+                push(format!("{p}.{name}.bias"), data(b)?)?;
             }
         }
         push(
             format!("{p}.input_layernorm.weight"),
-            layer.input_layernorm.weight.val().into_data(),
+            data(layer.input_layernorm.weight.val())?,
         )?;
         push(
             format!("{p}.post_attention_layernorm.weight"),
-            layer.post_attention_layernorm.weight.val().into_data(),
+            data(layer.post_attention_layernorm.weight.val())?,
         )?;
     }
-    push(
-        "model.norm.weight".into(),
-        model.norm.weight.val().into_data(),
-    )?;
+    push("model.norm.weight".into(), data(model.norm.weight.val())?)?;
     if let Some(head) = &model.lm_head {
-        push("lm_head.weight".into(), head.weight.val().into_data())?;
+        push("lm_head.weight".into(), data(head.weight.val())?)?;
     }
     Ok(out)
 }

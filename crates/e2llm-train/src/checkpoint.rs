@@ -94,10 +94,7 @@ fn moments_bytes(opt: &AdamW) -> Result<Vec<u8>> {
     for n in names {
         let (m, v) = &opt.moments[n];
         for (suffix, t) in [("exp_avg", m), ("exp_avg_sq", v)] {
-            let vals = t
-                .to_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Data(format!("reading optimizer state: {e:?}")))?;
+            let vals = e2llm_model::backend::read_f32(t.clone())?;
             let len = vals.len();
             host.push((
                 format!("{n}.{suffix}"),

@@ -9,6 +9,8 @@ use burn::tensor::{Gradients, Tensor};
 use e2llm_model::kernels::cpu::AdamWParams;
 use e2llm_model::Llama;
 
+use crate::error::Result;
+
 /// Turns a burn module path (`layers.0.self_attn.q_proj.weight`) into the HF tensor name.
 pub fn hf_name(path: &[String]) -> String {
     let p = path.join(".");
@@ -71,18 +73,19 @@ impl NamedGrads {
         }
     }
 
-    /// The global L2 norm over all gradients (one read-back).
-    pub fn global_norm(&self) -> f32 {
+    /// The global L2 norm over all gradients (one read-back; a device failure is an error).
+    pub fn global_norm(&self) -> Result<f32> {
         let mut names: Vec<&String> = self.grads.keys().collect();
         names.sort();
         let total = names
             .iter()
             .map(|n| self.grads[*n].clone().powi_scalar(2).sum())
             .reduce(|a, b| a + b);
-        total
-            .and_then(|t| t.into_data().try_to_vec::<f32>().ok())
-            .and_then(|v| v.first().copied())
-            .map_or(0.0, f32::sqrt)
+        let Some(total) = total else { return Ok(0.0) };
+        Ok(e2llm_model::backend::read_f32(total)?
+            .first()
+            .copied()
+            .map_or(0.0, f32::sqrt))
     }
 }
 

@@ -191,11 +191,10 @@ impl Trainer {
         for micro in 0..self.cfg.grad_accum {
             let (rows, placement) = self.batch(self.step, micro)?;
             let loss = self.loss(&rows, &placement)?;
-            let value = loss
-                .to_data()
-                .try_to_vec::<f32>()
-                .ok()
-                .and_then(|v| v.first().copied())
+            // A device failure is an error of its own, not a NaN loss.
+            let value = e2llm_model::backend::read_f32(loss.clone())?
+                .first()
+                .copied()
                 .unwrap_or(f32::NAN);
             if !value.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -213,7 +212,7 @@ impl Trainer {
         if self.cfg.grad_accum > 1 {
             grads.scale(1.0 / micro);
         }
-        let norm = grads.global_norm();
+        let norm = grads.global_norm()?;
         if !norm.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.step + 1,
