@@ -9,9 +9,9 @@
 use burn::tensor::Tensor;
 use e2llm_core::passkey::{build_passkey, score, PasskeyPrompt, PasskeySpec, ScaleMode};
 use e2llm_core::LlamaConfig;
-use e2llm_model::generate::argmax;
+use e2llm_model::generate::{argmax, decode_step};
 use e2llm_model::{
-    checkpoint, AttentionImage, Device, KvCache, Llama, MapSpec, ModelError, Positions, Tokenizer,
+    checkpoint, AttentionImage, Device, KvCache, Llama, MapSpec, ModelError, Tokenizer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -383,11 +383,7 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
 }
 
 async fn read(t: Tensor<1>) -> Result<Vec<f32>> {
-    t.into_data_async()
-        .await
-        .map_err(|e| ModelError::Backend(format!("reading logits back: {e:?}")))?
-        .try_into_vec::<f32>()
-        .map_err(|e| WebError::Model(ModelError::Backend(format!("logits are not f32: {e:?}"))))
+    Ok(e2llm_model::backend::read_f32_async(t).await?)
 }
 
 /// One trial in progress: the prompt, the cache filled so far, the last logits.
@@ -480,9 +476,8 @@ impl Run {
             if step + 1 == self.max_new_tokens {
                 break;
             }
-            let pos = Positions::row(vec![(n + step) as f32], self.g);
-            let l = model.forward(&[next], &pos, Some(&mut self.cache))?;
-            logits = read(l.reshape([model.config.vocab_size])).await?;
+            let l = decode_step(model, next, n + step, self.g, &mut self.cache)?;
+            logits = read(l).await?;
         }
         // The cache now holds answer tokens: a second answer would read them as prompt.
         self.last = None;

@@ -7,10 +7,11 @@
 //! RoPE, and pools with `e2llm_kernels::cpu::attention_map`, the CPU twin of
 //! `shaders/attention_map.wgsl` (which takes the same un-rotated q/k and positions).
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use e2llm_kernels::cpu::{self, AttentionShape, MapWindow};
 use e2llm_kernels::Gpu;
 
+use crate::backend::{read_f32, read_f32_async};
 use crate::error::{ModelError, Result};
 use crate::llama::{KvCache, Llama};
 use crate::rope::Positions;
@@ -157,8 +158,8 @@ impl Llama {
     ) -> Result<AttentionImage> {
         self.check_map(ids.len(), g, spec)?;
         let (q, k) = self.layer_qk(ids, positions, g, spec.layer, chunk)?;
-        let q = host(q.try_into_data())?;
-        let k = host(k.try_into_data())?;
+        let q = read_f32(q)?;
+        let k = read_f32(k)?;
         self.pool(&q, &k, positions, g, spec, backend)
     }
 
@@ -173,8 +174,8 @@ impl Llama {
     ) -> Result<AttentionImage> {
         self.check_map(ids.len(), g, spec)?;
         let (q, k) = self.layer_qk(ids, positions, g, spec.layer, chunk)?;
-        let q = host(q.into_data_async().await)?;
-        let k = host(k.into_data_async().await)?;
+        let q = read_f32_async(q).await?;
+        let k = read_f32_async(k).await?;
         self.pool(&q, &k, positions, g, spec, MapBackend::Cpu)
     }
 
@@ -289,10 +290,4 @@ impl Llama {
         }
         Ok(x)
     }
-}
-
-fn host<E: std::fmt::Debug>(data: std::result::Result<TensorData, E>) -> Result<Vec<f32>> {
-    data.map_err(|e| ModelError::Input(format!("reading attention inputs back: {e:?}")))?
-        .try_into_vec::<f32>()
-        .map_err(|e| ModelError::Input(format!("attention inputs are not f32: {e:?}")))
 }

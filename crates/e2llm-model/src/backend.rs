@@ -29,8 +29,19 @@ pub fn device(name: &str) -> Result<Device> {
 /// adapter refused) is one [`ModelError::Backend`] line saying so ([`describe_failure`]) instead
 /// of burn's panic.
 pub fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
-    t.try_into_data()
-        .map_err(|e| ModelError::Backend(describe_failure(&e)))?
+    host_f32(t.try_into_data())
+}
+
+/// [`read_f32`] with asynchronous read-back: what WebGPU in a browser needs (a blocking read
+/// cannot wait for the device there).
+pub async fn read_f32_async<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    host_f32(t.into_data_async().await)
+}
+
+fn host_f32<E: std::fmt::Debug>(
+    data: std::result::Result<burn::tensor::TensorData, E>,
+) -> Result<Vec<f32>> {
+    data.map_err(|e| ModelError::Backend(describe_failure(&e)))?
         .try_to_vec::<f32>()
         .map_err(|e| ModelError::Backend(format!("reading a tensor back: {e:?}")))
 }

@@ -3,6 +3,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::backend::read_f32;
 use crate::error::{ModelError, Result};
 use crate::llama::{KvCache, Llama};
 use crate::rope::Positions;
@@ -118,8 +119,19 @@ impl Default for GenerateOptions {
     }
 }
 
-fn read_row(t: burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
-    crate::backend::read_f32(t)
+/// One decode step's forward: `token` at position `pos` (÷ `g`) through `cache`, which it
+/// extends. Returns the logits `[vocab]` on the device — read them back with
+/// [`crate::backend::read_f32`], or [`crate::backend::read_f32_async`] in a browser. [`generate`]
+/// and the web demo's answer loop both step through it.
+pub fn decode_step(
+    model: &Llama,
+    token: u32,
+    pos: usize,
+    g: f32,
+    cache: &mut KvCache,
+) -> Result<burn::tensor::Tensor<1>> {
+    let l = model.forward(&[token], &Positions::row(vec![pos as f32], g), Some(cache))?;
+    Ok(l.reshape([model.config.vocab_size]))
 }
 
 /// Generates after `prompt` with a KV cache, positions `0, 1, 2, …` divided by `rope_scale`.
@@ -139,7 +151,7 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling);
     let mut cache = KvCache::new(model.layers.len());
     let positions: Vec<f32> = (0..prompt.len()).map(|p| p as f32).collect();
-    let mut logits = read_row(model.prefill(
+    let mut logits = read_f32(model.prefill(
         prompt,
         &positions,
         opts.rope_scale,
@@ -157,9 +169,14 @@ pub fn generate(
         if !on_token(next) || step + 1 == opts.max_new_tokens {
             break;
         }
-        let pos = Positions::row(vec![(prompt.len() + step) as f32], opts.rope_scale);
-        let l = model.forward(&[next], &pos, Some(&mut cache))?;
-        logits = read_row(l.reshape([model.config.vocab_size]))?;
+        let l = decode_step(
+            model,
+            next,
+            prompt.len() + step,
+            opts.rope_scale,
+            &mut cache,
+        )?;
+        logits = read_f32(l)?;
     }
     Ok(out)
 }
