@@ -205,6 +205,20 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
     ]
 }
 
+/// Query blocks (of [`ROWS_PER_WORKGROUP`]) the forward or dq launches for the chunk of keys from
+/// `begin`: none whose queries all end before key `begin`, except on the `last` chunk, which
+/// finishes every block (`first_block` in the shader).
+fn query_blocks(s: AttentionShape, begin: usize, last: bool) -> u32 {
+    let blocks = (s.sq as u32).div_ceil(ROWS_PER_WORKGROUP);
+    let past = s.skv - s.sq;
+    let first = if begin > past && !last {
+        ((begin - past) as u32) / ROWS_PER_WORKGROUP
+    } else {
+        0
+    };
+    blocks - first
+}
+
 /// The forward of `batch` sequences of shape `s`: o and lse. Few queries (a KV-cache step) take
 /// the split-key decode (keys spread over workgroups, then merged); otherwise the tiled
 /// forward, its key loop chunked over dispatches.
@@ -234,11 +248,7 @@ pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
                 "attention_fwd",
                 FWD,
                 params(s, batch, begin, end, last),
-                (
-                    (s.sq as u32).div_ceil(ROWS_PER_WORKGROUP),
-                    s.hq as u32,
-                    batch as u32,
-                ),
+                (query_blocks(s, begin, last), s.hq as u32, batch as u32),
             )
         })
         .collect()
@@ -259,7 +269,7 @@ pub fn backward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
             "attention_bwd_dq",
             DQ,
             params(s, batch, begin, end, last),
-            ((s.sq as u32).div_ceil(ROWS_PER_WORKGROUP), s.hq as u32, b),
+            (query_blocks(s, begin, last), s.hq as u32, b),
         ));
     }
     // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
