@@ -177,6 +177,17 @@ fn zigzag(x: u32, n: u32) -> u32 {
     return select(n - 1u - x / 2u, x / 2u, x % 2u == 0u);
 }
 
+// Causal limits of the QB queries q0 .. q0 + 3 (the forward and dq): component c is the number
+// of keys query q0 + c sees, past + q0 + c + 1 (key j is seen when j < it).
+fn seen_limits(q0: u32) -> vec4<u32> {
+    return vec4<u32>(p.skv - p.sq + q0 + 1u) + vec4<u32>(0u, 1u, 2u, 3u);
+}
+
+// Keys any of queries q0 .. q0 + 3 sees: those of the last one in range (0: none in range).
+fn keys_seen(q0: u32) -> u32 {
+    return select(0u, p.skv - p.sq + min(q0 + QB, p.sq), q0 < p.sq);
+}
+
 // First query block with work in this chunk of keys [c_begin, c_end) (the forward and dq): blocks
 // whose queries all end before key c_begin are not launched (the host's grid starts here) —
 // except on the last chunk, which finishes every block.
@@ -228,7 +239,6 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let d = p.head_dim;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
-    let past = p.skv - p.sq;
     let q_first = (first_block() + zigzag(wid.x, nwg.x)) * WG * QB;
     let q0 = q_first + lid * QB;
 
@@ -246,10 +256,8 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let sd = fwd_begin(&qd, &ad, q0 + 3u, h);
     var m = vec4<f32>(sa.x, sb.x, sc.x, sd.x);
     var l = vec4<f32>(sa.y, sb.y, sc.y, sd.y);
-    // Key j is seen by query q0 + c when j < past + q0 + c + 1.
-    let lim = vec4<u32>(past + q0 + 1u) + vec4<u32>(0u, 1u, 2u, 3u);
-    // Keys any of this invocation's queries sees (0: none in range).
-    let kn = select(0u, past + min(q0 + QB, p.sq), q0 < p.sq);
+    let lim = seen_limits(q0);
+    let kn = keys_seen(q0);
 
     let tile = TILE_FLOATS / d;
     // The loop runs the whole chunk, its bound a plain uniform: bounded by the block's last key
@@ -481,7 +489,6 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let d = p.head_dim;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
-    let past = p.skv - p.sq;
     let q_first = (first_block() + zigzag(wid.x, nwg.x)) * WG * QB;
     let q0 = q_first + lid * QB;
 
@@ -503,12 +510,11 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let sd = dq_begin(&qd, &od, &gd, q0 + 3u, h);
     let lse = vec4<f32>(sa.x, sb.x, sc.x, sd.x);
     let delta = vec4<f32>(sa.y, sb.y, sc.y, sd.y);
-    let lim = vec4<u32>(past + q0 + 1u) + vec4<u32>(0u, 1u, 2u, 3u);
-    let kn = select(0u, past + min(q0 + QB, p.sq), q0 < p.sq);
+    let lim = seen_limits(q0);
+    let kn = keys_seen(q0);
 
     let tile = TILE_FLOATS / d;
-    // The loop runs the whole chunk, its bound a plain uniform: bounded by the block's last key
-    // instead, it ran 1.2–3.5× slower on lavapipe at lengths off a power-of-two tile count.
+    // The whole chunk, as the forward (see there).
     for (var t0 = p.c_begin; t0 < p.c_end; t0 = t0 + tile) {
         load_kv_tile(t0, tile, kvh, lid);
         workgroupBarrier();

@@ -259,29 +259,20 @@ pub fn init_random(config: LlamaConfig, std: f32, seed: u64, device: &Device) ->
 /// One weight on the host: HF name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-/// `t` on the host; a device failure is one [`ModelError::Backend`] line.
-fn data<const D: usize>(t: Tensor<D>) -> Result<TensorData> {
-    t.try_into_data()
-        .map_err(|e| ModelError::Backend(crate::backend::describe_failure(&e)))
+/// `t` on the host under `name`, with its shape (a device failure is one error line).
+fn named<const D: usize>(name: String, t: Tensor<D>) -> Result<NamedTensor> {
+    let shape = t.dims().to_vec();
+    Ok((name, shape, crate::backend::read_f32(t)?))
 }
 
 /// Reads every weight back to the host, by HF name, in `tensor_specs` order.
 pub fn to_host(model: &Llama) -> Result<Vec<NamedTensor>> {
     let mut out = Vec::new();
-    let read = |t: TensorData| -> Result<Vec<f32>> {
-        t.try_to_vec::<f32>()
-            .map_err(|e| ModelError::Backend(format!("{e:?}")))
-    };
-    let mut push = |name: String, host: TensorData| -> Result<()> {
-        let shape = host.shape().to_vec();
-        out.push((name, shape, read(host)?));
-        Ok(())
-    };
     let lin = |l: &Linear| (l.weight.val(), l.bias.as_ref().map(|b| b.val()));
-    push(
+    out.push(named(
         "model.embed_tokens.weight".into(),
-        data(model.embed_tokens.val())?,
-    )?;
+        model.embed_tokens.val(),
+    )?);
     for (i, layer) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let a = &layer.self_attn;
@@ -296,23 +287,23 @@ pub fn to_host(model: &Llama) -> Result<Vec<NamedTensor>> {
             ("mlp.down_proj", &m.down_proj),
         ] {
             let (w, b) = lin(l);
-            push(format!("{p}.{name}.weight"), data(w)?)?;
+            out.push(named(format!("{p}.{name}.weight"), w)?);
             if let Some(b) = b {
-                push(format!("{p}.{name}.bias"), data(b)?)?;
+                out.push(named(format!("{p}.{name}.bias"), b)?);
             }
         }
-        push(
+        out.push(named(
             format!("{p}.input_layernorm.weight"),
-            data(layer.input_layernorm.weight.val())?,
-        )?;
-        push(
+            layer.input_layernorm.weight.val(),
+        )?);
+        out.push(named(
             format!("{p}.post_attention_layernorm.weight"),
-            data(layer.post_attention_layernorm.weight.val())?,
-        )?;
+            layer.post_attention_layernorm.weight.val(),
+        )?);
     }
-    push("model.norm.weight".into(), data(model.norm.weight.val())?)?;
+    out.push(named("model.norm.weight".into(), model.norm.weight.val())?);
     if let Some(head) = &model.lm_head {
-        push("lm_head.weight".into(), data(head.weight.val())?)?;
+        out.push(named("lm_head.weight".into(), head.weight.val())?);
     }
     Ok(out)
 }

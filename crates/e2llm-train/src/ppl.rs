@@ -98,16 +98,9 @@ pub fn perplexity(
             let targets = &tokens[start + 1..start + length + 1];
             let logits = model.forward(ids, &Positions::contiguous(1, length, 0, g), None)?;
             let [_, s, v] = logits.dims();
-            let logp = activation::log_softmax(logits.reshape([s, v]), 1)
-                .try_into_data()
-                .map_err(|e| {
-                    TrainError::Data(format!(
-                        "perplexity at {length} tokens: {}",
-                        e2llm_model::backend::describe_failure(&e)
-                    ))
-                })?
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Data(format!("reading logits: {e:?}")))?;
+            let logp =
+                e2llm_model::backend::read_f32(activation::log_softmax(logits.reshape([s, v]), 1))
+                    .map_err(|e| TrainError::Data(format!("perplexity at {length} tokens: {e}")))?;
             for (i, &t) in targets.iter().enumerate().skip(first) {
                 nll -= logp[i * v + t as usize] as f64;
                 count += 1;

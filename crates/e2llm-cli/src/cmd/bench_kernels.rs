@@ -100,7 +100,11 @@ fn measure(reps: usize, f: impl FnMut() -> Result<()>) -> Measured {
             // expected failure of the quadratic paths: one line on stderr), else the first
             // line (the whole error on stderr).
             let why = match e2llm_model::backend::refused_buffer_mib(&text) {
-                Some(mib) => format!("out of memory ({mib} MiB buffer)"),
+                Some(mib) => {
+                    let why = format!("out of memory ({mib} MiB buffer)");
+                    eprintln!("  {why}");
+                    why
+                }
                 None => {
                     eprintln!("  failed: {text}");
                     text.lines()
@@ -111,9 +115,6 @@ fn measure(reps: usize, f: impl FnMut() -> Result<()>) -> Measured {
                         .collect()
                 }
             };
-            if why.starts_with("out of memory") {
-                eprintln!("  {why}");
-            }
             Measured::Failed(why)
         }
     }

@@ -51,18 +51,8 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.compute.load(&a.model)?;
     let vocab = model.config.vocab_size;
     let logits = model.forward(&ids, &Positions::row(positions, g), None)?;
-    let values = logits
-        .try_into_data()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{} tokens on {}: {}",
-                ids.len(),
-                a.compute,
-                e2llm_model::backend::describe_failure(&e)
-            )
-        })?
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading logits back: {e:?}"))?;
+    let values = e2llm_model::backend::read_f32(logits)
+        .map_err(|e| anyhow::anyhow!("{} tokens on {}: {e}", ids.len(), a.compute))?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(
         safetensors::Dtype::F32,
