@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job on the embedded defaults: installs what is missing, builds `e2llm`, and
 # runs `e2llm quickstart` — trains a BPE tokenizer and a tiny Llama on the committed corpus at
-# L = 128 tokens, extends it with E²-LLM, and measures passkey retrieval at 1×..32× L.
+# L = 256 tokens, extends it with E²-LLM, and measures passkey retrieval at 1×..32× L (plain
+# PI, and again with log-n attention scaling).
 # No downloads from model hubs. Extra arguments go to `e2llm quickstart` (see --help), e.g.
 # `--backend wgpu` or `--out DIR`. Re-running reuses finished stages in runs/quickstart.
 set -euo pipefail

@@ -92,6 +92,9 @@ pub struct EvalSettings {
     pub scale: String,
     /// PPL lengths.
     pub ppl_lengths: String,
+    /// Log-n attention scaling past L (`e2llm passkey --logn`).
+    #[serde(default)]
+    pub logn: bool,
 }
 
 /// Everything persisted between launches.
@@ -146,6 +149,7 @@ impl Default for Settings {
                 depths: "0, 0.5, 1".into(),
                 trials: 2,
                 scale: "safe".into(),
+                logn: false,
                 ppl_lengths: "128, 256, 512".into(),
             },
             export_from: ckpt,

@@ -80,6 +80,9 @@ pub struct PromptRequest {
     /// Memory the run may use, in bytes; 0 = the default for the backend.
     #[serde(default)]
     pub budget_bytes: u64,
+    /// Log-n attention scaling past `L` (`e2llm passkey --logn`); off = plain PI.
+    #[serde(default)]
+    pub logn: bool,
 }
 
 /// The model's shape, for the page's header and its memory estimate.
@@ -116,6 +119,8 @@ pub struct PromptInfo {
     pub key: u32,
     /// The RoPE scale used.
     pub g: f32,
+    /// Whether log-n attention scaling is on.
+    pub logn: bool,
     /// Token range `[start, end)` of the key line (for the attention strip's marker).
     pub key_tokens: [usize; 2],
     /// Prefill chunk used.
@@ -265,6 +270,7 @@ impl Demo {
                 ids: ids.clone(),
                 key: prompt.key,
                 g,
+                logn: req.logn,
                 key_tokens,
                 chunk,
                 estimate_bytes: estimate,
@@ -272,6 +278,7 @@ impl Demo {
             ids,
             prompt,
             g,
+            logn: req.logn,
             chunk,
             max_new_tokens: req.max_new_tokens,
         })
@@ -397,6 +404,8 @@ pub struct Run {
     positions: Vec<f32>,
     /// RoPE scale.
     pub g: f32,
+    /// Log-n attention scaling.
+    pub logn: bool,
     /// Prefill chunk.
     pub chunk: usize,
     /// Answer tokens to generate.
@@ -421,6 +430,15 @@ impl std::fmt::Debug for Run {
 }
 
 impl Run {
+    /// `model` as this run reads it (log-n on or off; the clone shares the weights).
+    fn reading<'m>(&self, model: &'m Llama) -> std::borrow::Cow<'m, Llama> {
+        if model.logn == self.logn {
+            std::borrow::Cow::Borrowed(model)
+        } else {
+            std::borrow::Cow::Owned(model.clone().with_logn(self.logn))
+        }
+    }
+
     /// Prompt length in tokens.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -440,6 +458,7 @@ impl Run {
             return Ok(n);
         }
         let end = (self.done + tokens.max(1)).min(n);
+        let model = &*self.reading(model);
         let logits = model.prefill(
             &self.ids[self.done..end],
             &self.positions[self.done..end],
@@ -467,6 +486,7 @@ impl Run {
                 )))
             }
         };
+        let model = &*self.reading(model);
         let mut out = Vec::new();
         let mut tops = Vec::new();
         for step in 0..self.max_new_tokens {
@@ -502,7 +522,8 @@ impl Run {
     ) -> Result<AttentionImage> {
         let n = self.ids.len();
         let spec = MapSpec::last_row(layer, head, n, width);
-        Ok(model
+        Ok(self
+            .reading(model)
             .attention_map_async(&self.ids, &self.positions, self.g, &spec, self.chunk)
             .await?)
     }

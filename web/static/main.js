@@ -246,6 +246,7 @@ function request(length, depth, key) {
     seed: Math.floor(Math.random() * 2 ** 31),
     scale: scale === "manual" ? { manual: Number($("g").value) } : scale,
     max_new_tokens: Number($("max-new").value) || 8,
+    logn: $("logn").checked,
   };
 }
 
@@ -297,7 +298,7 @@ async function runTrial(req, { strip = true, show = true } = {}) {
 function showPrompt(p) {
   $("prompt-info").textContent =
     `${p.ids.length.toLocaleString()} tokens, key ${p.key} at tokens ${p.key_tokens[0]}–${p.key_tokens[1]}, ` +
-    `RoPE scale g = ${p.g}, prefill chunk ${p.chunk}, ~${(p.estimate_bytes / 2 ** 20).toFixed(0)} MiB`;
+    `RoPE scale g = ${p.g}${p.logn ? ", log-n attention scaling" : ""}, prefill chunk ${p.chunk}, ~${(p.estimate_bytes / 2 ** 20).toFixed(0)} MiB`;
   $("prompt-text").textContent = p.text;
   $("answer").textContent = "…";
 }

@@ -175,9 +175,11 @@ def compare_native(cli, model, result, work, tag):
     p, a = result["prompt"], result["answer"]
     ids = p["ids"] + a["ids"][:-1]
     out = os.path.join(work, f"native-{tag}.safetensors")
+    # The page's default reads with log-n attention scaling; the native run does the same.
+    check(p.get("logn") is True, f"{tag}: the page read with log-n scaling (its default)")
     subprocess.run(
         [cli, "logits", "--model", model, "--ids", ",".join(map(str, ids)),
-         "--rope-scale", repr(p["g"]), "--out", out],
+         "--rope-scale", repr(p["g"]), "--out", out] + (["--logn"] if p.get("logn") else []),
         check=True,
         stdout=subprocess.DEVNULL,
     )

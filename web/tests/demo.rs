@@ -52,13 +52,32 @@ fn request(length: usize) -> PromptRequest {
         chunk: 64,
         max_binding_bytes: 0,
         budget_bytes: 0,
+        logn: false,
     }
 }
 
 #[test]
 fn stepped_prefill_and_answer_equal_the_library_generate() {
+    stepped_prefill_and_answer(false);
+}
+
+/// The same with log-n attention scaling (the 300-token prompt is past the fixture's L = 64):
+/// the run reads the model with it on, and so does the reference.
+#[test]
+fn stepped_prefill_and_answer_with_logn_equal_the_library_generate() {
+    stepped_prefill_and_answer(true);
+}
+
+fn stepped_prefill_and_answer(logn: bool) {
     let d = demo();
-    let mut run = d.prepare(&request(300)).expect("prompt");
+    let reference_model = d.model.clone().with_logn(logn);
+    let mut run = d
+        .prepare(&PromptRequest {
+            logn,
+            ..request(300)
+        })
+        .expect("prompt");
+    assert_eq!(run.info.logn, logn);
     let n = run.len();
     assert!(n <= 300 && n > 200, "prompt of {n} tokens");
     assert!(run.prompt.text.contains("The pass key is 31415."));
@@ -77,8 +96,7 @@ fn stepped_prefill_and_answer_equal_the_library_generate() {
 
     // The whole prompt in one forward, no cache.
     let positions: Vec<f32> = (0..n).map(|p| p as f32).collect();
-    let full = d
-        .model
+    let full = reference_model
         .forward(&run.ids, &Positions::row(positions, run.g), None)
         .expect("forward")
         .narrow(1, n - 1, 1)
@@ -101,7 +119,7 @@ fn stepped_prefill_and_answer_equal_the_library_generate() {
         rope_scale: run.g,
         ..GenerateOptions::default()
     };
-    let reference = generate(&d.model, &run.ids, &opts, |_| true).expect("generate");
+    let reference = generate(&reference_model, &run.ids, &opts, |_| true).expect("generate");
     assert_eq!(answer.ids, reference);
     assert_eq!(answer.top.len(), 6);
     assert_eq!(answer.top[0], top_k(&last, 5));

@@ -43,6 +43,12 @@ pub struct Compute {
     /// (on cpu: the kernels' CPU twins) or `reference` (plain burn ops).
     #[arg(long, default_value = "auto")]
     pub kernels: Kernels,
+    /// Log-n attention scaling: a query that sees n > L keys has its attention logits
+    /// multiplied by ln(n) / ln(L) (L = max_position_embeddings), so the softmax over a long
+    /// context stays as sharp as at L. Not part of E²-LLM, whose inference is plain PI; off by
+    /// default.
+    #[arg(long)]
+    pub logn: bool,
 }
 
 impl Compute {
@@ -63,12 +69,16 @@ impl Compute {
                 dir.display()
             );
         }
-        Ok(model.with_kernels(self.kernels))
+        Ok(model.with_kernels(self.kernels).with_logn(self.logn))
     }
 }
 
 impl fmt::Display for Compute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, {} attention", self.backend, self.kernels)
+        write!(f, "{}, {} attention", self.backend, self.kernels)?;
+        if self.logn {
+            f.write_str(", log-n scaling")?;
+        }
+        Ok(())
     }
 }

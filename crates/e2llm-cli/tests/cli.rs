@@ -215,7 +215,8 @@ fn experiment_ci_preset_runs_end_to_end() {
     .expect("results.json parses");
     let results = json["results"].as_array().expect("results array");
     let names: Vec<&str> = results.iter().filter_map(|r| r["name"].as_str()).collect();
-    let expected = [
+    // Every model read as trained (plain PI), then with log-n attention scaling.
+    let expected: Vec<String> = [
         "base",
         "none",
         "pi",
@@ -225,7 +226,10 @@ fn experiment_ci_preset_runs_end_to_end() {
         "e2llm-g4",
         "e2llm-no-t",
         "e2llm-no-g",
-    ];
+    ]
+    .iter()
+    .flat_map(|n| [n.to_string(), format!("{n} + log-n")])
+    .collect();
     assert_eq!(names, expected);
     let l = json["orig_len"].as_u64().expect("orig_len") as usize;
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
@@ -257,8 +261,16 @@ fn experiment_ci_preset_runs_end_to_end() {
         // name, g, 2 passkey columns, 2 ppl columns, tok/s.
         assert_eq!(row.matches('|').count(), 8, "{row}");
         assert!(
-            is_png(&out.join(format!("passkey_{name}.png"))),
+            is_png(&out.join(format!("passkey_{}.png", name.replace(" + ", "+")))),
             "{name} heatmap"
+        );
+        assert_eq!(
+            r["inference"]
+                .as_str()
+                .expect("inference")
+                .ends_with(", log-n"),
+            name.ends_with(" + log-n"),
+            "{name}"
         );
     }
     // E²-LLM picks g per length; the fixed-scale arms do not.
@@ -272,6 +284,7 @@ fn experiment_ci_preset_runs_end_to_end() {
     };
     let g = g_of("e2llm-g4");
     assert!(g[1] > g[0] && g[0] >= 4.0, "{g:?}");
+    assert_eq!(g_of("e2llm-g4 + log-n"), g, "log-n reads at the same g");
     assert_eq!(g_of("e2llm-no-g"), vec![4.0, 4.0]);
     assert_eq!(g_of("none"), vec![1.0, 1.0]);
     assert!(is_png(&out.join("passkey_vs_length.png")));

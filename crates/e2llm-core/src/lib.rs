@@ -57,5 +57,5 @@ pub use positions::{
     PoseSampler, PositionError, DEFAULT_SINKS,
 };
 pub use rope::{
-    rope_rotate_half, RopeConfig, RopeError, RopeFreqs, RopeScaling, DEFAULT_ROPE_THETA,
+    logn_scale, rope_rotate_half, RopeConfig, RopeError, RopeFreqs, RopeScaling, DEFAULT_ROPE_THETA,
 };

@@ -427,3 +427,32 @@ pub fn rope_rotate_half(
     }
     Ok(out)
 }
+
+/// Log-n attention scaling (Chiang & Cholak 2022; Qwen's `use_logn_attn`): the factor on the
+/// attention logits of a query that sees `keys` keys (itself included) in a model trained at
+/// `base_len` tokens — `max(1, ln(keys) / ln(base_len))`. It is 1 at every length the model was
+/// trained at and grows slowly beyond, keeping the softmax as peaked over `keys` keys as it was
+/// over `base_len`. Not part of E²-LLM (whose inference is plain PI): an inference option that
+/// every attention path applies to q before RoPE.
+pub fn logn_scale(keys: usize, base_len: usize) -> f32 {
+    if base_len < 2 || keys <= base_len {
+        return 1.0;
+    }
+    ((keys as f64).ln() / (base_len as f64).ln()) as f32
+}
+
+#[cfg(test)]
+mod logn_tests {
+    use super::logn_scale;
+
+    #[test]
+    fn one_inside_the_trained_length_then_log_ratio() {
+        assert_eq!(logn_scale(1, 256), 1.0);
+        assert_eq!(logn_scale(256, 256), 1.0);
+        // 2048 = 256^(11/8) exactly.
+        assert!((logn_scale(2048, 256) - 11.0 / 8.0).abs() < 1e-6);
+        assert!((logn_scale(65536, 256) - 2.0).abs() < 1e-6);
+        assert!(logn_scale(257, 256) > 1.0);
+        assert_eq!(logn_scale(10, 1), 1.0);
+    }
+}

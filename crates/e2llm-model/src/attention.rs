@@ -81,6 +81,21 @@ pub struct LayerCache {
     pub kpos: Option<Vec<f32>>,
 }
 
+impl LayerCache {
+    /// Tokens cached (the sequence axis differs between the two layouts).
+    pub fn len(&self) -> usize {
+        match self.kpos {
+            Some(_) => self.k.dims()[1],
+            None => self.k.dims()[2],
+        }
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// `model.layers.{i}.self_attn`.
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -137,6 +152,10 @@ impl Attention {
             .forward(x)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
+        let q = match &rope.q_scale {
+            Some(f) => q * f.clone().reshape([1, 1, s, 1]),
+            None => q,
+        };
         let q = rope.apply(q);
         let k = rope.apply(k);
 
@@ -178,6 +197,10 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]);
+        let q = match &rope.q_scale {
+            Some(f) => q * f.clone().reshape([1, s, 1, 1]),
+            None => q,
+        };
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]);
         let v = self.v_proj.forward(x).reshape([b, s, kvh, d]);
         let (k, v, kpos) = match cache {

@@ -126,7 +126,11 @@ impl Llama {
             let x = self.layer_input(&ids[start..end], &pos, &mut cache, layer)?;
             let l = &self.layers[layer];
             let x = l.input_layernorm.forward(x);
-            q.push(l.self_attn.q_proj.forward(x.clone()));
+            let qs = l.self_attn.q_proj.forward(x.clone());
+            q.push(match self.logn_q_scale(start, end - start) {
+                Some(f) => qs * f.reshape([1, end - start, 1]),
+                None => qs,
+            });
             k.push(l.self_attn.k_proj.forward(x));
         }
         Ok((Tensor::cat(q, 1), Tensor::cat(k, 1)))
@@ -283,7 +287,7 @@ impl Llama {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor<3>> {
-        let (mut x, rope) = self.embed(ids, positions)?;
+        let (mut x, rope) = self.embed(ids, positions, cache.len())?;
         let paths = self.paths(true);
         for (i, l) in self.layers.iter().take(layer).enumerate() {
             x = l.forward(x, &rope, Some(cache.slot(i)), paths);

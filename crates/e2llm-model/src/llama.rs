@@ -78,6 +78,9 @@ pub struct Llama {
     /// The attention implementation ([`Kernels::Auto`]: fused on a GPU).
     #[module(skip)]
     pub kernels: Kernels,
+    /// Log-n attention scaling at inference (off: plain attention, as the paper reads PI).
+    #[module(skip)]
+    pub logn: bool,
 }
 
 /// Keys and values of every layer for the tokens processed so far.
@@ -99,7 +102,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |c| c.k.dims()[2])
+            .map_or(0, LayerCache::len)
     }
 
     /// Layer `i`'s slot (the cache was made with more than `i` layers).
@@ -114,7 +117,8 @@ impl KvCache {
 }
 
 impl Llama {
-    /// Checks the inputs, embeds `ids` and builds the RoPE tables for `positions`.
+    /// Checks the inputs, embeds `ids` and builds the RoPE tables for `positions` (the new
+    /// tokens follow `past` cached ones).
     ///
     /// # Shapes
     /// - returns `[batch, seq, hidden]` embeddings
@@ -122,6 +126,7 @@ impl Llama {
         &self,
         ids: &[u32],
         positions: &Positions,
+        past: usize,
     ) -> Result<(Tensor<3>, RopeTables)> {
         let cfg = &self.config;
         let batch = positions.batch;
@@ -168,14 +173,31 @@ impl Llama {
             .val()
             .select(0, ids_t)
             .reshape([batch, seq, cfg.hidden_size]);
-        let rope = RopeTables::new(
+        let mut rope = RopeTables::new(
             &cfg.rope,
             cfg.head_dim(),
             cfg.max_position_embeddings,
             positions,
             &device,
         );
+        rope.q_scale = self.logn_q_scale(past, seq);
         Ok((x, rope))
+    }
+
+    /// With log-n scaling on, the factor of each of `seq` queries that follow `past` cached
+    /// tokens (query `i` sees `past + i + 1` keys); `None` when it is off or 1 for all of them.
+    ///
+    /// # Shapes
+    /// - output: `[seq]`
+    pub(crate) fn logn_q_scale(&self, past: usize, seq: usize) -> Option<Tensor<1>> {
+        let base = self.config.max_position_embeddings;
+        if !self.logn || past + seq <= base {
+            return None;
+        }
+        let f: Vec<f32> = (past + 1..=past + seq)
+            .map(|n| e2llm_core::logn_scale(n, base))
+            .collect();
+        Some(Tensor::from_data(TensorData::new(f, [seq]), &self.device()))
     }
 
     /// Hidden states after the final norm.
@@ -192,12 +214,13 @@ impl Llama {
         positions: &Positions,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>> {
-        let (mut x, rope) = self.embed(ids, positions)?;
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() != self.layers.len() {
                 *c = KvCache::new(self.layers.len());
             }
         }
+        let past = cache.as_deref().map_or(0, KvCache::len);
+        let (mut x, rope) = self.embed(ids, positions, past)?;
         // Dynamic NTK changes the frequencies with the span, and HF keeps cached keys rotated
         // at the frequencies of their own step: only the reference cache (rotated keys) does
         // that, the fused kernel rotates every key at the current frequencies.
@@ -281,6 +304,14 @@ impl Llama {
     /// This model with attention through `kernels`.
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
+        self
+    }
+
+    /// This model with log-n attention scaling on or off: a query that sees `n` keys has its
+    /// logits multiplied by `max(1, ln n / ln L)`, `L` = `max_position_embeddings` (see
+    /// [`e2llm_core::logn_scale`]). Off by default.
+    pub fn with_logn(mut self, logn: bool) -> Self {
+        self.logn = logn;
         self
     }
 

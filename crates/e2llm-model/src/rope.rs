@@ -65,6 +65,9 @@ pub struct RopeTables {
     pub inv_freq: Vec<f32>,
     /// The variant's attention factor on cos and sin (1 except for yarn).
     pub factor: f32,
+    /// Log-n scaling: each query's factor `[seq]` (see [`e2llm_core::logn_scale`]), or `None`
+    /// when it is off or 1 for every query of this call.
+    pub q_scale: Option<Tensor<1>>,
 }
 
 /// Host-side cos/sin for `positions` (the slow, obviously-correct path; also the kernels' reference).
@@ -110,6 +113,7 @@ impl RopeTables {
             scaled_pos,
             factor: freqs.attention_scaling,
             inv_freq: freqs.inv_freq,
+            q_scale: None,
         }
     }
 

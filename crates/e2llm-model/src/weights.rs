@@ -226,6 +226,7 @@ fn assemble(config: LlamaConfig, t: HashMap<String, TensorData>, device: &Device
         lm_head,
         config,
         kernels: Kernels::Auto,
+        logn: false,
     }
 }
 

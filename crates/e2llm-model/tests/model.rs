@@ -268,6 +268,14 @@ fn reference_weights(
     layer: usize,
     head: usize,
 ) -> Vec<f32> {
+    // Log-n scaling, written out here: query i sees i + 1 keys.
+    let base = model.config.max_position_embeddings as f64;
+    let factors: Vec<f32> = (1..=ids.len())
+        .map(|keys| match model.logn && keys as f64 > base {
+            true => ((keys as f64).ln() / base.ln()) as f32,
+            false => 1.0,
+        })
+        .collect();
     use burn::tensor::{activation, Bool, Int, Tensor, TensorData};
     use e2llm_model::attention::repeat_kv;
     use e2llm_model::rope::RopeTables;
@@ -276,13 +284,16 @@ fn reference_weights(
     let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let device = model.device();
     let positions = Positions::row(pos.to_vec(), g);
-    let rope = RopeTables::new(
+    let mut rope = RopeTables::new(
         &cfg.rope,
         d,
         cfg.max_position_embeddings,
         &positions,
         &device,
     );
+    let factors_t = Tensor::<1>::from_data(TensorData::new(factors, [n]), &device);
+    // The layers below see the same scaling (checked on its own by the log-n tests).
+    rope.q_scale = model.logn.then(|| factors_t.clone());
     let ids_t = Tensor::<1, Int>::from_data(
         TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
         &device,
@@ -302,7 +313,8 @@ fn reference_weights(
         .q_proj
         .forward(x.clone())
         .reshape([1, n, h, d])
-        .swap_dims(1, 2);
+        .swap_dims(1, 2)
+        * factors_t.reshape([1, 1, n, 1]);
     let k = l
         .self_attn
         .k_proj
@@ -321,13 +333,19 @@ fn reference_weights(
 #[test]
 fn attention_map_pools_the_softmax_weights_of_the_plain_path() {
     use e2llm_model::MapSpec;
-    let model = model(small_config());
+    let mut short = small_config();
+    short.max_position_embeddings = 16;
     let n = 37;
     let ids = ids(n);
     // Fractional, offset positions read at g = 4, as an extended model reads a long prompt.
     let pos: Vec<f32> = (0..n).map(|i| 3.0 + 1.5 * i as f32).collect();
     let g = 4.0;
-    for (layer, head) in [(0, 1), (1, 3)] {
+    // Plain, and with log-n scaling where 37 tokens are past the model's L = 16.
+    for (model, layer, head) in [
+        (model(small_config()), 0, 1),
+        (model(small_config()), 1, 3),
+        (model(short.clone()).with_logn(true), 1, 2),
+    ] {
         let full = reference_weights(&model, &ids, &pos, g, layer, head);
         for spec in [
             MapSpec::whole(layer, head, n, 64),
@@ -368,6 +386,104 @@ fn attention_map_pools_the_softmax_weights_of_the_plain_path() {
                 assert!((sum - 1.0).abs() < 1e-4, "{spec:?} row {r} sums to {sum}");
             }
         }
+    }
+}
+
+/// Log-n scaling against its definition: in a one-layer model the last token's logits depend
+/// on its own query alone, so scaling that query by ln(n)/ln(L) equals scaling `q_proj`'s
+/// weight. Plain ops, the kernels' CPU twins, and the WGSL kernel where an adapter exists.
+#[test]
+fn logn_scaling_multiplies_a_querys_logits_by_ln_n_over_ln_l() {
+    use burn::module::Param;
+    use e2llm_model::Kernels;
+    let mut cfg = small_config();
+    cfg.num_hidden_layers = 1;
+    cfg.max_position_embeddings = 16;
+    let n = 40;
+    let ids = ids(n);
+    let vocab = cfg.vocab_size;
+    let want_factor = ((n as f64).ln() / 16f64.ln()) as f32;
+    let mut devices = vec![
+        (Device::flex(), Kernels::Reference),
+        (Device::flex(), Kernels::Fused),
+    ];
+    match e2llm_model::backend::open("wgpu") {
+        Ok(d) => devices.push((d, Kernels::Fused)),
+        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
+    }
+    for (device, kernels) in devices {
+        let m = weights::init_random(cfg.clone(), 0.3, 7, &device).with_kernels(kernels);
+        let pos = Positions::contiguous(1, n, 0, 2.0);
+        let logits = |m: &Llama| to_vec(m.forward(&ids, &pos, None).expect("forward"));
+        let off = logits(&m);
+        let on = logits(&m.clone().with_logn(true));
+        let mut scaled = m.clone();
+        let w = scaled.layers[0].self_attn.q_proj.weight.val();
+        scaled.layers[0].self_attn.q_proj.weight = Param::from_tensor(w * want_factor);
+        let want = logits(&scaled);
+        let last = (n - 1) * vocab..n * vocab;
+        let d = max_diff(&on[last.clone()], &want[last.clone()]);
+        assert!(
+            d < 1e-4,
+            "{kernels} on {device:?}: log-n logits differ by {d}"
+        );
+        assert!(
+            max_diff(&on[last.clone()], &off[last]) > 1e-3,
+            "{kernels}: log-n scaling changed nothing"
+        );
+        // Queries that see at most L keys are untouched.
+        let inside = 0..16 * vocab;
+        let d = max_diff(&on[inside.clone()], &off[inside]);
+        assert!(d < 1e-6, "{kernels}: log-n changed a query inside L by {d}");
+    }
+}
+
+/// With log-n on, each query's factor follows its absolute index through the KV cache:
+/// chunked prefill and token-by-token decode equal one full forward.
+#[test]
+fn logn_scaling_through_the_cache_equals_the_full_forward() {
+    use e2llm_model::Kernels;
+    let mut cfg = small_config();
+    cfg.max_position_embeddings = 16;
+    let n = 40;
+    let ids = ids(n);
+    let vocab = cfg.vocab_size;
+    for kernels in [Kernels::Reference, Kernels::Fused] {
+        let m = model(cfg.clone()).with_kernels(kernels).with_logn(true);
+        let g = 3.0;
+        let full = to_vec(
+            m.forward(&ids, &Positions::contiguous(1, n, 0, g), None)
+                .expect("forward"),
+        );
+        let pos: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut cache = KvCache::new(m.layers.len());
+        let last = m
+            .prefill(&ids, &pos, g, &mut cache, 7, |_, _| {})
+            .expect("prefill");
+        let d = max_diff(&full[(n - 1) * vocab..], &to_vec(last));
+        assert!(d < 1e-4, "{kernels}: chunked prefill differs by {d}");
+        let mut cache = KvCache::new(m.layers.len());
+        let mut stepwise = to_vec(
+            m.forward(
+                &ids[..10],
+                &Positions::row(pos[..10].to_vec(), g),
+                Some(&mut cache),
+            )
+            .expect("prefill"),
+        );
+        for i in 10..n {
+            let l = m
+                .forward(
+                    &ids[i..=i],
+                    &Positions::row(vec![pos[i]], g),
+                    Some(&mut cache),
+                )
+                .expect("step");
+            stepwise.extend(to_vec(l));
+        }
+        assert_eq!(cache.len(), n, "{kernels}: the cache holds every token");
+        let d = max_diff(&full, &stepwise);
+        assert!(d < 1e-4, "{kernels}: cached decode differs by {d}");
     }
 }
 

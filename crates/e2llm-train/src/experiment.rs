@@ -43,6 +43,9 @@ pub struct EvalPlan {
     pub ppl_multiples: Vec<usize>,
     /// Windows per perplexity length.
     pub ppl_windows: usize,
+    /// Also evaluate every model with log-n attention scaling (an extra `… + log-n` row each;
+    /// see [`e2llm_core::logn_scale`]) beside plain PI.
+    pub logn: bool,
 }
 
 /// A whole experiment.
@@ -157,6 +160,7 @@ impl Plan {
                         max_new_tokens: 8,
                         ppl_multiples: vec![],
                         ppl_windows: 0,
+                        logn: true,
                     },
                 }
             }
@@ -188,6 +192,7 @@ impl Plan {
                         max_new_tokens: 4,
                         ppl_multiples: vec![1, 4],
                         ppl_windows: 1,
+                        logn: true,
                     },
                 }
             }
@@ -205,6 +210,7 @@ impl Plan {
                         max_new_tokens: 8,
                         ppl_multiples: vec![1, 2, 4, 8, 16, 32],
                         ppl_windows: 4,
+                        logn: true,
                     },
                 }
             }
@@ -395,7 +401,9 @@ pub fn train_stage(
     Ok((ckpt, mean))
 }
 
-/// Evaluates the model in `ckpt` (passkey grid and perplexity), on `backend`.
+/// Evaluates the model in `ckpt` (passkey grid and perplexity), on `backend`, with log-n
+/// attention scaling when `logn`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     name: &str,
     method: Method,
@@ -403,10 +411,11 @@ pub fn evaluate(
     plan: &EvalPlan,
     heldout: &str,
     backend_name: &str,
+    logn: bool,
     obs: &dyn Observer,
 ) -> Result<(Vec<Cell>, Vec<PplPoint>)> {
     let device = backend::device(backend_name)?;
-    let model = hf::load_dir(ckpt, &device)?;
+    let model = hf::load_dir(ckpt, &device)?.with_logn(logn);
     let tok = hf::load_tokenizer(ckpt, model.config.vocab_size)?;
     let l = model.config.max_position_embeddings;
     let scale = inference_scale(method);
@@ -468,54 +477,58 @@ pub fn run(
         path: out.to_path_buf(),
         source,
     })?;
+    // Each model is evaluated as trained (plain PI), then, when the plan asks, with log-n.
+    let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {
+        let mut out = Vec::new();
+        for logn in std::iter::once(false).chain(plan.eval.logn.then_some(true)) {
+            let label = match logn {
+                true => format!("{name} + log-n"),
+                false => name.to_string(),
+            };
+            let (cells, ppl) = evaluate(
+                &label,
+                method,
+                ckpt,
+                &plan.eval,
+                &corpus.heldout,
+                backend,
+                logn,
+                obs,
+            )?;
+            obs.done(&label);
+            let mut inference = scale_label(inference_scale(method));
+            if logn {
+                inference += ", log-n";
+            }
+            out.push(ArmResult {
+                name: label,
+                method,
+                inference,
+                final_loss: final_loss(ckpt)?,
+                checkpoint: ckpt.to_path_buf(),
+                tokens_per_s: tps,
+                passkey: cells,
+                ppl,
+            });
+        }
+        Ok::<_, TrainError>(out)
+    };
     let (base_ckpt, base_tps) = train_stage("base", &plan.base, &out.join("base"), corpus, obs)?;
-    let (cells, ppl) = evaluate(
+    let base = rows(
         "base",
         Method::None,
         &base_ckpt,
-        &plan.eval,
-        &corpus.heldout,
         &plan.base.backend,
-        obs,
+        base_tps,
     )?;
-    obs.done("base");
-    let base = ArmResult {
-        name: "base".into(),
-        method: Method::None,
-        inference: scale_label(inference_scale(Method::None)),
-        final_loss: final_loss(&base_ckpt)?,
-        checkpoint: base_ckpt.clone(),
-        tokens_per_s: base_tps,
-        passkey: cells,
-        ppl,
-    };
-    let results: Mutex<Vec<Option<Result<ArmResult>>>> =
+    let results: Mutex<Vec<Option<Result<Vec<ArmResult>>>>> =
         Mutex::new(plan.arms.iter().map(|_| None).collect());
     let next = Mutex::new(0usize);
-    let one = |i: usize| -> Result<ArmResult> {
+    let one = |i: usize| -> Result<Vec<ArmResult>> {
         let arm = &plan.arms[i];
         let cfg = plan.arm_config(arm, &base_ckpt);
         let (ckpt, tps) = train_stage(&arm.name, &cfg, &out.join(&arm.name), corpus, obs)?;
-        let (cells, ppl) = evaluate(
-            &arm.name,
-            arm.method,
-            &ckpt,
-            &plan.eval,
-            &corpus.heldout,
-            &cfg.backend,
-            obs,
-        )?;
-        obs.done(&arm.name);
-        Ok(ArmResult {
-            name: arm.name.clone(),
-            method: arm.method,
-            inference: scale_label(inference_scale(arm.method)),
-            final_loss: final_loss(&ckpt)?,
-            checkpoint: ckpt,
-            tokens_per_s: tps,
-            passkey: cells,
-            ppl,
-        })
+        rows(&arm.name, arm.method, &ckpt, &cfg.backend, tps)
     };
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, plan.arms.len().max(1)) {
@@ -539,10 +552,10 @@ pub fn run(
             });
         }
     });
-    let mut all = vec![base];
+    let mut all = base;
     for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
         match r {
-            Some(r) => all.push(r?),
+            Some(r) => all.extend(r?),
             None => continue,
         }
     }

@@ -22,6 +22,11 @@ impl DesktopApp {
             ui.add(DragValue::new(&mut s.trials).range(1..=100));
             ui.label("RoPE scale (auto, safe or g)");
             ui.text_edit_singleline(&mut s.scale);
+            ui.checkbox(&mut s.logn, "log-n attention scaling")
+                .on_hover_text(
+                    "Past the training length L, multiply each query's attention logits by \
+                     ln(n) / ln(L) (n = keys it sees). Not part of E²-LLM (plain PI).",
+                );
         });
         field(ui, "PPL lengths", &mut s.ppl_lengths);
         let busy = self.eval_job.is_some();

@@ -181,7 +181,7 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
         plot::passkey_heatmap(
             &r.passkey,
             &format!("passkey accuracy: {} (L = {})", r.name, rep.orig_len),
-            &out.join(format!("passkey_{}.png", r.name)),
+            &out.join(format!("passkey_{}.png", r.name.replace(" + ", "+"))),
         )?;
         curves.push(plot::Series {
             name: r.name.clone(),

@@ -97,11 +97,16 @@ pub fn run(a: Args) -> Result<()> {
     let cells = passkey_grid(&model, &tok, &eval, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     println!(
-        "passkey accuracy, {} (L = {}), {} trials per cell, rope scale {:?}\n",
+        "passkey accuracy, {} (L = {}), {} trials per cell, rope scale {:?}{}\n",
         a.model.display(),
         cfg.max_position_embeddings,
         eval.trials,
-        eval.scale
+        eval.scale,
+        if a.compute.logn {
+            ", log-n attention scaling"
+        } else {
+            ""
+        }
     );
     print!("{}", markdown_table(&cells));
     if let Some(path) = &a.json {
@@ -110,6 +115,7 @@ pub fn run(a: Args) -> Result<()> {
             "orig_len": cfg.max_position_embeddings,
             "trials": eval.trials,
             "rope_scale": format!("{:?}", eval.scale),
+            "logn": a.compute.logn,
             "cells": cells.iter().map(|c| serde_json::json!({
                 "length": c.length, "depth": c.depth, "g": c.g,
                 "correct": c.correct, "trials": c.trials, "accuracy": c.accuracy(),
@@ -126,9 +132,10 @@ pub fn run(a: Args) -> Result<()> {
         crate::plot::passkey_heatmap(
             &cells,
             &format!(
-                "passkey accuracy: {} (L = {})",
+                "passkey accuracy: {} (L = {}){}",
                 a.model.display(),
-                cfg.max_position_embeddings
+                cfg.max_position_embeddings,
+                if a.compute.logn { ", log-n" } else { "" }
             ),
             &png,
         )?;

@@ -81,10 +81,11 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     bar.finish_and_clear();
     println!(
-        "perplexity, {} (L = {}), rope scale {:?}\n\n| length | g | tokens scored | nll | ppl |\n|---:|---:|---:|---:|---:|",
+        "perplexity, {} (L = {}), rope scale {:?}{}\n\n| length | g | tokens scored | nll | ppl |\n|---:|---:|---:|---:|---:|",
         a.model.display(),
         cfg.max_position_embeddings,
-        a.rope_scale
+        a.rope_scale,
+        if a.compute.logn { ", log-n attention scaling" } else { "" }
     );
     for p in &points {
         println!(
@@ -98,6 +99,7 @@ pub fn run(a: Args) -> Result<()> {
             "orig_len": cfg.max_position_embeddings,
             "rope_scale": format!("{:?}", a.rope_scale),
             "stride": a.stride,
+            "logn": a.compute.logn,
             "points": points,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
