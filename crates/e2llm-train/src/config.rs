@@ -123,6 +123,10 @@ pub struct TrainConfig {
     pub passkey_share: f64,
     /// Loss weight of the passkey answer tokens (the rest weigh 1).
     pub answer_weight: f32,
+    /// Shortest passkey prompt in tokens: each passkey row's prompt length is drawn from
+    /// `passkey_min_len..=train_len` (the row is then filled with text), a curriculum of
+    /// haystack sizes. 0 = every prompt fills the row (the earlier behaviour).
+    pub passkey_min_len: usize,
     /// Seed of everything (init, data, positions).
     pub seed: u64,
     /// Write a checkpoint every this many steps (0 = only at the end).
@@ -155,6 +159,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             passkey_share: 0.5,
             answer_weight: 20.0,
+            passkey_min_len: 0,
             seed: 0,
             checkpoint_every: 200,
             backend: "cpu".into(),
@@ -240,6 +245,12 @@ impl TrainConfig {
             return Err(format!(
                 "`passkey_share` must be in [0, 1], got {}",
                 self.passkey_share
+            ));
+        }
+        if self.passkey_min_len > self.train_len {
+            return Err(format!(
+                "`passkey_min_len` ({}) must be at most `train_len` ({}); 0 = full-length prompts",
+                self.passkey_min_len, self.train_len
             ));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {

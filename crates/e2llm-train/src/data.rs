@@ -1,7 +1,7 @@
 //! The embedded corpus, the in-process BPE tokenizer, and training rows: plain text windows
 //! and passkey-retrieval examples with varied filler.
 
-use e2llm_core::passkey::{build_passkey, Filler, PasskeySpec};
+use e2llm_core::passkey::{build_passkey, Filler, PasskeyError, PasskeySpec};
 use e2llm_model::Tokenizer;
 use rand::Rng;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -119,23 +119,21 @@ pub struct DataSource {
     pub passkey_share: f64,
     /// Loss weight of answer tokens.
     pub answer_weight: f32,
+    /// Shortest passkey prompt (0 = full rows); see `TrainConfig::passkey_min_len`.
+    pub passkey_min_len: usize,
 }
 
 impl DataSource {
-    /// Tokenizes the training text once.
-    pub fn new(
-        corpus: &Corpus,
-        tokenizer: Tokenizer,
-        passkey_share: f64,
-        answer_weight: f32,
-    ) -> Result<Self> {
+    /// Tokenizes the training text once; the passkey settings come from `cfg`.
+    pub fn new(corpus: &Corpus, tokenizer: Tokenizer, cfg: &crate::TrainConfig) -> Result<Self> {
         let tokens = tokenizer.encode(&corpus.train, false)?;
         Ok(Self {
             tokens,
             sentences: corpus.sentences(20_000),
             tokenizer,
-            passkey_share,
-            answer_weight,
+            passkey_share: cfg.passkey_share,
+            answer_weight: cfg.answer_weight,
+            passkey_min_len: cfg.passkey_min_len,
         })
     }
 
@@ -151,6 +149,7 @@ impl DataSource {
     }
 
     /// A passkey example of exactly `len + 1` tokens: prompt, answer (weighted), then text.
+    /// With `passkey_min_len` set, the prompt is drawn between that and `len` tokens long.
     pub fn passkey_row<R: Rng + ?Sized>(&self, len: usize, rng: &mut R) -> Result<Row> {
         let key: u32 = rng.random_range(1..=50_000);
         let answer = self.tokenizer.encode(&format!(" {key}."), false)?;
@@ -159,7 +158,13 @@ impl DataSource {
         } else {
             Filler::Sample(self.sentences.clone())
         };
-        let mut budget = len + 1 - answer.len().min(len);
+        // Drawn only when asked for, so the default keeps the earlier random stream.
+        let target = match self.passkey_min_len {
+            m if m > 0 && m < len => rng.random_range(m..=len),
+            _ => len,
+        };
+        let mut budget = target + 1 - answer.len().min(target);
+        let mut raised = false;
         loop {
             let spec = PasskeySpec {
                 target_tokens: budget,
@@ -169,8 +174,20 @@ impl DataSource {
                 seed: rng.random(),
             };
             let count = |s: &str| self.tokenizer.count(s);
-            let prompt = build_passkey(&spec, &count)
-                .map_err(|e| TrainError::Data(format!("passkey example at {len} tokens: {e}")))?;
+            let prompt = match build_passkey(&spec, &count) {
+                Ok(p) => p,
+                // A curriculum target below the filler-free prompt: use that prompt (once).
+                Err(PasskeyError::TargetTooShort { minimum, .. }) if target < len && !raised => {
+                    raised = true;
+                    budget = minimum;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(TrainError::Data(format!(
+                        "passkey example at {len} tokens: {e}"
+                    )))
+                }
+            };
             let mut ids = self.tokenizer.encode(&prompt.text, false)?;
             if ids.len() + answer.len() > len + 1 {
                 budget = budget.saturating_sub(4);

@@ -104,7 +104,7 @@ impl Trainer {
                 (weights::init_random(mc, 0.02, cfg.seed, &device), tok)
             }
         };
-        let data = DataSource::new(corpus, tokenizer, cfg.passkey_share, cfg.answer_weight)?;
+        let data = DataSource::new(corpus, tokenizer, &cfg)?;
         let placer = Placer::new(cfg.method, cfg.orig_len, cfg.train_len)?;
         std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
             path: run_dir.to_path_buf(),
@@ -133,12 +133,7 @@ impl Trainer {
         let (device, base) = devices(&state.config.backend)?;
         let loaded = checkpoint::load(&dir, state, &device, &base)?;
         let cfg = loaded.state.config.clone();
-        let data = DataSource::new(
-            corpus,
-            loaded.tokenizer,
-            cfg.passkey_share,
-            cfg.answer_weight,
-        )?;
+        let data = DataSource::new(corpus, loaded.tokenizer, &cfg)?;
         let placer = Placer::new(cfg.method, cfg.orig_len, cfg.train_len)?;
         Ok(Self {
             cfg,

@@ -379,6 +379,54 @@ fn passkey_rows_weight_exactly_the_answer() {
     }
 }
 
+/// `passkey_min_len`: prompts of every size between it and the row, each row still full length
+/// with the answer weighted; 0 keeps full-length prompts.
+#[test]
+fn passkey_min_len_varies_the_haystack() {
+    let answer_end = |min: usize| -> Vec<usize> {
+        let cfg = TrainConfig {
+            train_len: 256,
+            orig_len: 256,
+            passkey_share: 1.0,
+            passkey_min_len: min,
+            ..tiny_run()
+        };
+        let t = Trainer::new(cfg, &tmp(&format!("minlen{min}")), corpus()).expect("trainer");
+        let mut rng = e2llm_train::trainer::step_rng(5, 0, 0);
+        (0..24)
+            .map(|_| {
+                let row = t.data.passkey_row(256, &mut rng).expect("row");
+                assert_eq!(row.ids.len(), 257);
+                let weighted: Vec<usize> = (0..256).filter(|&j| row.weights[j] > 1.0).collect();
+                assert!(!weighted.is_empty(), "no answer in the row");
+                weighted[weighted.len() - 1] + 1
+            })
+            .collect()
+    };
+    // The builder fills whole filler blocks, so even "full" prompts end 0-90 tokens short.
+    let full = answer_end(0);
+    assert!(full.iter().all(|&e| e > 160), "full prompts: {full:?}");
+    // A target below the filler-free prompt (166 tokens with this small vocabulary) gets that
+    // prompt, with no filler at all.
+    let varied = answer_end(120);
+    assert!(
+        varied.iter().all(|&e| (160..=257).contains(&e)),
+        "{varied:?}"
+    );
+    let short = |v: &[usize]| v.iter().filter(|&&e| e < 180).count();
+    assert!(
+        short(&varied) >= short(&full) + 6,
+        "short haystacks: {varied:?} vs full rows {full:?}"
+    );
+    let bad = TrainConfig {
+        passkey_min_len: 300,
+        train_len: 256,
+        ..tiny_run()
+    };
+    let e = bad.validate().expect_err("longer than the row");
+    assert!(e.contains("passkey_min_len"), "{e}");
+}
+
 #[test]
 fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
     use e2llm_train::eval::{markdown_table, passkey_grid, PasskeyEval, ScaleMode};
