@@ -162,9 +162,15 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes results.md, results.json and the plots; prints the table.
 fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
     let table = rep.markdown();
+    let logn = if rep.plan.eval.logn {
+        " Rows `… + log-n` read the same checkpoint with log-n attention scaling (each query's \
+         logits × ln(n)/ln(L) past L; an inference option, not part of E²-LLM)."
+    } else {
+        ""
+    };
     let md = format!(
         "# {title}\n\nL = {} tokens; passkey: {} trials per (length, depth) cell, depths {:?}; \
-         values are accuracy averaged over depths.\n\n{table}\n## Passkey grids\n\n{}",
+         values are accuracy averaged over depths.{logn}\n\n{table}\n## Passkey grids\n\n{}",
         rep.orig_len,
         rep.plan.eval.trials,
         rep.plan.eval.depths,
@@ -210,7 +216,7 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
             &out.join("ppl_vs_length.png"),
         )?;
     }
-    println!("\n{title} (L = {} tokens)\n\n{table}", rep.orig_len);
+    println!("\n{title} (L = {} tokens){logn}\n\n{table}", rep.orig_len);
     println!(
         "results: {0}/results.md, {0}/results.json; plots: {0}/*.png",
         out.display()
