@@ -19,12 +19,9 @@ const CHUNK: usize = 256;
 
 /// Opens a checkpoint directory's model and tokenizer on `backend` ("cpu" or "wgpu").
 pub fn load(dir: &Path, backend_name: &str) -> Result<(Llama, Tokenizer), String> {
-    let cfg = checkpoint::load_config(dir).map_err(|e| e.to_string())?;
-    let tok = checkpoint::load_tokenizer(dir, cfg.vocab_size).map_err(|e| e.to_string())?;
     let device = backend::open(backend_name)
         .map_err(|e| format!("backend `{backend_name}` is not usable here: {e}"))?;
-    let model = checkpoint::load_dir(dir, &device).map_err(|e| e.to_string())?;
-    Ok((model, tok))
+    checkpoint::load_with_tokenizer(dir, &device).map_err(|e| e.to_string())
 }
 
 /// Attention maps of one prompt at several scales.

@@ -60,7 +60,18 @@ impl Compute {
     /// The HF checkpoint in `dir` on this device, attention through `--kernels`.
     pub fn load(&self, dir: &Path) -> Result<Llama> {
         let device = self.device()?;
-        let model = checkpoint::load_dir(dir, &device)?;
+        self.setup(checkpoint::load_dir(dir, &device)?, dir)
+    }
+
+    /// [`Self::load`] and the checkpoint's `tokenizer.json`.
+    pub fn load_with_tokenizer(&self, dir: &Path) -> Result<(Llama, e2llm_model::Tokenizer)> {
+        let device = self.device()?;
+        let (model, tok) = checkpoint::load_with_tokenizer(dir, &device)?;
+        Ok((self.setup(model, dir)?, tok))
+    }
+
+    /// Applies `--kernels` and `--logn` to a loaded model.
+    fn setup(&self, model: Llama, dir: &Path) -> Result<Llama> {
         let d = model.config.head_dim();
         if self.kernels == Kernels::Fused && !(d <= 128 && d.is_multiple_of(2)) {
             bail!(

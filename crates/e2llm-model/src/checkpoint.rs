@@ -46,6 +46,14 @@ pub fn load_tokenizer(dir: &Path, vocab_size: usize) -> Result<crate::Tokenizer>
     crate::Tokenizer::from_file(&dir.join(TOKENIZER_FILE), vocab_size)
 }
 
+/// Loads the model in `dir` and its `tokenizer.json` (checked against the model's vocabulary),
+/// reading `config.json` once.
+pub fn load_with_tokenizer(dir: &Path, device: &Device) -> Result<(Llama, crate::Tokenizer)> {
+    let model = load_dir(dir, device)?;
+    let tok = load_tokenizer(dir, model.config.vocab_size)?;
+    Ok((model, tok))
+}
+
 /// Loads a model from in-memory files: the config text and one or more safetensors shards
 /// given as `(file name, bytes)`.
 pub fn load_from_bytes(

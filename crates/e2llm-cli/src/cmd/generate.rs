@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use e2llm_model::checkpoint;
 use e2llm_model::generate::{generate, GenerateOptions, SamplingConfig};
 
 use crate::util::{check_scale, Compute};
@@ -41,9 +40,7 @@ pub struct Args {
 /// Generates and streams the text.
 pub fn run(a: Args) -> Result<()> {
     let g = check_scale(a.rope_scale)?;
-    let cfg = checkpoint::load_config(&a.model)?;
-    let tok = checkpoint::load_tokenizer(&a.model, cfg.vocab_size)?;
-    let model = a.compute.load(&a.model)?;
+    let (model, tok) = a.compute.load_with_tokenizer(&a.model)?;
     let prompt = tok.encode(&a.prompt, true)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,

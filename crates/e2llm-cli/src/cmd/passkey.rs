@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use e2llm_core::passkey::Filler;
-use e2llm_model::checkpoint;
 use e2llm_train::eval::{markdown_table, passkey_grid, PasskeyEval, ScaleMode};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -74,9 +73,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => Filler::Standard,
     };
-    let cfg = checkpoint::load_config(&a.model)?;
-    let tok = checkpoint::load_tokenizer(&a.model, cfg.vocab_size)?;
-    let model = a.compute.load(&a.model)?;
+    let (model, tok) = a.compute.load_with_tokenizer(&a.model)?;
+    let cfg = &model.config;
     let eval = PasskeyEval {
         lengths,
         depths,

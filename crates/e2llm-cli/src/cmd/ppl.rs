@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use e2llm_model::checkpoint;
 use e2llm_train::data::Corpus;
 use e2llm_train::eval::ScaleMode;
 use e2llm_train::ppl::{perplexity, text_for_windows};
@@ -50,8 +49,8 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(s) = a.stride {
         anyhow::ensure!(s > 0, "--stride must be at least 1");
     }
-    let cfg = checkpoint::load_config(&a.model)?;
-    let tok = checkpoint::load_tokenizer(&a.model, cfg.vocab_size)?;
+    let (model, tok) = a.compute.load_with_tokenizer(&a.model)?;
+    let cfg = &model.config;
     let text = match &a.text {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
@@ -59,7 +58,6 @@ pub fn run(a: Args) -> Result<()> {
         None => Corpus::embedded()?.heldout,
     };
     let tokens = tok.encode(text_for_windows(&text, &lengths, a.max_windows), false)?;
-    let model = a.compute.load(&a.model)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
