@@ -70,6 +70,15 @@ impl Compute {
         Ok((self.setup(model, dir)?, tok))
     }
 
+    /// `", log-n attention scaling"` with `--logn`, else nothing: for report headers.
+    pub fn logn_note(&self) -> &'static str {
+        if self.logn {
+            ", log-n attention scaling"
+        } else {
+            ""
+        }
+    }
+
     /// Applies `--kernels` and `--logn` to a loaded model.
     fn setup(&self, model: Llama, dir: &Path) -> Result<Llama> {
         let d = model.config.head_dim();
@@ -86,10 +95,12 @@ impl Compute {
 
 impl fmt::Display for Compute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, {} attention", self.backend, self.kernels)?;
-        if self.logn {
-            f.write_str(", log-n scaling")?;
-        }
-        Ok(())
+        write!(
+            f,
+            "{}, {} attention{}",
+            self.backend,
+            self.kernels,
+            self.logn_note()
+        )
     }
 }

@@ -268,6 +268,9 @@ fn reference_weights(
     layer: usize,
     head: usize,
 ) -> Vec<f32> {
+    use burn::tensor::{activation, Bool, Int, Tensor, TensorData};
+    use e2llm_model::attention::repeat_kv;
+    use e2llm_model::rope::RopeTables;
     // Log-n scaling, written out here: query i sees i + 1 keys.
     let base = model.config.max_position_embeddings as f64;
     let factors: Vec<f32> = (1..=ids.len())
@@ -276,9 +279,6 @@ fn reference_weights(
             false => 1.0,
         })
         .collect();
-    use burn::tensor::{activation, Bool, Int, Tensor, TensorData};
-    use e2llm_model::attention::repeat_kv;
-    use e2llm_model::rope::RopeTables;
     let cfg = &model.config;
     let (n, d) = (ids.len(), cfg.head_dim());
     let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use e2llm_model::{backend, checkpoint as hf};
+use e2llm_model::{backend, checkpoint as hf, Llama, Tokenizer};
 use serde::Serialize;
 
 use crate::checkpoint;
@@ -405,22 +405,17 @@ pub fn train_stage(
     Ok((ckpt, mean))
 }
 
-/// Evaluates the model in `ckpt` (passkey grid and perplexity), on `backend`, with log-n
-/// attention scaling when `logn`.
-#[allow(clippy::too_many_arguments)]
+/// Evaluates `model`, trained with `method` (passkey grid and perplexity), reporting progress
+/// under `name`.
 pub fn evaluate(
     name: &str,
     method: Method,
-    ckpt: &Path,
+    model: &Llama,
+    tok: &Tokenizer,
     plan: &EvalPlan,
     heldout: &str,
-    backend_name: &str,
-    logn: bool,
     obs: &dyn Observer,
 ) -> Result<(Vec<Cell>, Vec<PplPoint>)> {
-    let device = backend::device(backend_name)?;
-    let model = hf::load_dir(ckpt, &device)?.with_logn(logn);
-    let tok = hf::load_tokenizer(ckpt, model.config.vocab_size)?;
     let l = model.config.max_position_embeddings;
     let scale = inference_scale(method);
     let eval = PasskeyEval {
@@ -435,14 +430,14 @@ pub fn evaluate(
     let pk_total = eval.lengths.len() * eval.depths.len() * eval.trials;
     let ppl_total = plan.ppl_multiples.len() * plan.ppl_windows;
     let total = pk_total + ppl_total;
-    let cells = passkey_grid(&model, &tok, &eval, |d, _| obs.eval(name, d, total))?;
+    let cells = passkey_grid(model, tok, &eval, |d, _| obs.eval(name, d, total))?;
     let mut ppl = Vec::new();
     if !plan.ppl_multiples.is_empty() {
         let lengths: Vec<usize> = plan.ppl_multiples.iter().map(|k| k * l).collect();
         let text = crate::ppl::text_for_windows(heldout, &lengths, plan.ppl_windows);
         let tokens = tok.encode(text, false)?;
         ppl = perplexity(
-            &model,
+            model,
             &tokens,
             &lengths,
             None,
@@ -481,8 +476,12 @@ pub fn run(
         path: out.to_path_buf(),
         source,
     })?;
-    // Each model is evaluated as trained (plain PI), then, when the plan asks, with log-n.
+    // Each model is evaluated as trained (plain PI), then, when the plan asks, with log-n
+    // (the same loaded weights).
     let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {
+        let device = backend::device(backend)?;
+        let (model, tok) = hf::load_with_tokenizer(ckpt, &device)?;
+        let final_loss = final_loss(ckpt)?;
         let mut out = Vec::new();
         for logn in std::iter::once(false).chain(plan.eval.logn.then_some(true)) {
             let label = match logn {
@@ -492,11 +491,10 @@ pub fn run(
             let (cells, ppl) = evaluate(
                 &label,
                 method,
-                ckpt,
+                &model.clone().with_logn(logn),
+                &tok,
                 &plan.eval,
                 &corpus.heldout,
-                backend,
-                logn,
                 obs,
             )?;
             obs.done(&label);
@@ -508,7 +506,7 @@ pub fn run(
                 name: label,
                 method,
                 inference,
-                final_loss: final_loss(ckpt)?,
+                final_loss,
                 checkpoint: ckpt.to_path_buf(),
                 tokens_per_s: tps,
                 passkey: cells,

@@ -100,11 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.max_position_embeddings,
         eval.trials,
         eval.scale,
-        if a.compute.logn {
-            ", log-n attention scaling"
-        } else {
-            ""
-        }
+        a.compute.logn_note()
     );
     print!("{}", markdown_table(&cells));
     if let Some(path) = &a.json {

@@ -83,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
         a.model.display(),
         cfg.max_position_embeddings,
         a.rope_scale,
-        if a.compute.logn { ", log-n attention scaling" } else { "" }
+        a.compute.logn_note()
     );
     for p in &points {
         println!(
