@@ -326,7 +326,65 @@ fn experiment_ci_preset_runs_end_to_end() {
         "5",
     ]);
     assert_clear_error(&clash, "different config");
+
+    // `--base DIR`: the arms start from an existing checkpoint; nothing is pretrained, and the
+    // base row reads that checkpoint exactly as the run that trained it did.
+    let out2 = tmp("experiment-base");
+    let out2_s = out2.to_str().expect("utf-8 path");
+    let base_dir = out.join("base/checkpoint");
+    let b = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out2_s,
+        "--arms",
+        "e2llm-g4",
+        "--base",
+        base_dir.to_str().expect("utf-8"),
+    ]);
+    assert!(b.status.success(), "stderr: {}", stderr(&b));
+    assert!(!out2.join("base").exists(), "a base was trained");
+    let json2: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out2.join("results.json")).expect("results.json written"),
+    )
+    .expect("results.json parses");
+    let row = |j: &serde_json::Value, name: &str| {
+        j["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {name}"))
+    };
+    for n in ["base", "base + log-n"] {
+        assert_eq!(row(&json2, n)["passkey"], row(&json, n)["passkey"], "{n}");
+        assert_eq!(row(&json2, n)["ppl"], row(&json, n)["ppl"], "{n}");
+    }
+    assert_eq!(
+        row(&json2, "base")["final_loss"],
+        row(&json, "base")["final_loss"]
+    );
+    let arm_state = std::fs::read_to_string(out2.join("e2llm-g4/checkpoint/trainer_state.json"))
+        .expect("arm trainer state");
+    assert!(
+        arm_state.contains(base_dir.to_str().expect("utf-8")),
+        "{arm_state}"
+    );
+    // A directory that is not a checkpoint is one clear error naming it.
+    let bad = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out2_s,
+        "--base",
+        out2_s,
+    ]);
+    assert_clear_error(&bad, "config.json");
     std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&out2).ok();
 }
 
 #[test]

@@ -59,6 +59,9 @@ pub struct Plan {
     pub arms: Vec<Arm>,
     /// Evaluation.
     pub eval: EvalPlan,
+    /// An existing HF checkpoint that stands in for the base stage (`--base`): the arms start
+    /// from it and it is evaluated as the base row; nothing is pretrained.
+    pub base_dir: Option<PathBuf>,
 }
 
 /// The named plans.
@@ -156,6 +159,7 @@ impl Plan {
                             per_batch: false,
                         },
                     }],
+                    base_dir: None,
                     eval: EvalPlan {
                         passkey_multiples: vec![1, 2, 4, 8, 16, 32],
                         depths,
@@ -189,6 +193,7 @@ impl Plan {
                     base,
                     extend,
                     arms: ablation_arms(4, &[2, 4]),
+                    base_dir: None,
                     eval: EvalPlan {
                         passkey_multiples: vec![4, 8],
                         depths: vec![0.5],
@@ -216,6 +221,7 @@ impl Plan {
                     base,
                     extend,
                     arms: ablation_arms(32, &[5, 10, 20, 36]),
+                    base_dir: None,
                     eval: EvalPlan {
                         passkey_multiples: vec![1, 2, 4, 8, 16, 32],
                         depths,
@@ -228,6 +234,22 @@ impl Plan {
                 }
             }
         }
+    }
+
+    /// Uses the HF checkpoint in `dir` as the base instead of pretraining one: `L` (and the
+    /// extension window `R = L`) become its `max_position_embeddings`; the haystack floor
+    /// `passkey_min_len` is dropped where it no longer fits in `R`.
+    pub fn with_base(mut self, dir: &Path) -> Result<Self> {
+        let l = hf::load_config(dir)?.max_position_embeddings;
+        for c in [&mut self.base, &mut self.extend] {
+            c.orig_len = l;
+            c.train_len = l;
+            if c.passkey_min_len > l {
+                c.passkey_min_len = 0;
+            }
+        }
+        self.base_dir = Some(dir.to_path_buf());
+        Ok(self)
     }
 
     /// Sets the compute backend of every stage.
@@ -271,8 +293,8 @@ pub struct ArmResult {
     pub inference: String,
     /// Final checkpoint.
     pub checkpoint: PathBuf,
-    /// Mean training loss of the last 20 steps.
-    pub final_loss: f32,
+    /// Mean training loss of the last 20 steps (none for a `--base` checkpoint not trained here).
+    pub final_loss: Option<f32>,
     /// Mean training tokens/s.
     pub tokens_per_s: f64,
     /// Passkey grid.
@@ -337,7 +359,11 @@ impl Report {
                     None => s += " – |",
                 }
             }
-            s += &format!(" {:.0} |\n", r.tokens_per_s);
+            // 0: not trained in this run (a reused stage or a `--base` checkpoint).
+            match r.tokens_per_s {
+                t if t > 0.0 => s += &format!(" {t:.0} |\n"),
+                _ => s += " – |\n",
+            }
         }
         s
     }
@@ -467,10 +493,15 @@ fn scale_label(s: ScaleMode) -> String {
     }
 }
 
-fn final_loss(ckpt: &Path) -> Result<f32> {
+/// Mean loss of the last 20 steps, when `ckpt` was trained by e2llm (a plain HF directory given
+/// as `--base` has no trainer state).
+fn final_loss(ckpt: &Path) -> Result<Option<f32>> {
+    if !ckpt.join(checkpoint::STATE_FILE).exists() {
+        return Ok(None);
+    }
     let state = checkpoint::read_state(ckpt)?;
     let tail = &state.losses[state.losses.len().saturating_sub(20)..];
-    Ok(tail.iter().sum::<f32>() / tail.len().max(1) as f32)
+    Ok((!tail.is_empty()).then(|| tail.iter().sum::<f32>() / tail.len() as f32))
 }
 
 /// Runs the plan in `out`: the base, then the arms (`jobs` at a time), each evaluated.
@@ -524,7 +555,10 @@ pub fn run(
         }
         Ok::<_, TrainError>(out)
     };
-    let (base_ckpt, base_tps) = train_stage("base", &plan.base, &out.join("base"), corpus, obs)?;
+    let (base_ckpt, base_tps) = match &plan.base_dir {
+        Some(dir) => (dir.clone(), 0.0),
+        None => train_stage("base", &plan.base, &out.join("base"), corpus, obs)?,
+    };
     let base = rows(
         "base",
         Method::None,

@@ -93,6 +93,18 @@ impl Trainer {
             Some(dir) => {
                 let dir = Path::new(dir);
                 let mut model = e2llm_model::checkpoint::load_dir(dir, &device)?;
+                let l = model.config.max_position_embeddings;
+                if l != cfg.orig_len {
+                    return Err(TrainError::Config {
+                        file: "<run config>".into(),
+                        reason: format!(
+                            "init checkpoint {} has max_position_embeddings {l}, but orig_len \
+                             (L) is {}; set orig_len = {l} (and train_len, usually = L)",
+                            dir.display(),
+                            cfg.orig_len
+                        ),
+                    });
+                }
                 let tok = e2llm_model::checkpoint::load_tokenizer(dir, model.config.vocab_size)?;
                 model.config.rope.scaling =
                     crate::method::rope_scaling_for(cfg.method, cfg.orig_len);

@@ -331,6 +331,24 @@ fn corrupt_checkpoints_are_clear_errors() {
     let mut t = Trainer::new(tiny_run(), &dir, corpus()).expect("trainer");
     t.step().expect("step");
     t.save().expect("save");
+    // Extending it with another L is refused up front (its RoPE and the samplers would
+    // disagree about L), naming both values.
+    let e = Trainer::new(
+        TrainConfig {
+            init: Some(dir.join("checkpoint").display().to_string()),
+            orig_len: 64,
+            train_len: 64,
+            ..tiny_run()
+        },
+        &tmp("init-l"),
+        corpus(),
+    )
+    .err()
+    .expect("init with another L");
+    assert!(
+        e.to_string().contains("max_position_embeddings 48") && e.to_string().contains("orig_len"),
+        "{e}"
+    );
     let opt = dir.join("checkpoint").join(checkpoint::OPTIM_FILE);
     std::fs::write(&opt, b"garbage").expect("write");
     let e = Trainer::resume(&dir, corpus())

@@ -47,6 +47,10 @@ pub struct Common {
     /// Compute backend of training and evaluation.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
     backend: String,
+    /// Use this HF checkpoint directory (config.json, model.safetensors, tokenizer.json) as the
+    /// base instead of pretraining one; `L` becomes its max_position_embeddings.
+    #[arg(long, value_name = "DIR", conflicts_with = "base_steps")]
+    base: Option<PathBuf>,
     /// Base pretraining steps (default: the preset's).
     #[arg(long)]
     base_steps: Option<usize>,
@@ -66,6 +70,11 @@ pub struct Common {
 
 fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
     plan = plan.with_backend(&c.backend);
+    if let Some(dir) = &c.base {
+        plan = plan
+            .with_base(dir)
+            .with_context(|| format!("--base {}: cannot use it as the base", dir.display()))?;
+    }
     if let Some(s) = c.base_steps {
         plan.base.steps = s;
     }
@@ -239,13 +248,19 @@ fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str) -> Result<Report> 
 /// `e2llm quickstart`.
 pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     let plan = apply(Plan::preset(Preset::Quickstart), &a.common)?;
+    let base = match &plan.base_dir {
+        Some(dir) => format!("start from {} (L = {})", dir.display(), plan.base.orig_len),
+        None => format!(
+            "pretrain a {}-layer, {}-wide Llama at L = {} for {} steps",
+            plan.base.model.num_hidden_layers,
+            plan.base.model.hidden_size,
+            plan.base.orig_len,
+            plan.base.steps
+        ),
+    };
     println!(
-        "quickstart: pretrain a {}-layer, {}-wide Llama at L = {} for {} steps, extend it with \
-         E²-LLM ({} steps), then find passkeys at {:?}× L. Output: {}",
-        plan.base.model.num_hidden_layers,
-        plan.base.model.hidden_size,
-        plan.base.orig_len,
-        plan.base.steps,
+        "quickstart: {base}, extend it with E²-LLM ({} steps), then find passkeys at {:?}× L. \
+         Output: {}",
         plan.extend.steps,
         plan.eval.passkey_multiples,
         a.out.display()
