@@ -647,4 +647,32 @@ mod tests {
         }
         assert!(names.iter().any(|x| x == "e2llm-no-t") && names.iter().any(|x| x == "e2llm-no-g"));
     }
+
+    #[test]
+    fn a_given_base_sets_l_and_r_from_its_config() {
+        let dir = std::env::temp_dir().join(format!("e2llm-with-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut c = e2llm_core::config::LlamaConfig::tiny();
+        c.max_position_embeddings = 64;
+        std::fs::write(dir.join("config.json"), c.to_json_value().to_string()).expect("write");
+        // The quickstart's L is 256 and its haystack floor 110 tokens: neither fits L = 64.
+        let plan = Plan::preset(Preset::Quickstart)
+            .with_base(&dir)
+            .expect("with_base");
+        assert_eq!(plan.base_dir.as_deref(), Some(dir.as_path()));
+        for cfg in [&plan.base, &plan.extend] {
+            assert_eq!(
+                (cfg.orig_len, cfg.train_len, cfg.passkey_min_len),
+                (64, 64, 0)
+            );
+        }
+        plan.arm_config(&plan.arms[0], &dir)
+            .validate()
+            .expect("arm config valid");
+        let e = Plan::preset(Preset::Ci)
+            .with_base(&dir.join("missing"))
+            .expect_err("no config.json");
+        assert!(e.to_string().contains("config.json"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
