@@ -136,6 +136,12 @@ pub struct TrainConfig {
     /// Attention: `auto` (fused WGSL kernel on wgpu, plain burn ops on cpu), `fused` or
     /// `reference`.
     pub kernels: Kernels,
+    /// Threads per micro-batch (data parallel, for the CPU backend, whose ops run on one
+    /// core): the rows are split into this many contiguous parts, each part's forward and
+    /// backward runs on its own thread, and the gradients are summed in part order. 1 = one
+    /// pass over the whole micro-batch. Results are deterministic for a given value (a resumed
+    /// run keeps it) but differ in the last bits between values.
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -164,6 +170,7 @@ impl Default for TrainConfig {
             checkpoint_every: 200,
             backend: "cpu".into(),
             kernels: Kernels::Auto,
+            threads: 1,
         }
     }
 }
@@ -210,6 +217,13 @@ impl TrainConfig {
         pos(self.orig_len, "orig_len")?;
         pos(self.batch_size, "batch_size")?;
         pos(self.grad_accum, "grad_accum")?;
+        pos(self.threads, "threads")?;
+        if self.threads > self.batch_size {
+            return Err(format!(
+                "`threads` ({}) must not exceed `batch_size` ({}): each thread takes whole rows",
+                self.threads, self.batch_size
+            ));
+        }
         pos(m.hidden_size, "model.hidden_size")?;
         pos(m.num_attention_heads, "model.num_attention_heads")?;
         pos(m.num_key_value_heads, "model.num_key_value_heads")?;

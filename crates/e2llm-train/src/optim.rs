@@ -66,6 +66,17 @@ impl NamedGrads {
         });
     }
 
+    /// Adds `other`'s gradients to these (`self + other`, name by name).
+    pub fn add(&mut self, other: NamedGrads) {
+        for (name, g) in other.grads {
+            let sum = match self.grads.remove(&name) {
+                Some(prev) => prev + g,
+                None => g,
+            };
+            self.grads.insert(name, sum);
+        }
+    }
+
     /// Multiplies every gradient by `s` (e.g. 1 / micro-batches).
     pub fn scale(&mut self, s: f32) {
         for g in self.grads.values_mut() {

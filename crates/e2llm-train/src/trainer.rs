@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use e2llm_model::{backend, weights, Llama};
+use e2llm_model::{backend, weights, Llama, Positions};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -78,6 +78,29 @@ pub fn step_rng(seed: u64, step: usize, micro: usize) -> ChaCha8Rng {
 fn devices(name: &str) -> Result<(Device, Device)> {
     let base = backend::open(name)?;
     Ok((base.clone().autodiff(), base))
+}
+
+/// Token-weighted loss of `rows` (inputs `ids[..len]`, targets shifted by one) on `model`.
+fn batch_loss(
+    model: &Llama,
+    len: usize,
+    rows: &[Row],
+    positions: &Positions,
+) -> Result<burn::tensor::Tensor<1>> {
+    let mut ids = Vec::with_capacity(rows.len() * len);
+    let mut targets = Vec::with_capacity(rows.len() * len);
+    let mut w = Vec::with_capacity(rows.len() * len);
+    for r in rows {
+        ids.extend_from_slice(&r.ids[..len]);
+        targets.extend_from_slice(&r.ids[1..=len]);
+        w.extend_from_slice(&r.weights);
+    }
+    let logits = model.forward(&ids, positions, None)?;
+    Ok(if model.fused() {
+        weighted_cross_entropy_fused(logits, &targets, &w)
+    } else {
+        weighted_cross_entropy(logits, &targets, &w)
+    })
 }
 
 impl Trainer {
@@ -172,21 +195,69 @@ impl Trainer {
 
     /// Loss of a batch on the current model (tracked for autodiff).
     pub fn loss(&self, rows: &[Row], placement: &Placement) -> Result<burn::tensor::Tensor<1>> {
-        let len = self.cfg.train_len;
-        let mut ids = Vec::with_capacity(rows.len() * len);
-        let mut targets = Vec::with_capacity(rows.len() * len);
-        let mut w = Vec::with_capacity(rows.len() * len);
-        for r in rows {
-            ids.extend_from_slice(&r.ids[..len]);
-            targets.extend_from_slice(&r.ids[1..=len]);
-            w.extend_from_slice(&r.weights);
+        batch_loss(&self.model, self.cfg.train_len, rows, &placement.positions)
+    }
+
+    /// Loss value and gradients of one micro-batch: one pass, or (`threads` > 1) its rows in
+    /// contiguous parts on as many threads, each on its own fork of the model (a separate
+    /// autodiff graph), each part's loss weighted by its share of the answer weights so that
+    /// the parts sum to the micro-batch's loss; the gradients are summed in part order.
+    pub fn gradients(&self, rows: &[Row], placement: &Placement) -> Result<(f32, NamedGrads)> {
+        let one = |model: &Llama, rows: &[Row], pos: &Positions, share: f32| {
+            let mut loss = batch_loss(model, self.cfg.train_len, rows, pos)?;
+            if share != 1.0 {
+                loss = loss * share;
+            }
+            // A device failure is an error of its own, not a NaN loss.
+            let value = backend::read_f32(loss.clone())?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    loss: value,
+                });
+            }
+            let mut grads = NamedGrads::default();
+            grads.accumulate(model, &loss.backward());
+            Ok((value, grads))
+        };
+        let parts = self.cfg.threads.min(rows.len()).max(1);
+        if parts == 1 {
+            return one(&self.model, rows, &placement.positions, 1.0);
         }
-        let logits = self.model.forward(&ids, &placement.positions, None)?;
-        Ok(if self.model.fused() {
-            weighted_cross_entropy_fused(logits, &targets, &w)
-        } else {
-            weighted_cross_entropy(logits, &targets, &w)
-        })
+        let weight = |rs: &[Row]| rs.iter().flat_map(|r| &r.weights).sum::<f32>();
+        let total = weight(rows).max(f32::MIN_POSITIVE);
+        let seq = placement.positions.seq();
+        let device = self.model.device();
+        let results: Vec<Result<(f32, NamedGrads)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..parts)
+                .map(|p| {
+                    let (a, b) = (p * rows.len() / parts, (p + 1) * rows.len() / parts);
+                    let pos = Positions {
+                        pos: placement.positions.pos[a * seq..b * seq].to_vec(),
+                        scale: placement.positions.scale[a..b].to_vec(),
+                        batch: b - a,
+                    };
+                    let model = burn::module::Module::fork(self.model.clone(), &device);
+                    let one = &one;
+                    s.spawn(move || one(&model, &rows[a..b], &pos, weight(&rows[a..b]) / total))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut value = 0.0f32;
+        let mut grads = NamedGrads::default();
+        for r in results {
+            let (v, g) = r?;
+            value += v;
+            grads.add(g);
+        }
+        Ok((value, grads))
     }
 
     /// One optimizer step (with gradient accumulation and clipping).
@@ -197,21 +268,9 @@ impl Trainer {
         let (mut gs, mut ts) = (Vec::new(), Vec::new());
         for micro in 0..self.cfg.grad_accum {
             let (rows, placement) = self.batch(self.step, micro)?;
-            let loss = self.loss(&rows, &placement)?;
-            // A device failure is an error of its own, not a NaN loss.
-            let value = e2llm_model::backend::read_f32(loss.clone())?
-                .first()
-                .copied()
-                .unwrap_or(f32::NAN);
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: self.step + 1,
-                    loss: value,
-                });
-            }
+            let (value, g) = self.gradients(&rows, &placement)?;
             loss_sum += value;
-            let g = loss.backward();
-            grads.accumulate(&self.model, &g);
+            grads.add(g);
             gs.extend(placement.g);
             ts.extend(placement.t);
         }

@@ -284,6 +284,9 @@ fn bad_configs_are_clear_errors() {
         e.to_string().contains("run.toml") && e.to_string().contains("stepz"),
         "{e}"
     );
+    let e = TrainConfig::from_toml("run.toml", "batch_size = 2\nthreads = 3")
+        .expect_err("more threads than rows");
+    assert!(e.to_string().contains("threads"), "{e}");
     let e = TrainConfig::from_toml("run.toml", "lr = -1.0").expect_err("negative lr");
     assert!(e.to_string().contains("lr"), "{e}");
     let e = TrainConfig::from_toml("run.toml", "[method]\nname = \"e2llm\"").expect_err("no g_max");
@@ -359,6 +362,47 @@ fn corrupt_checkpoints_are_clear_errors() {
         .err()
         .expect("no checkpoint");
     assert!(e.to_string().contains("no complete checkpoint"), "{e}");
+}
+
+/// `threads`: a micro-batch split over threads (parts of 1, 1 and 2 rows, so unequal shares of
+/// the answer weights) gives the one-pass loss and every gradient to float rounding, and the
+/// same bits every time.
+#[test]
+fn threads_split_the_batch_and_sum_to_the_one_pass_gradients() {
+    let cfg = TrainConfig {
+        train_len: 256,
+        orig_len: 256,
+        passkey_share: 0.5,
+        batch_size: 4,
+        ..tiny_run()
+    };
+    let mut t = Trainer::new(cfg, &tmp("threads"), corpus()).expect("trainer");
+    let (rows, placement) = t.batch(0, 0).expect("batch");
+    let (l1, g1) = t.gradients(&rows, &placement).expect("one pass");
+    t.cfg.threads = 3;
+    let (l3, g3) = t.gradients(&rows, &placement).expect("three threads");
+    let (l3b, g3b) = t.gradients(&rows, &placement).expect("three threads again");
+    assert!((l1 - l3).abs() <= 1e-5 * l1.abs(), "loss {l1} vs {l3}");
+    assert_eq!(l3.to_bits(), l3b.to_bits(), "not deterministic");
+    let host = |x: &burn::tensor::Tensor<1>| {
+        e2llm_model::backend::read_f32(x.clone()).expect("read gradient")
+    };
+    assert_eq!(g1.grads.len(), g3.grads.len());
+    for (name, a) in &g1.grads {
+        let (a, b, c) = (host(a), host(&g3.grads[name]), host(&g3b.grads[name]));
+        let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(max > 0.0, "{name}: zero gradient");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * max,
+                "{name}[{i}]: {x} vs {y} (max {max})"
+            );
+        }
+        assert!(
+            b.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: not deterministic"
+        );
+    }
 }
 
 #[test]
