@@ -387,6 +387,48 @@ fn experiment_ci_preset_runs_end_to_end() {
     std::fs::remove_dir_all(&out2).ok();
 }
 
+/// `passkey --threads`: prompts on several threads give the grid one thread gives, on the
+/// shipped demo model (which finds keys at L, so the cells are not all zero).
+#[test]
+fn passkey_grid_is_the_same_on_any_number_of_threads() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/model");
+    let out = tmp("passkey-threads");
+    let cells = |threads: &str| -> serde_json::Value {
+        let json = out.join(format!("t{threads}.json"));
+        let o = e2llm(&[
+            "passkey",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--lengths",
+            "256,384",
+            "--depths",
+            "0,1",
+            "--trials",
+            "3",
+            "--rope-scale",
+            "safe",
+            "--threads",
+            threads,
+            "--json",
+            json.to_str().expect("utf-8"),
+        ]);
+        assert!(o.status.success(), "stderr: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+        v["cells"].clone()
+    };
+    let one = cells("1");
+    let found: u64 = one
+        .as_array()
+        .expect("cells")
+        .iter()
+        .filter_map(|c| c["correct"].as_u64())
+        .sum();
+    assert!(found > 0, "the demo model found no key: {one}");
+    assert_eq!(cells("3"), one);
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn ppl_reports_every_length() {
     let out = tmp("ppl");

@@ -28,6 +28,14 @@ pub struct PasskeyEval {
     pub filler: Filler,
     /// Seed of keys and filler.
     pub seed: u64,
+    /// Prompts evaluated at once, each on its own thread (the CPU backend runs an op on one
+    /// core). Results do not depend on it: every prompt is built from its own seed.
+    pub threads: usize,
+}
+
+/// Cores available to this process (1 when unknown): the default of `PasskeyEval::threads`.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One cell's result.
@@ -52,62 +60,107 @@ impl Cell {
     }
 }
 
-/// Runs the grid; `on_trial(done, total)` reports progress.
+/// Runs the grid; `on_trial(done, total)` reports progress (from the calling thread).
 pub fn passkey_grid(
     model: &Llama,
     tok: &Tokenizer,
     eval: &PasskeyEval,
     mut on_trial: impl FnMut(usize, usize),
 ) -> Result<Vec<Cell>> {
-    let orig_len = model.config.max_position_embeddings;
-    let total = eval.lengths.len() * eval.depths.len() * eval.trials;
-    let mut done = 0;
-    let mut cells = Vec::new();
-    for &length in &eval.lengths {
-        for &depth in &eval.depths {
-            let mut cell = Cell {
+    let mut cells: Vec<Cell> = eval
+        .lengths
+        .iter()
+        .flat_map(|&length| {
+            eval.depths.iter().map(move |&depth| Cell {
                 length,
                 depth,
                 g: 1.0,
                 correct: 0,
                 trials: eval.trials,
-            };
-            for trial in 0..eval.trials {
-                let spec = PasskeySpec {
-                    target_tokens: length,
-                    depth,
-                    key: None,
-                    filler: eval.filler.clone(),
-                    seed: eval
-                        .seed
-                        .wrapping_mul(1_000_003)
-                        .wrapping_add((length as u64) << 20)
-                        .wrapping_add(((depth * 1000.0) as u64) << 8)
-                        .wrapping_add(trial as u64),
-                };
-                let count = |s: &str| tok.count(s);
-                let prompt = build_passkey(&spec, &count).map_err(|e| {
-                    TrainError::Data(format!("passkey prompt at {length} tokens: {e}"))
-                })?;
-                let ids = tok.encode(&prompt.text, false)?;
-                let g = eval.scale.g(ids.len(), eval.max_new_tokens, orig_len);
-                cell.g = g;
-                let opts = GenerateOptions {
-                    max_new_tokens: eval.max_new_tokens,
-                    rope_scale: g,
-                    ..GenerateOptions::default()
-                };
-                let out = generate(model, &ids, &opts, |_| true)?;
-                if score(&tok.decode(&out)?, prompt.key) {
-                    cell.correct += 1;
+            })
+        })
+        .collect();
+    let jobs: Vec<(usize, usize)> = (0..cells.len())
+        .flat_map(|c| (0..eval.trials).map(move |t| (c, t)))
+        .collect();
+    let total = jobs.len();
+    // (g, correct) of every (cell, trial), filled as the workers finish.
+    let mut outcome: Vec<Option<(f32, bool)>> = vec![None; total];
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let cells_ref = &cells;
+    let trial = |j: usize| -> Result<(f32, bool)> {
+        let (c, t) = jobs[j];
+        run_trial(model, tok, eval, cells_ref[c].length, cells_ref[c].depth, t)
+    };
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..eval.threads.clamp(1, total.max(1)) {
+            let (tx, next, trial) = (tx.clone(), &next, &trial);
+            s.spawn(move || loop {
+                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if j >= total {
+                    break;
                 }
-                done += 1;
-                on_trial(done, total);
-            }
-            cells.push(cell);
+                let r = trial(j);
+                let failed = r.is_err();
+                if tx.send((j, r)).is_err() || failed {
+                    // Stop handing out prompts; the running ones finish.
+                    next.store(total, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            });
         }
+        drop(tx);
+        for (done, (j, r)) in rx.into_iter().enumerate() {
+            outcome[j] = Some(r?);
+            on_trial(done + 1, total);
+        }
+        Ok(())
+    })?;
+    for (&(c, _), o) in jobs.iter().zip(outcome) {
+        let (g, correct) =
+            o.ok_or_else(|| TrainError::Data("a passkey trial did not run".into()))?;
+        // The cell reports the g of its last trial (they differ only when `safe` rounds).
+        cells[c].g = g;
+        cells[c].correct += usize::from(correct);
     }
     Ok(cells)
+}
+
+/// One passkey prompt: `(g, answered correctly)`.
+fn run_trial(
+    model: &Llama,
+    tok: &Tokenizer,
+    eval: &PasskeyEval,
+    length: usize,
+    depth: f64,
+    trial: usize,
+) -> Result<(f32, bool)> {
+    let orig_len = model.config.max_position_embeddings;
+    let spec = PasskeySpec {
+        target_tokens: length,
+        depth,
+        key: None,
+        filler: eval.filler.clone(),
+        seed: eval
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add((length as u64) << 20)
+            .wrapping_add(((depth * 1000.0) as u64) << 8)
+            .wrapping_add(trial as u64),
+    };
+    let count = |s: &str| tok.count(s);
+    let prompt = build_passkey(&spec, &count)
+        .map_err(|e| TrainError::Data(format!("passkey prompt at {length} tokens: {e}")))?;
+    let ids = tok.encode(&prompt.text, false)?;
+    let g = eval.scale.g(ids.len(), eval.max_new_tokens, orig_len);
+    let opts = GenerateOptions {
+        max_new_tokens: eval.max_new_tokens,
+        rope_scale: g,
+        ..GenerateOptions::default()
+    };
+    let out = generate(model, &ids, &opts, |_| true)?;
+    Ok((g, score(&tok.decode(&out)?, prompt.key)))
 }
 
 /// The grid as a markdown table: one row per length, one column per depth, accuracy in %.

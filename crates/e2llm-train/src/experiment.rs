@@ -440,8 +440,8 @@ pub fn train_stage(
     Ok((ckpt, mean))
 }
 
-/// Evaluates `model`, trained with `method` (passkey grid and perplexity), reporting progress
-/// under `name`.
+/// Evaluates `model`, trained with `method` (passkey grid, `threads` prompts at once, and
+/// perplexity), reporting progress under `name`.
 pub fn evaluate(
     name: &str,
     method: Method,
@@ -449,6 +449,7 @@ pub fn evaluate(
     tok: &Tokenizer,
     plan: &EvalPlan,
     heldout: &str,
+    threads: usize,
     obs: &dyn Observer,
 ) -> Result<(Vec<Cell>, Vec<PplPoint>)> {
     let l = model.config.max_position_embeddings;
@@ -461,6 +462,7 @@ pub fn evaluate(
         scale,
         filler: e2llm_core::passkey::Filler::Standard,
         seed: 0,
+        threads,
     };
     let pk_total = eval.lengths.len() * eval.depths.len() * eval.trials;
     let ppl_total = plan.ppl_multiples.len() * plan.ppl_windows;
@@ -516,6 +518,8 @@ pub fn run(
         path: out.to_path_buf(),
         source,
     })?;
+    // The cores are shared between the arms running at once.
+    let eval_threads = (crate::eval::cores() / jobs.max(1)).max(1);
     // Each model is evaluated as trained (plain PI), then, when the plan asks, with log-n
     // (the same loaded weights).
     let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {
@@ -535,6 +539,7 @@ pub fn run(
                 &tok,
                 &plan.eval,
                 &corpus.heldout,
+                eval_threads,
                 obs,
             )?;
             obs.done(&label);

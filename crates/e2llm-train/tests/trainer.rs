@@ -505,6 +505,7 @@ fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
         scale: ScaleMode::Safe,
         filler: e2llm_core::passkey::Filler::Standard,
         seed: 1,
+        threads: 1,
     };
     let mut progress = Vec::new();
     let cells = passkey_grid(&t.model, &t.data.tokenizer, &eval, |d, n| {
@@ -525,6 +526,20 @@ fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
             c.g
         );
     }
+    // Prompts on several threads: the same grid, progress still counted 1..=8 in order.
+    let mut progress3 = Vec::new();
+    let cells3 = passkey_grid(
+        &t.model,
+        &t.data.tokenizer,
+        &PasskeyEval {
+            threads: 3,
+            ..eval.clone()
+        },
+        |d, n| progress3.push((d, n)),
+    )
+    .expect("grid on 3 threads");
+    assert_eq!(cells3, cells);
+    assert_eq!(progress3, progress);
     let table = markdown_table(&cells);
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(
