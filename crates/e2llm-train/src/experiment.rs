@@ -442,6 +442,7 @@ pub fn train_stage(
 
 /// Evaluates `model`, trained with `method` (passkey grid, `threads` prompts at once, and
 /// perplexity), reporting progress under `name`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     name: &str,
     method: Method,
