@@ -149,6 +149,10 @@ impl Plan {
             Preset::Quickstart => {
                 base.steps = 800;
                 extend.steps = 800;
+                // Two threads per step (a fixed number, so the numbers are the same on every
+                // machine): the CPU backend runs each op on one core.
+                base.threads = 2;
+                extend.threads = 2;
                 Self {
                     base,
                     extend,

@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// ops), `fused` (attention.wgsl on wgpu, its CPU twin on cpu), `auto`.
     #[arg(long, default_value = "reference,fused")]
     kernels: String,
+    /// Training threads per step to measure on the cpu backend, comma-separated (the trainer's
+    /// `threads`: rows split over threads; other backends run 1).
+    #[arg(long, default_value = "1,2")]
+    threads: String,
     /// Timed optimizer steps per backend.
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -69,28 +73,40 @@ fn train(a: TrainArgs) -> Result<()> {
         .map(|k| k.trim().parse::<Kernels>().map_err(anyhow::Error::msg))
         .collect::<Result<_>>()
         .context("--kernels")?;
+    let thread_counts: Vec<usize> = parse_list(&a.threads, "--threads")?;
+    anyhow::ensure!(
+        thread_counts.iter().all(|&t| t > 0),
+        "--threads: every count must be at least 1"
+    );
     let corpus = Corpus::embedded()?;
     let tmp = std::env::temp_dir().join(format!("e2llm-bench-{}", std::process::id()));
     let mut rows = Vec::new();
-    for (name, kern) in backends
-        .iter()
-        .flat_map(|b| kernels.iter().map(move |k| (b, *k)))
-    {
+    let runs = backends.iter().flat_map(|b| {
+        let ts: Vec<usize> = match b.as_str() {
+            "cpu" => thread_counts.clone(),
+            _ => vec![1],
+        };
+        kernels
+            .iter()
+            .flat_map(move |k| ts.clone().into_iter().map(move |t| (b, *k, t)))
+    });
+    for (name, kern, threads) in runs {
         let mut cfg = Plan::preset(Preset::Quickstart).base;
         cfg.backend = name.clone();
         cfg.kernels = kern;
         cfg.checkpoint_every = 0;
         cfg.steps = a.warmup + a.steps;
+        cfg.threads = threads;
         let cfg = apply_overrides(&cfg, &a.set)?;
         let mut trainer = match Trainer::new(
             cfg.clone(),
-            &tmp.join(format!("{name}-{kern}")),
+            &tmp.join(format!("{name}-{kern}-{threads}")),
             &corpus,
         ) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("{name}: skipped ({e})");
-                rows.push(serde_json::json!({"backend": name, "kernels": kern.to_string(), "skipped": e.to_string()}));
+                rows.push(serde_json::json!({"backend": name, "kernels": kern.to_string(), "threads": threads, "skipped": e.to_string()}));
                 continue;
             }
         };
@@ -100,8 +116,8 @@ fn train(a: TrainArgs) -> Result<()> {
             "reference"
         };
         eprintln!(
-            "{name}, {attention} kernels: {} warm-up + {} timed steps …",
-            a.warmup, a.steps
+            "{name}, {attention} kernels, {} thread(s): {} warm-up + {} timed steps …",
+            cfg.threads, a.warmup, a.steps
         );
         for _ in 0..a.warmup {
             trainer.step()?;
@@ -116,6 +132,7 @@ fn train(a: TrainArgs) -> Result<()> {
         rows.push(serde_json::json!({
             "backend": name,
             "kernels": attention,
+            "threads": cfg.threads,
             "adapter": if name == "cpu" { "burn flex (CPU)" } else { "burn wgpu, default adapter" },
             "steps": a.steps,
             "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.train_len,
@@ -138,23 +155,29 @@ fn train(a: TrainArgs) -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("training throughput, quickstart model; host: {host}, {threads} threads\n");
-    println!("| backend | kernels | device | ms/step | tokens/s | ÷ reference |\n|---|---|---|---:|---:|---:|");
+    println!(
+        "| backend | kernels | threads | device | ms/step | tokens/s | ÷ reference, 1 thread |\n\
+         |---|---|---:|---|---:|---:|---:|"
+    );
     for r in &rows {
         if let Some(why) = r.get("skipped") {
             println!(
-                "| {} | {} | skipped: {} | – | – | – |",
-                r["backend"], r["kernels"], why
+                "| {} | {} | {} | skipped: {} | – | – | – |",
+                r["backend"], r["kernels"], r["threads"], why
             );
         } else {
             let tps = r["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
             let base = rows
                 .iter()
-                .find(|o| o["backend"] == r["backend"] && o["kernels"] == "reference")
+                .find(|o| {
+                    o["backend"] == r["backend"] && o["kernels"] == "reference" && o["threads"] == 1
+                })
                 .and_then(|o| o["tokens_per_s"].as_f64());
             println!(
-                "| {} | {} | {} | {:.1} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {} |",
                 r["backend"].as_str().unwrap_or("?"),
                 r["kernels"].as_str().unwrap_or("?"),
+                r["threads"],
                 r["adapter"].as_str().unwrap_or("?"),
                 r["ms_per_step"].as_f64().unwrap_or(f64::NAN),
                 tps,
