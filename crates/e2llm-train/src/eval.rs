@@ -38,6 +38,16 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Prompts to run at once on `backend` by default: one per core on `cpu` (each op runs on one
+/// core there), 1 on `wgpu` (the device is shared, and every prompt in flight holds its own
+/// activations and cache in device memory).
+pub fn default_threads(backend: &str) -> usize {
+    match backend {
+        "cpu" => cores(),
+        _ => 1,
+    }
+}
+
 /// One cell's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cell {

@@ -524,7 +524,7 @@ pub fn run(
         source,
     })?;
     // The cores are shared between the arms running at once.
-    let eval_threads = (crate::eval::cores() / jobs.max(1)).max(1);
+    let eval_threads = (crate::eval::default_threads(&plan.extend.backend) / jobs.max(1)).max(1);
     // Each model is evaluated as trained (plain PI), then, when the plan asks, with log-n
     // (the same loaded weights).
     let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {

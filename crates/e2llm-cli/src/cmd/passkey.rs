@@ -37,8 +37,8 @@ pub struct Args {
     /// Seed of keys and filler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Prompts run at once, one thread each (default: one per core). The results do not
-    /// depend on it.
+    /// Prompts run at once, one thread each (default: one per core on cpu, 1 on wgpu). The
+    /// results do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
@@ -87,7 +87,10 @@ pub fn run(a: Args) -> Result<()> {
         scale: a.rope_scale,
         filler,
         seed: a.seed,
-        threads: a.threads.unwrap_or_else(e2llm_train::eval::cores).max(1),
+        threads: a
+            .threads
+            .unwrap_or_else(|| e2llm_train::eval::default_threads(&a.compute.backend))
+            .max(1),
     };
     let total = eval.lengths.len() * eval.depths.len() * eval.trials;
     let bar = ProgressBar::new(total as u64);
