@@ -175,11 +175,10 @@ pub fn passkey(
             .map_err(|e| format!("scale: {e}"))?,
         filler: Filler::Standard,
         seed: 0,
-        // On the CPU one core stays with the window.
-        threads: match backend_name {
-            "cpu" => e2llm_train::eval::cores().saturating_sub(1).max(1),
-            _ => 1,
-        },
+        // One core stays with the window.
+        threads: e2llm_train::eval::default_threads(backend_name)
+            .saturating_sub(1)
+            .max(1),
     };
     if let Some(d) = eval.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
         return Err(format!("depths: {d} is outside [0, 1]"));

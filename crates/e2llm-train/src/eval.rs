@@ -95,41 +95,27 @@ pub fn passkey_grid(
         .collect();
     let total = jobs.len();
     // (g, correct) of every (cell, trial), filled as the workers finish.
-    let mut outcome: Vec<Option<(f32, bool)>> = vec![None; total];
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let cells_ref = &cells;
-    let trial = |j: usize| -> Result<(f32, bool)> {
-        let (c, t) = jobs[j];
-        run_trial(model, tok, eval, cells_ref[c].length, cells_ref[c].depth, t)
-    };
-    std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..eval.threads.clamp(1, total.max(1)) {
-            let (tx, next, trial) = (tx.clone(), &next, &trial);
-            s.spawn(move || loop {
-                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if j >= total {
-                    break;
-                }
-                let r = trial(j);
-                let failed = r.is_err();
-                if tx.send((j, r)).is_err() || failed {
-                    // Stop handing out prompts; the running ones finish.
-                    next.store(total, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        for (done, (j, r)) in rx.into_iter().enumerate() {
-            outcome[j] = Some(r?);
-            on_trial(done + 1, total);
-        }
-        Ok(())
-    })?;
+    let mut outcome: Vec<Option<Result<(f32, bool)>>> = (0..total).map(|_| None).collect();
+    let mut done = 0;
+    crate::pool::for_each_index(
+        total,
+        eval.threads,
+        |j| {
+            let (c, t) = jobs[j];
+            run_trial(model, tok, eval, cells[c].length, cells[c].depth, t)
+        },
+        |j, r| {
+            if r.is_ok() {
+                done += 1;
+                on_trial(done, total);
+            }
+            outcome[j] = Some(r);
+        },
+    );
     for (&(c, _), o) in jobs.iter().zip(outcome) {
+        // A failed trial stops the grid: its error, or the trials it left unstarted.
         let (g, correct) =
-            o.ok_or_else(|| TrainError::Data("a passkey trial did not run".into()))?;
+            o.ok_or_else(|| TrainError::Data("a passkey trial did not run".into()))??;
         // The cell reports the g of its last trial (they differ only when `safe` rounds).
         cells[c].g = g;
         cells[c].correct += usize::from(correct);

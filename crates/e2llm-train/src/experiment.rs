@@ -6,7 +6,6 @@
 //! experiment continues where it stopped when run again with the same plan.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use e2llm_model::{backend, checkpoint as hf, Llama, Tokenizer};
 use serde::Serialize;
@@ -576,39 +575,17 @@ pub fn run(
         &plan.base.backend,
         base_tps,
     )?;
-    let results: Mutex<Vec<Option<Result<Vec<ArmResult>>>>> =
-        Mutex::new(plan.arms.iter().map(|_| None).collect());
-    let next = Mutex::new(0usize);
+    let mut results: Vec<Option<Result<Vec<ArmResult>>>> = plan.arms.iter().map(|_| None).collect();
     let one = |i: usize| -> Result<Vec<ArmResult>> {
         let arm = &plan.arms[i];
         let cfg = plan.arm_config(arm, &base_ckpt);
         let (ckpt, tps) = train_stage(&arm.name, &cfg, &out.join(&arm.name), corpus, obs)?;
         rows(&arm.name, arm.method, &ckpt, &cfg.backend, tps)
     };
-    std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, plan.arms.len().max(1)) {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                if i >= plan.arms.len() {
-                    break;
-                }
-                let r = one(i);
-                let failed = r.is_err();
-                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-                if failed {
-                    // Stop handing out arms; the ones running finish.
-                    *next.lock().unwrap_or_else(|e| e.into_inner()) = plan.arms.len();
-                }
-            });
-        }
-    });
+    // A failed arm stops new ones from starting; the ones running finish.
+    crate::pool::for_each_index(plan.arms.len(), jobs, one, |i, r| results[i] = Some(r));
     let mut all = base;
-    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    for r in results {
         match r {
             Some(r) => all.extend(r?),
             None => continue,

@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod loss;
 pub mod method;
 pub mod optim;
+pub mod pool;
 pub mod ppl;
 pub mod trainer;
 

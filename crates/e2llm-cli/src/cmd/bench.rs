@@ -153,7 +153,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = e2llm_train::eval::cores();
     println!("training throughput, quickstart model; host: {host}, {threads} threads\n");
     println!(
         "| backend | kernels | threads | device | ms/step | tokens/s | ÷ reference, 1 thread |\n\
