@@ -23,26 +23,28 @@
 // e2llm_kernels::shaders::for_entry. Params must stay uniform: loop bounds around barriers come
 // from it, and WGSL's uniformity analysis (Chrome's Tint) rejects them read from read_write storage.
 // Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory;
-// each invocation of the tiled kernels takes QB = 4 adjacent rows, so one read of a tile row from
-// workgroup memory feeds four rows' sums — on CPU rasterisers (lavapipe, SwiftShader) those
-// reads, not the arithmetic, bound the kernels: 3× faster than one row per invocation there):
-//   attention_fwd      grid (⌈Sq/256⌉ − first_block(), Hq, B): 256 queries of one head; writes o,
-//                      lse. Blocks with no key in the chunk are not launched (but the last chunk
-//                      finishes every block); each block's tile loop runs the whole chunk.
+// each invocation of the tiled kernels takes QB adjacent rows, 64·QB per workgroup. QB = 4 as
+// written: one read of a tile row from workgroup memory feeds four rows' sums — on CPU
+// rasterisers (lavapipe, SwiftShader) those reads, not the arithmetic, bound the kernels: 3×
+// faster than one row per invocation there. QB = 1 for GPUs, see "Rows per invocation" below):
+//   attention_fwd      grid (⌈Sq/(64·QB)⌉ − first_block(), Hq, B): 64·QB queries of one head;
+//                      writes o, lse. Blocks with no key in the chunk are not launched (but the
+//                      last chunk finishes every block); each block's tile loop runs the whole chunk.
 //   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.
-//   attention_bwd_dq   grid (⌈Sq/256⌉ − first_block(), Hq, B): 256 queries; loops over key
+//   attention_bwd_dq   grid (⌈Sq/(64·QB)⌉ − first_block(), Hq, B): 64·QB queries; loops over key
 //                      tiles (as the forward); writes dq.
-//   attention_bwd_dkv  grid (⌈Skv/256⌉, Hkv, B): 256 keys; loops over query tiles of each head of
+//   attention_bwd_dkv  grid (⌈Skv/(64·QB)⌉, Hkv, B): 64·QB keys; loops over query tiles of each head of
 //                      the group; writes dk, dv.
 //   attention_decode   grid (splits, Hq, B·Sq): the forward for few queries (a KV-cache step):
 //                      each workgroup takes c_end keys of one query, 64 keys at a time, and
 //                      writes one partial (m, l, acc) to part; attention_decode_combine, grid
 //                      (⌈B·Sq·Hq/64⌉) with c_begin = splits, merges them into o and lse.
 // D ≤ 128 and even.
-// Long loops are split across dispatches (c_begin/c_end, at most 8 tiles each, ~2·2048 inner
-// iterations per tile): llvmpipe (lavapipe) ends every loop of a shader once the invocation has
-// run 65,535 loop iterations in all (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop) — past
-// that a workgroup's output was silently lost.
+// Long loops are split across dispatches (c_begin/c_end; the host's tuning says how many tiles
+// each: 8 on CPU rasterisers, ~2·2048 inner iterations per tile): llvmpipe (lavapipe) ends every
+// loop of a shader once the invocation has run 65,535 loop iterations in all
+// (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop) — past that a workgroup's output was
+// silently lost. GPUs take far longer chunks (fewer passes over the running state).
 // Between chunks the running state lives in the output buffers: the forward keeps the
 // unnormalised accumulator in o and (m, l) in stats[2·Hq·Sq..]; dq and dk keep the unrotated
 // sums in dq and dkv, dv its sum in dkv.
@@ -69,6 +71,10 @@ struct Params {
 
 const WG: u32 = 64u;
 const TILE_FLOATS: u32 = 2048u;
+// The head width D every loop and private array is built for: e2llm_kernels::shaders::specialize
+// writes the launch's head_dim here (Params.head_dim carries it too), so loops over a row run a
+// constant trip count and GPU compilers can keep the rows in registers. As written: 128.
+const HD: u32 = 128u;
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k: array<f32>;
@@ -91,14 +97,14 @@ var<private> so: u32;
 
 fn set_batch(bi: u32) {
     b = bi;
-    qo = bi * p.sq * p.hq * p.head_dim;
-    ko = bi * p.skv * p.hkv * p.head_dim;
+    qo = bi * p.sq * p.hq * HD;
+    ko = bi * p.skv * p.hkv * HD;
     so = bi * 3u * p.hq * p.sq;
 }
 
 // dv's offset in dkv: it follows every sequence's dk.
 fn dv_at(i: u32) -> u32 {
-    return p.batch * p.skv * p.hkv * p.head_dim + ko + i;
+    return p.batch * p.skv * p.hkv * HD + ko + i;
 }
 
 var<workgroup> ts: array<f32, 2048>;
@@ -120,25 +126,30 @@ fn rot(pos: f32, j: u32, dir: f32) -> vec2<f32> {
     return vec2<f32>(cos(a), sin(a)) * p.factor;
 }
 
-// Query qi of head h rotated to its position and scaled, q'_i = RoPE(q_i, qpos_i / g) · scale,
-// into *qr (the current sequence's q; call after set_batch).
-fn rotate_q_into(qr: ptr<function, array<f32, 128>>, qi: u32, h: u32) {
-    let d = p.head_dim;
-    let half = d / 2u;
-    let base = qo + (qi * p.hq + h) * d;
+// Pair j of query qi of head h rotated to its position and scaled: (q'_j, q'_{j+D/2}) of
+// q'_i = RoPE(q_i, qpos_i / g) · scale (the current sequence's q; call after set_batch).
+fn q_pair(qi: u32, h: u32, j: u32) -> vec2<f32> {
+    let base = qo + (qi * p.hq + h) * HD;
+    let cs = rot(qpos(qi), j, 1.0);
+    let x0 = q[base + j];
+    let x1 = q[base + j + HD / 2u];
+    return vec2<f32>(x0 * cs.x - x1 * cs.y, x1 * cs.x + x0 * cs.y) * p.scale;
+}
+
+// Query qi of head h rotated and scaled (q_pair) into row c of *qr.
+fn rotate_q_into(qr: ptr<function, array<RV, HD>>, c: u32, qi: u32, h: u32) {
+    let half = HD / 2u;
     for (var j = 0u; j < half; j = j + 1u) {
-        let cs = rot(qpos(qi), j, 1.0);
-        let x0 = q[base + j];
-        let x1 = q[base + j + half];
-        (*qr)[j] = (x0 * cs.x - x1 * cs.y) * p.scale;
-        (*qr)[j + half] = (x1 * cs.x + x0 * cs.y) * p.scale;
+        let pr = q_pair(qi, h, j);
+        (*qr)[j] = rv_set((*qr)[j], c, pr.x);
+        (*qr)[j + half] = rv_set((*qr)[j + half], c, pr.y);
     }
 }
 
 // Loads key rows t0..t0+tile of kv head `kvh` into `ts` (rotated) and their values into `us`;
 // rows past Skv are zero. Every invocation of the workgroup calls it, between barriers.
 fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
-    let d = p.head_dim;
+    let d = HD;
     let half = d / 2u;
     for (var e = lid; e < tile * half; e = e + WG) {
         let r = e / half;
@@ -167,8 +178,29 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
     }
 }
 
-// Rows (queries, or keys for dk/dv) per invocation of the tiled kernels; see the header.
-const QB: u32 = 4u;
+// Rows (queries, or keys for dk/dv) per invocation of the tiled kernels, QB, and the types
+// holding one value per row: RV (f32) and RU (u32), with LANE = (0, 1, …, QB − 1). As written
+// QB = 4 (see the header); e2llm_kernels::shaders::specialize builds QB = 2 or 1 (fewer
+// registers per invocation, more workgroups) by dropping the lines marked "// QB4" and
+// uncommenting the "//QB2 " or "//QB1 " lines.
+const QB: u32 = 4u; // QB4
+alias RV = vec4<f32>; // QB4
+alias RU = vec4<u32>; // QB4
+const LANE = vec4<u32>(0u, 1u, 2u, 3u); // QB4
+fn rv_get(x: RV, c: u32) -> f32 { return x[c]; } // QB4
+fn rv_set(x: RV, c: u32, val: f32) -> RV { var y = x; y[c] = val; return y; } // QB4
+//QB1 const QB: u32 = 1u;
+//QB1 alias RV = f32;
+//QB1 alias RU = u32;
+//QB1 const LANE = 0u;
+//QB1 fn rv_get(x: RV, c: u32) -> f32 { return x; }
+//QB1 fn rv_set(x: RV, c: u32, val: f32) -> RV { return val; }
+//QB2 const QB: u32 = 2u;
+//QB2 alias RV = vec2<f32>;
+//QB2 alias RU = vec2<u32>;
+//QB2 const LANE = vec2<u32>(0u, 1u);
+//QB2 fn rv_get(x: RV, c: u32) -> f32 { return x[c]; }
+//QB2 fn rv_set(x: RV, c: u32, val: f32) -> RV { var y = x; y[c] = val; return y; }
 
 // Row block of workgroup x out of n: 0, n−1, 1, n−2, … Causal blocks cost more the later their
 // queries (or the earlier their keys); pairing heavy with light balances runtimes that hand
@@ -177,13 +209,13 @@ fn zigzag(x: u32, n: u32) -> u32 {
     return select(n - 1u - x / 2u, x / 2u, x % 2u == 0u);
 }
 
-// Causal limits of the QB queries q0 .. q0 + 3 (the forward and dq): component c is the number
-// of keys query q0 + c sees, past + q0 + c + 1 (key j is seen when j < it).
-fn seen_limits(q0: u32) -> vec4<u32> {
-    return vec4<u32>(p.skv - p.sq + q0 + 1u) + vec4<u32>(0u, 1u, 2u, 3u);
+// Causal limits of the QB queries q0, q0 + 1, …: row c's is the number of keys query q0 + c
+// sees, past + q0 + c + 1 (key j is seen when j < it).
+fn seen_limits(q0: u32) -> RU {
+    return RU(p.skv - p.sq + q0 + 1u) + LANE;
 }
 
-// Keys any of queries q0 .. q0 + 3 sees: those of the last one in range (0: none in range).
+// Keys any of queries q0 .. q0 + QB − 1 sees: those of the last one in range (0: none in range).
 fn keys_seen(q0: u32) -> u32 {
     return select(0u, p.skv - p.sq + min(q0 + QB, p.sq), q0 < p.sq);
 }
@@ -196,35 +228,36 @@ fn first_block() -> u32 {
     return select(0u, (p.c_begin - past) / (WG * QB), p.c_begin > past && p.last == 0u);
 }
 
-// Starts query qi's forward state: rotated q, and (a later chunk) the stored (m, l, acc).
-fn fwd_begin(qr: ptr<function, array<f32, 128>>, acc: ptr<function, array<f32, 128>>, qi: u32,
-             h: u32) -> vec2<f32> {
+// Starts row c of the block, query qi: its rotated q into *qr and (a later chunk) the stored
+// acc; returns its stored (m, l), or the initial state.
+fn fwd_begin(qr: ptr<function, array<RV, HD>>, acc: ptr<function, array<RV, HD>>, c: u32,
+             qi: u32, h: u32) -> vec2<f32> {
     if (qi >= p.sq) {
         return vec2<f32>(-3.0e38, 0.0);
     }
-    rotate_q_into(qr, qi, h);
+    rotate_q_into(qr, c, qi, h);
     if (p.c_begin == 0u) {
         return vec2<f32>(-3.0e38, 0.0);
     }
-    let base_q = qo + (qi * p.hq + h) * p.head_dim;
-    for (var j = 0u; j < p.head_dim; j = j + 1u) {
-        (*acc)[j] = o[base_q + j];
+    let base_q = qo + (qi * p.hq + h) * HD;
+    for (var j = 0u; j < HD; j = j + 1u) {
+        (*acc)[j] = rv_set((*acc)[j], c, o[base_q + j]);
     }
     let hn = p.hq * p.sq;
     return vec2<f32>(stats[so + h * p.sq + qi], stats[so + 2u * hn + h * p.sq + qi]);
 }
 
-// Stores query qi's forward state: o and lse on the last chunk, else acc and (m, l).
-fn fwd_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32, m: f32, l: f32) {
+// Stores row c (query qi) of the forward state: o and lse on the last chunk, else acc and (m, l).
+fn fwd_end(acc: ptr<function, array<RV, HD>>, c: u32, qi: u32, h: u32, m: f32, l: f32) {
     if (qi >= p.sq) {
         return;
     }
-    let base_q = qo + (qi * p.hq + h) * p.head_dim;
+    let base_q = qo + (qi * p.hq + h) * HD;
     let hn = p.hq * p.sq;
     let fin = p.last == 1u;
     let inv_l = select(1.0, 1.0 / l, fin);
-    for (var j = 0u; j < p.head_dim; j = j + 1u) {
-        o[base_q + j] = (*acc)[j] * inv_l;
+    for (var j = 0u; j < HD; j = j + 1u) {
+        o[base_q + j] = rv_get((*acc)[j], c) * inv_l;
     }
     stats[so + h * p.sq + qi] = select(m, m + log(l), fin);
     if (!fin) {
@@ -236,30 +269,25 @@ fn fwd_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32, m: f32, l: f32)
 fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
     @builtin(num_workgroups) nwg: vec3<u32>) {
     set_batch(wid.z);
-    let d = p.head_dim;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let q_first = (first_block() + zigzag(wid.x, nwg.x)) * WG * QB;
     let q0 = q_first + lid * QB;
 
-    var qa: array<f32, 128>;
-    var qb: array<f32, 128>;
-    var qc: array<f32, 128>;
-    var qd: array<f32, 128>;
-    var aa: array<f32, 128>;
-    var ab: array<f32, 128>;
-    var ac: array<f32, 128>;
-    var ad: array<f32, 128>;
-    let sa = fwd_begin(&qa, &aa, q0, h);
-    let sb = fwd_begin(&qb, &ab, q0 + 1u, h);
-    let sc = fwd_begin(&qc, &ac, q0 + 2u, h);
-    let sd = fwd_begin(&qd, &ad, q0 + 3u, h);
-    var m = vec4<f32>(sa.x, sb.x, sc.x, sd.x);
-    var l = vec4<f32>(sa.y, sb.y, sc.y, sd.y);
+    // Row c of the block in component c: qr[j] holds dimension j of each row's rotated query.
+    var qr: array<RV, HD>;
+    var acc: array<RV, HD>;
+    var m = RV(-3.0e38);
+    var l = RV(0.0);
+    for (var c = 0u; c < QB; c = c + 1u) {
+        let st = fwd_begin(&qr, &acc, c, q0 + c, h);
+        m = rv_set(m, c, st.x);
+        l = rv_set(l, c, st.y);
+    }
     let lim = seen_limits(q0);
     let kn = keys_seen(q0);
 
-    let tile = TILE_FLOATS / d;
+    let tile = TILE_FLOATS / HD;
     // The loop runs the whole chunk, its bound a plain uniform: bounded by the block's last key
     // instead, it ran 1.2–3.5× slower on lavapipe at lengths off a power-of-two tile count.
     for (var t0 = p.c_begin; t0 < p.c_end; t0 = t0 + tile) {
@@ -268,31 +296,26 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let hi = min(min(t0 + tile, p.skv), kn);
         let n = select(0u, hi - t0, hi > t0);
         for (var r = 0u; r < n; r = r + 1u) {
-            let rb = r * d;
-            var s = vec4<f32>(0.0);
-            for (var j = 0u; j < d; j = j + 1u) {
-                s = s + vec4<f32>(qa[j], qb[j], qc[j], qd[j]) * ts[rb + j];
+            let rb = r * HD;
+            var s = RV(0.0);
+            for (var j = 0u; j < HD; j = j + 1u) {
+                s = s + qr[j] * ts[rb + j];
             }
-            let seen = vec4<u32>(t0 + r) < lim;
+            let seen = RU(t0 + r) < lim;
             let m_new = select(m, max(m, s), seen);
             let corr = exp(m - m_new);
-            let w = select(vec4<f32>(0.0), exp(s - m_new), seen);
+            let w = select(RV(0.0), exp(s - m_new), seen);
             l = l * corr + w;
             m = m_new;
-            for (var j = 0u; j < d; j = j + 1u) {
-                let u = us[rb + j];
-                aa[j] = aa[j] * corr.x + w.x * u;
-                ab[j] = ab[j] * corr.y + w.y * u;
-                ac[j] = ac[j] * corr.z + w.z * u;
-                ad[j] = ad[j] * corr.w + w.w * u;
+            for (var j = 0u; j < HD; j = j + 1u) {
+                acc[j] = acc[j] * corr + w * us[rb + j];
             }
         }
         workgroupBarrier();
     }
-    fwd_end(&aa, q0, h, m.x, l.x);
-    fwd_end(&ab, q0 + 1u, h, m.y, l.y);
-    fwd_end(&ac, q0 + 2u, h, m.z, l.z);
-    fwd_end(&ad, q0 + 3u, h, m.w, l.w);
+    for (var c = 0u; c < QB; c = c + 1u) {
+        fwd_end(&acc, c, q0 + c, h, rv_get(m, c), rv_get(l, c));
+    }
 }
 
 // Split-key decode, for few queries (the KV-cache case): workgroup (split, h, b·Sq + i) takes
@@ -306,14 +329,18 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let bi = wid.z / p.sq;
     let qi = wid.z % p.sq;
     set_batch(bi);
-    let d = p.head_dim;
+    let d = HD;
     let half = d / 2u;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let past = p.skv - p.sq;
-    var acc: array<f32, 128>;
-    var qr: array<f32, 128>;
-    rotate_q_into(&qr, qi, h);
+    var acc: array<f32, HD>;
+    var qr: array<f32, HD>;
+    for (var j = 0u; j < half; j = j + 1u) {
+        let pr = q_pair(qi, h, j);
+        qr[j] = pr.x;
+        qr[j + half] = pr.y;
+    }
     var m = -3.0e38;
     var l = 0.0;
     let k0 = wid.x * p.c_end;
@@ -394,7 +421,7 @@ fn attention_decode_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (idx >= p.batch * p.sq * p.hq) {
         return;
     }
-    let d = p.head_dim;
+    let d = HD;
     let splits = p.c_begin;
     let row = idx / p.hq;           // b · Sq + i
     let h = idx % p.hq;
@@ -429,7 +456,7 @@ fn attention_bwd_prep(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (idx >= p.sq * p.hq) {
         return;
     }
-    let d = p.head_dim;
+    let d = HD;
     let i = idx / p.hq;
     let h = idx % p.hq;
     var acc = 0.0;
@@ -439,44 +466,43 @@ fn attention_bwd_prep(@builtin(global_invocation_id) gid: vec3<u32>) {
     stats[so + p.hq * p.sq + h * p.sq + i] = acc;
 }
 
-// Starts query qi's dq state: rotated q, its dO, (a later chunk) the stored sum; returns
-// (lse, δ). Rows past Sq stay zero.
-fn dq_begin(qr: ptr<function, array<f32, 128>>, dor: ptr<function, array<f32, 128>>,
-            acc: ptr<function, array<f32, 128>>, qi: u32, h: u32) -> vec2<f32> {
+// Starts row c of the dq block, query qi: rotated q, its dO, (a later chunk) the stored sum;
+// returns (lse, δ). Rows past Sq stay zero.
+fn dq_begin(qr: ptr<function, array<RV, HD>>, dor: ptr<function, array<RV, HD>>,
+            acc: ptr<function, array<RV, HD>>, c: u32, qi: u32, h: u32) -> vec2<f32> {
     if (qi >= p.sq) {
         return vec2<f32>(0.0);
     }
-    rotate_q_into(qr, qi, h);
-    let base = qo + (qi * p.hq + h) * p.head_dim;
-    for (var j = 0u; j < p.head_dim; j = j + 1u) {
-        (*dor)[j] = d_o[base + j];
+    rotate_q_into(qr, c, qi, h);
+    let base = qo + (qi * p.hq + h) * HD;
+    for (var j = 0u; j < HD; j = j + 1u) {
+        (*dor)[j] = rv_set((*dor)[j], c, d_o[base + j]);
     }
     if (p.c_begin > 0u) {
-        for (var j = 0u; j < p.head_dim; j = j + 1u) {
-            (*acc)[j] = dq[base + j];
+        for (var j = 0u; j < HD; j = j + 1u) {
+            (*acc)[j] = rv_set((*acc)[j], c, dq[base + j]);
         }
     }
     return vec2<f32>(stats[so + h * p.sq + qi], stats[so + p.hq * p.sq + h * p.sq + qi]);
 }
 
-// Stores query qi's dq: the running sum, or on the last chunk scaled and rotated back.
-fn dq_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32) {
+// Stores row c (query qi) of dq: the running sum, or on the last chunk scaled and rotated back.
+fn dq_end(acc: ptr<function, array<RV, HD>>, c: u32, qi: u32, h: u32) {
     if (qi >= p.sq) {
         return;
     }
-    let d = p.head_dim;
-    let half = d / 2u;
-    let base = qo + (qi * p.hq + h) * d;
+    let half = HD / 2u;
+    let base = qo + (qi * p.hq + h) * HD;
     if (p.last == 0u) {
-        for (var j = 0u; j < d; j = j + 1u) {
-            dq[base + j] = (*acc)[j];
+        for (var j = 0u; j < HD; j = j + 1u) {
+            dq[base + j] = rv_get((*acc)[j], c);
         }
         return;
     }
     for (var j = 0u; j < half; j = j + 1u) {
         let cs = rot(qpos(qi), j, -1.0);
-        let x0 = (*acc)[j] * p.scale;
-        let x1 = (*acc)[j + half] * p.scale;
+        let x0 = rv_get((*acc)[j], c) * p.scale;
+        let x1 = rv_get((*acc)[j + half], c) * p.scale;
         dq[base + j] = x0 * cs.x - x1 * cs.y;
         dq[base + j + half] = x1 * cs.x + x0 * cs.y;
     }
@@ -486,34 +512,25 @@ fn dq_end(acc: ptr<function, array<f32, 128>>, qi: u32, h: u32) {
 fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
     @builtin(num_workgroups) nwg: vec3<u32>) {
     set_batch(wid.z);
-    let d = p.head_dim;
     let h = wid.y;
     let kvh = h / (p.hq / p.hkv);
     let q_first = (first_block() + zigzag(wid.x, nwg.x)) * WG * QB;
     let q0 = q_first + lid * QB;
 
-    var qa: array<f32, 128>;
-    var qb: array<f32, 128>;
-    var qc: array<f32, 128>;
-    var qd: array<f32, 128>;
-    var oa: array<f32, 128>;
-    var ob: array<f32, 128>;
-    var oc: array<f32, 128>;
-    var od: array<f32, 128>;
-    var ga: array<f32, 128>;
-    var gb: array<f32, 128>;
-    var gc: array<f32, 128>;
-    var gd: array<f32, 128>;
-    let sa = dq_begin(&qa, &oa, &ga, q0, h);
-    let sb = dq_begin(&qb, &ob, &gb, q0 + 1u, h);
-    let sc = dq_begin(&qc, &oc, &gc, q0 + 2u, h);
-    let sd = dq_begin(&qd, &od, &gd, q0 + 3u, h);
-    let lse = vec4<f32>(sa.x, sb.x, sc.x, sd.x);
-    let delta = vec4<f32>(sa.y, sb.y, sc.y, sd.y);
+    var qr: array<RV, HD>;
+    var dor: array<RV, HD>;
+    var g: array<RV, HD>;
+    var lse = RV(0.0);
+    var delta = RV(0.0);
+    for (var c = 0u; c < QB; c = c + 1u) {
+        let st = dq_begin(&qr, &dor, &g, c, q0 + c, h);
+        lse = rv_set(lse, c, st.x);
+        delta = rv_set(delta, c, st.y);
+    }
     let lim = seen_limits(q0);
     let kn = keys_seen(q0);
 
-    let tile = TILE_FLOATS / d;
+    let tile = TILE_FLOATS / HD;
     // The whole chunk, as the forward (see there).
     for (var t0 = p.c_begin; t0 < p.c_end; t0 = t0 + tile) {
         load_kv_tile(t0, tile, kvh, lid);
@@ -521,82 +538,77 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let hi = min(min(t0 + tile, p.skv), kn);
         let n = select(0u, hi - t0, hi > t0);
         for (var r = 0u; r < n; r = r + 1u) {
-            let rb = r * d;
-            var s = vec4<f32>(0.0);
-            var dp = vec4<f32>(0.0);
-            for (var j = 0u; j < d; j = j + 1u) {
-                s = s + vec4<f32>(qa[j], qb[j], qc[j], qd[j]) * ts[rb + j];
-                dp = dp + vec4<f32>(oa[j], ob[j], oc[j], od[j]) * us[rb + j];
+            let rb = r * HD;
+            var s = RV(0.0);
+            var dp = RV(0.0);
+            for (var j = 0u; j < HD; j = j + 1u) {
+                s = s + qr[j] * ts[rb + j];
+                dp = dp + dor[j] * us[rb + j];
             }
-            let seen = vec4<u32>(t0 + r) < lim;
-            let ds = select(vec4<f32>(0.0), exp(s - lse) * (dp - delta), seen);
-            for (var j = 0u; j < d; j = j + 1u) {
-                let t = ts[rb + j];
-                ga[j] = ga[j] + ds.x * t;
-                gb[j] = gb[j] + ds.y * t;
-                gc[j] = gc[j] + ds.z * t;
-                gd[j] = gd[j] + ds.w * t;
+            let seen = RU(t0 + r) < lim;
+            let ds = select(RV(0.0), exp(s - lse) * (dp - delta), seen);
+            for (var j = 0u; j < HD; j = j + 1u) {
+                g[j] = g[j] + ds * ts[rb + j];
             }
         }
         workgroupBarrier();
     }
-    dq_end(&ga, q0, h);
-    dq_end(&gb, q0 + 1u, h);
-    dq_end(&gc, q0 + 2u, h);
-    dq_end(&gd, q0 + 3u, h);
+    for (var c = 0u; c < QB; c = c + 1u) {
+        dq_end(&g, c, q0 + c, h);
+    }
 }
 
-// Starts key kj's dk/dv state: rotated k, v, (a later chunk) the stored sums. Rows past Skv
-// stay zero.
-fn dkv_begin(kr: ptr<function, array<f32, 128>>, vr: ptr<function, array<f32, 128>>,
-             dka: ptr<function, array<f32, 128>>, dva: ptr<function, array<f32, 128>>, kj: u32,
-             kvh: u32) {
+// Starts row c of the dk/dv block, key kj: rotated k, v, (a later chunk) the stored sums. Rows
+// past Skv stay zero.
+fn dkv_begin(kr: ptr<function, array<RV, HD>>, vr: ptr<function, array<RV, HD>>,
+             dka: ptr<function, array<RV, HD>>, dva: ptr<function, array<RV, HD>>, c: u32,
+             kj: u32, kvh: u32) {
     if (kj >= p.skv) {
         return;
     }
-    let d = p.head_dim;
-    let half = d / 2u;
-    let base = (kj * p.hkv + kvh) * d;
+    let half = HD / 2u;
+    let base = (kj * p.hkv + kvh) * HD;
     for (var j = 0u; j < half; j = j + 1u) {
         let cs = rot(kpos(kj), j, 1.0);
         let x0 = k[ko + base + j];
         let x1 = k[ko + base + j + half];
-        (*kr)[j] = x0 * cs.x - x1 * cs.y;
-        (*kr)[j + half] = x1 * cs.x + x0 * cs.y;
+        (*kr)[j] = rv_set((*kr)[j], c, x0 * cs.x - x1 * cs.y);
+        (*kr)[j + half] = rv_set((*kr)[j + half], c, x1 * cs.x + x0 * cs.y);
     }
-    for (var j = 0u; j < d; j = j + 1u) {
-        (*vr)[j] = v[ko + base + j];
+    for (var j = 0u; j < HD; j = j + 1u) {
+        (*vr)[j] = rv_set((*vr)[j], c, v[ko + base + j]);
     }
     if (p.c_begin > 0u) {
-        for (var j = 0u; j < d; j = j + 1u) {
-            (*dka)[j] = dkv[ko + base + j];
-            (*dva)[j] = dkv[dv_at(base + j)];
+        for (var j = 0u; j < HD; j = j + 1u) {
+            (*dka)[j] = rv_set((*dka)[j], c, dkv[ko + base + j]);
+            (*dva)[j] = rv_set((*dva)[j], c, dkv[dv_at(base + j)]);
         }
     }
 }
 
-// Stores key kj's dk and dv: the running sums, or on the last chunk dk rotated back.
-fn dkv_end(dka: ptr<function, array<f32, 128>>, dva: ptr<function, array<f32, 128>>, kj: u32,
-           kvh: u32) {
+// Stores row c (key kj) of dk and dv: the running sums, or on the last chunk dk rotated back.
+fn dkv_end(dka: ptr<function, array<RV, HD>>, dva: ptr<function, array<RV, HD>>, c: u32,
+           kj: u32, kvh: u32) {
     if (kj >= p.skv) {
         return;
     }
-    let d = p.head_dim;
-    let half = d / 2u;
-    let base = (kj * p.hkv + kvh) * d;
-    for (var j = 0u; j < d; j = j + 1u) {
-        dkv[dv_at(base + j)] = (*dva)[j];
+    let half = HD / 2u;
+    let base = (kj * p.hkv + kvh) * HD;
+    for (var j = 0u; j < HD; j = j + 1u) {
+        dkv[dv_at(base + j)] = rv_get((*dva)[j], c);
     }
     if (p.last == 0u) {
-        for (var j = 0u; j < d; j = j + 1u) {
-            dkv[ko + base + j] = (*dka)[j];
+        for (var j = 0u; j < HD; j = j + 1u) {
+            dkv[ko + base + j] = rv_get((*dka)[j], c);
         }
         return;
     }
     for (var j = 0u; j < half; j = j + 1u) {
         let cs = rot(kpos(kj), j, -1.0);
-        dkv[ko + base + j] = (*dka)[j] * cs.x - (*dka)[j + half] * cs.y;
-        dkv[ko + base + j + half] = (*dka)[j + half] * cs.x + (*dka)[j] * cs.y;
+        let x0 = rv_get((*dka)[j], c);
+        let x1 = rv_get((*dka)[j + half], c);
+        dkv[ko + base + j] = x0 * cs.x - x1 * cs.y;
+        dkv[ko + base + j + half] = x1 * cs.x + x0 * cs.y;
     }
 }
 
@@ -604,7 +616,7 @@ fn dkv_end(dka: ptr<function, array<f32, 128>>, dva: ptr<function, array<f32, 12
 fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
     @builtin(num_workgroups) nwg: vec3<u32>) {
     set_batch(wid.z);
-    let d = p.head_dim;
+    let d = HD;
     let half = d / 2u;
     let kvh = wid.y;
     let group = p.hq / p.hkv;
@@ -612,28 +624,15 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let k_first = zigzag(wid.x, nwg.x) * WG * QB;
     let k0 = k_first + lid * QB;
 
-    var ka: array<f32, 128>;
-    var kb: array<f32, 128>;
-    var kc: array<f32, 128>;
-    var kd: array<f32, 128>;
-    var va: array<f32, 128>;
-    var vb: array<f32, 128>;
-    var vc: array<f32, 128>;
-    var vd: array<f32, 128>;
-    var ga: array<f32, 128>;
-    var gb: array<f32, 128>;
-    var gc: array<f32, 128>;
-    var gd: array<f32, 128>;
-    var ua: array<f32, 128>;
-    var ub: array<f32, 128>;
-    var uc: array<f32, 128>;
-    var ud: array<f32, 128>;
-    dkv_begin(&ka, &va, &ga, &ua, k0, kvh);
-    dkv_begin(&kb, &vb, &gb, &ub, k0 + 1u, kvh);
-    dkv_begin(&kc, &vc, &gc, &uc, k0 + 2u, kvh);
-    dkv_begin(&kd, &vd, &gd, &ud, k0 + 3u, kvh);
-    let keys = vec4<u32>(k0) + vec4<u32>(0u, 1u, 2u, 3u);
-    let live = keys < vec4<u32>(p.skv);
+    var kr: array<RV, HD>;
+    var vr: array<RV, HD>;
+    var gk: array<RV, HD>;
+    var gv: array<RV, HD>;
+    for (var c = 0u; c < QB; c = c + 1u) {
+        dkv_begin(&kr, &vr, &gk, &gv, c, k0 + c, kvh);
+    }
+    let keys = RU(k0) + LANE;
+    let live = keys < RU(p.skv);
 
     let tile = TILE_FLOATS / d;
     // Queries that see the first key of this workgroup: i ≥ k_first − past.
@@ -648,18 +647,12 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             let r = e / half;
             let j = e % half;
             let qi = t0 + r;
-            var q0 = 0.0;
-            var q1 = 0.0;
+            var pr = vec2<f32>(0.0);
             if (qi < p.sq) {
-                let base = (qi * p.hq + h) * d;
-                let cs = rot(qpos(qi), j, 1.0);
-                let x0 = q[qo + base + j];
-                let x1 = q[qo + base + j + half];
-                q0 = (x0 * cs.x - x1 * cs.y) * p.scale;
-                q1 = (x1 * cs.x + x0 * cs.y) * p.scale;
+                pr = q_pair(qi, h, j);
             }
-            ts[r * d + j] = q0;
-            ts[r * d + j + half] = q1;
+            ts[r * d + j] = pr.x;
+            ts[r * d + j + half] = pr.y;
         }
         for (var e = lid; e < tile * d; e = e + WG) {
             let qi = t0 + e / d;
@@ -676,33 +669,24 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             // Key k0 + c is seen by query qi when k0 + c ≤ past + qi.
             if (k0 <= past + qi && k0 < p.skv) {
                 let rb = r * d;
-                var s = vec4<f32>(0.0);
-                var dp = vec4<f32>(0.0);
-                for (var j = 0u; j < d; j = j + 1u) {
-                    s = s + vec4<f32>(ka[j], kb[j], kc[j], kd[j]) * ts[rb + j];
-                    dp = dp + vec4<f32>(va[j], vb[j], vc[j], vd[j]) * us[rb + j];
+                var s = RV(0.0);
+                var dp = RV(0.0);
+                for (var j = 0u; j < HD; j = j + 1u) {
+                    s = s + kr[j] * ts[rb + j];
+                    dp = dp + vr[j] * us[rb + j];
                 }
-                let seen = live & (keys <= vec4<u32>(past + qi));
-                let pij = select(vec4<f32>(0.0), exp(s - stats[so + h * p.sq + qi]), seen);
+                let seen = live & (keys <= RU(past + qi));
+                let pij = select(RV(0.0), exp(s - stats[so + h * p.sq + qi]), seen);
                 let ds = pij * (dp - stats[so + p.hq * p.sq + h * p.sq + qi]);
-                for (var j = 0u; j < d; j = j + 1u) {
-                    let t = ts[rb + j];
-                    let u = us[rb + j];
-                    ga[j] = ga[j] + ds.x * t;
-                    gb[j] = gb[j] + ds.y * t;
-                    gc[j] = gc[j] + ds.z * t;
-                    gd[j] = gd[j] + ds.w * t;
-                    ua[j] = ua[j] + pij.x * u;
-                    ub[j] = ub[j] + pij.y * u;
-                    uc[j] = uc[j] + pij.z * u;
-                    ud[j] = ud[j] + pij.w * u;
+                for (var j = 0u; j < HD; j = j + 1u) {
+                    gk[j] = gk[j] + ds * ts[rb + j];
+                    gv[j] = gv[j] + pij * us[rb + j];
                 }
             }
         }
         workgroupBarrier();
     }
-    dkv_end(&ga, &ua, k0, kvh);
-    dkv_end(&gb, &ub, k0 + 1u, kvh);
-    dkv_end(&gc, &uc, k0 + 2u, kvh);
-    dkv_end(&gd, &ud, k0 + 3u, kvh);
+    for (var c = 0u; c < QB; c = c + 1u) {
+        dkv_end(&gk, &gv, c, k0 + c, kvh);
+    }
 }

@@ -6,29 +6,153 @@
 use crate::cpu::{AttentionShape, MapWindow};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::launch::{self, Launch};
+use crate::launch::{self, Launch, Spec};
 use crate::ops::{check, f};
 use crate::shaders;
 
-/// Loop steps (tiles) one dispatch of an attention kernel runs at most: longer loops are split
-/// into chunks (see the shader header for why).
-pub const TILES_PER_DISPATCH: usize = 8;
+/// How the tiled attention kernels are built and launched for an adapter: rows per invocation
+/// (`QB` in `attention.wgsl`) and loop steps (tiles) per dispatch (longer loops are split into
+/// chunks; see the shader header for why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Rows each invocation of the tiled kernels takes: 4, 2 or 1; 0 = by head width D (GPUs:
+    /// the forward keeps QB·D ≤ 128 values per array, the backward, with twice the arrays,
+    /// QB·D ≤ 64 — see [`Self::forward_rows`]).
+    pub rows: usize,
+    /// Tiles one dispatch's loop runs at most.
+    pub tiles_per_dispatch: usize,
+}
 
-/// Query (forward, dq) or key (dk/dv) rows each invocation of the tiled kernels takes
-/// (`QB` in `attention.wgsl`): a workgroup of 64 covers this many times 64 rows.
-pub const ROWS_PER_INVOCATION: usize = 4;
+impl Tuning {
+    /// CPU rasterisers (lavapipe, SwiftShader): four rows per invocation (workgroup-memory reads
+    /// bound them), 8 tiles per dispatch (llvmpipe's loop-iteration limit).
+    pub const CPU_RASTER: Tuning = Tuning {
+        rows: 4,
+        tiles_per_dispatch: 8,
+    };
+    /// GPUs: rows per invocation by head width (fewer rows keep an invocation's arrays in
+    /// registers), 64 tiles per dispatch (4,096 keys at head width 32, 1,024 at 128: long
+    /// enough that chunking costs little, short enough for a display driver's watchdog).
+    /// Measured on an H100 (BENCHMARKS.md): D 32 → forward 4, backward 2; D 64 → 2 and 1.
+    pub const GPU: Tuning = Tuning {
+        rows: 0,
+        tiles_per_dispatch: 64,
+    };
 
-/// Rows one workgroup of the tiled kernels covers.
-const ROWS_PER_WORKGROUP: u32 = 64 * ROWS_PER_INVOCATION as u32;
+    /// Rows per invocation of the forward kernels at head width `d`.
+    pub fn forward_rows(self, d: usize) -> usize {
+        self.rows_within(d, 128)
+    }
+
+    /// Rows per invocation of the backward kernels (dq, dk/dv) at head width `d`.
+    pub fn backward_rows(self, d: usize) -> usize {
+        self.rows_within(d, 64)
+    }
+
+    fn rows_within(self, d: usize, budget: usize) -> usize {
+        if self.rows > 0 {
+            return self.rows;
+        }
+        match budget / d.max(1) {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            _ => 4,
+        }
+    }
+
+    /// The tuning for an adapter: [`Self::GPU`] for GPU hardware (`gpu`: wgpu reports a
+    /// discrete, integrated or virtual GPU) unless its name is a software rasteriser's;
+    /// [`Self::CPU_RASTER`] otherwise (CPU devices, and adapters that do not say — a browser
+    /// may hide what it runs on, and the CPU tuning is correct everywhere).
+    pub fn for_adapter(name: &str, gpu: bool) -> Tuning {
+        let n = name.to_ascii_lowercase();
+        let software = ["llvmpipe", "lavapipe", "swiftshader", "software"]
+            .iter()
+            .any(|s| n.contains(s));
+        if gpu && !software {
+            Tuning::GPU
+        } else {
+            Tuning::CPU_RASTER
+        }
+    }
+
+    /// Parses `E2LLM_ATTENTION`-style text: `cpu`, `gpu`, or `rows=R,tiles=T` (either part may
+    /// be left out; it then keeps [`Self::CPU_RASTER`]'s value).
+    pub fn parse(text: &str) -> std::result::Result<Tuning, String> {
+        match text.trim() {
+            "cpu" => return Ok(Tuning::CPU_RASTER),
+            "gpu" => return Ok(Tuning::GPU),
+            _ => {}
+        }
+        let mut t = Tuning::CPU_RASTER;
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+            let n: usize = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: not a whole number"))?;
+            match key.trim() {
+                "rows" if [1, 2, 4].contains(&n) => t.rows = n,
+                "rows" => return Err(format!("`{part}`: rows must be 1, 2 or 4")),
+                "tiles" if n > 0 => t.tiles_per_dispatch = n,
+                "tiles" => return Err(format!("`{part}`: tiles must be at least 1")),
+                _ => return Err(format!("`{part}`: unknown key (rows, tiles)")),
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The source build of an attention launch with `rows` rows per invocation.
+fn spec(s: AttentionShape, rows: usize) -> Spec {
+    Spec {
+        rows: rows as u32,
+        head_dim: s.head_dim as u32,
+    }
+}
+
+static TUNING: std::sync::RwLock<Option<Tuning>> = std::sync::RwLock::new(None);
+
+/// The tuning the attention ops use in this process: `E2LLM_ATTENTION` (see [`Tuning::parse`])
+/// if set and valid, else what [`set_tuning`] last set (the backend sets it from the adapter
+/// when it opens one), else [`Tuning::CPU_RASTER`].
+pub fn tuning() -> Tuning {
+    env_tuning()
+        .or(*TUNING.read().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or(Tuning::CPU_RASTER)
+}
+
+/// `E2LLM_ATTENTION` parsed (once; an invalid value is reported on stderr and ignored).
+pub(crate) fn env_tuning() -> Option<Tuning> {
+    static ENV: std::sync::OnceLock<Option<Tuning>> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| {
+        let text = std::env::var("E2LLM_ATTENTION").ok()?;
+        match Tuning::parse(&text) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("E2LLM_ATTENTION={text} ignored: {e}");
+                None
+            }
+        }
+    })
+}
+
+/// Sets the process's attention tuning (see [`tuning`]).
+pub fn set_tuning(t: Tuning) {
+    *TUNING.write().unwrap_or_else(|e| e.into_inner()) = Some(t);
+}
 
 /// Key (or query) rows per tile for head width `d`: two tiles fill 16 KiB of workgroup memory.
 pub fn tile_rows(d: usize) -> usize {
     2048 / d
 }
 
-/// `(begin, end, last)` of each chunk of a loop over `total` steps of `step` each.
-fn chunks(total: usize, step: usize) -> Vec<(usize, usize, bool)> {
-    let span = step * TILES_PER_DISPATCH;
+/// `(begin, end, last)` of each chunk of a loop over `total` steps of `step` each, at most
+/// `per` steps per chunk.
+fn chunks(total: usize, step: usize, per: usize) -> Vec<(usize, usize, bool)> {
+    let span = step * per;
     let n = total.div_ceil(span).max(1);
     (0..n)
         .map(|c| (c * span, (c + 1) * span, c + 1 == n))
@@ -176,8 +300,10 @@ fn launch(
     slots: &[Slot],
     params: [u32; 12],
     groups: (u32, u32, u32),
+    spec: Spec,
 ) -> Launch {
     Launch {
+        spec,
         shader: launch::ATTENTION,
         entry,
         storage: slots.iter().map(|&s| s as u32).collect(),
@@ -205,24 +331,32 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
     ]
 }
 
-/// Query blocks (of [`ROWS_PER_WORKGROUP`]) the forward or dq launches for the chunk of keys from
-/// `begin`: none whose queries all end before key `begin`, except on the `last` chunk, which
-/// finishes every block (`first_block` in the shader).
-fn query_blocks(s: AttentionShape, begin: usize, last: bool) -> u32 {
-    let blocks = (s.sq as u32).div_ceil(ROWS_PER_WORKGROUP);
+/// Query blocks (of 64 invocations × `rows`) the forward or dq launches for the chunk of keys
+/// from `begin`: none whose queries all end before key `begin`, except on the `last` chunk,
+/// which finishes every block (`first_block` in the shader).
+fn query_blocks(s: AttentionShape, rows: usize, begin: usize, last: bool) -> u32 {
+    let per = 64 * rows as u32;
+    let blocks = (s.sq as u32).div_ceil(per);
     let past = s.skv - s.sq;
     let first = if begin > past && !last {
-        ((begin - past) as u32) / ROWS_PER_WORKGROUP
+        ((begin - past) as u32) / per
     } else {
         0
     };
     blocks - first
 }
 
-/// The forward of `batch` sequences of shape `s`: o and lse. Few queries (a KV-cache step) take
-/// the split-key decode (keys spread over workgroups, then merged); otherwise the tiled
-/// forward, its key loop chunked over dispatches.
+/// The forward of `batch` sequences of shape `s` with the process's [`tuning`]: o and lse.
 pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
+    forward_plan_with(s, batch, tuning())
+}
+
+/// The forward of `batch` sequences of shape `s`, built and chunked per `t`. Few queries (a
+/// KV-cache step) take the split-key decode (keys spread over workgroups, then merged);
+/// otherwise the tiled forward, its key loop chunked over dispatches.
+pub fn forward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Launch> {
+    let rows = t.forward_rows(s.head_dim);
+    let spec = spec(s, rows);
     let splits = decode_splits(s);
     if splits > 0 {
         let rows = (batch * s.sq) as u32;
@@ -232,54 +366,71 @@ pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
                 DECODE,
                 params(s, batch, 0, DECODE_SPLIT, true),
                 (splits as u32, s.hq as u32, rows),
+                spec,
             ),
             launch(
                 "attention_decode_combine",
                 COMBINE,
                 params(s, batch, splits, 0, true),
                 ((rows * s.hq as u32).div_ceil(64), 1, 1),
+                spec,
             ),
         ];
     }
-    chunks(s.skv, tile_rows(s.head_dim))
+    chunks(s.skv, tile_rows(s.head_dim), t.tiles_per_dispatch)
         .into_iter()
         .map(|(begin, end, last)| {
             launch(
                 "attention_fwd",
                 FWD,
                 params(s, batch, begin, end, last),
-                (query_blocks(s, begin, last), s.hq as u32, batch as u32),
+                (
+                    query_blocks(s, rows, begin, last),
+                    s.hq as u32,
+                    batch as u32,
+                ),
+                spec,
             )
         })
         .collect()
 }
 
-/// The backward after [`forward_plan`]: δ, dq, then dk and dv.
+/// The backward after [`forward_plan`] with the process's [`tuning`].
 pub fn backward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
+    backward_plan_with(s, batch, tuning())
+}
+
+/// The backward after [`forward_plan_with`] (the same `t`): δ, dq, then dk and dv.
+pub fn backward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Launch> {
+    let rows = t.backward_rows(s.head_dim);
+    let spec = spec(s, rows);
     let b = batch as u32;
     let mut plan = vec![launch(
         "attention_bwd_prep",
         PREP,
         params(s, batch, 0, 0, true),
         (((s.sq * s.hq) as u32).div_ceil(64), 1, b),
+        spec,
     )];
     let tile = tile_rows(s.head_dim);
-    for (begin, end, last) in chunks(s.skv, tile) {
+    for (begin, end, last) in chunks(s.skv, tile, t.tiles_per_dispatch) {
         plan.push(launch(
             "attention_bwd_dq",
             DQ,
             params(s, batch, begin, end, last),
-            (query_blocks(s, begin, last), s.hq as u32, b),
+            (query_blocks(s, rows, begin, last), s.hq as u32, b),
+            spec,
         ));
     }
     // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
     let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
-    for (begin, end, last) in chunks(steps, 1) {
+    for (begin, end, last) in chunks(steps, 1, t.tiles_per_dispatch) {
         plan.push(launch(
             "attention_bwd_dkv",
             DKV,
             params(s, batch, begin, end, last),
-            ((s.skv as u32).div_ceil(ROWS_PER_WORKGROUP), s.hkv as u32, b),
+            ((s.skv as u32).div_ceil(64 * rows as u32), s.hkv as u32, b),
+            spec,
         ));
     }
     plan
@@ -332,6 +483,7 @@ pub struct AttentionBuffers {
     dq: wgpu::Buffer,
     dkv: wgpu::Buffer,
     part: wgpu::Buffer,
+    tuning: Tuning,
 }
 
 impl AttentionBuffers {
@@ -369,6 +521,7 @@ impl AttentionBuffers {
             dq: gpu.zeros("dq", n(q.len())),
             dkv: gpu.zeros("dkv", n(2 * k.len())),
             part: gpu.zeros("part", part_len(s, 1)),
+            tuning: gpu.tuning,
         })
     }
 
@@ -433,12 +586,12 @@ impl AttentionBuffers {
 
     /// Records the forward: o and lse.
     pub fn record_forward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
-        self.record(gpu, enc, forward_plan(self.shape, 1));
+        self.record(gpu, enc, forward_plan_with(self.shape, 1, self.tuning));
     }
 
     /// Records the backward (after [`Self::record_forward`]): δ, dq, then dk and dv.
     pub fn record_backward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
-        self.record(gpu, enc, backward_plan(self.shape, 1));
+        self.record(gpu, enc, backward_plan_with(self.shape, 1, self.tuning));
     }
 
     /// Records the pooled attention map of `w` (after [`Self::record_forward`]) into `image`.
@@ -463,6 +616,7 @@ impl AttentionBuffers {
         gpu.dispatch(
             enc,
             ("attention_map", shaders::ATTENTION_MAP, "attention_map"),
+            Default::default(),
             &[
                 (0, &self.q),
                 (1, &self.k),

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use wgpu::util::DeviceExt;
 
 use crate::error::{KernelError, Result};
+use crate::launch::Spec;
 
 /// A device, its queue and the pipelines built on it so far.
 pub struct Gpu {
@@ -17,7 +18,10 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     /// The adapter's name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
     pub adapter_name: String,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    /// How the attention kernels are built and launched on this adapter (from the adapter, or
+    /// `E2LLM_ATTENTION`); tests set it to run both builds on one adapter.
+    pub tuning: crate::attention::Tuning,
+    pipelines: Mutex<HashMap<(&'static str, &'static str, Spec), wgpu::ComputePipeline>>,
 }
 
 /// The largest number of workgroups along one grid dimension (WebGPU's default limit).
@@ -31,6 +35,33 @@ pub fn grid(groups: u32) -> (u32, u32) {
     } else {
         (MAX_GROUPS, groups.div_ceil(MAX_GROUPS))
     }
+}
+
+/// Whether wgpu reports `t` as GPU hardware (discrete, integrated or virtual).
+pub fn is_gpu_hardware(t: wgpu::DeviceType) -> bool {
+    matches!(
+        t,
+        wgpu::DeviceType::DiscreteGpu
+            | wgpu::DeviceType::IntegratedGpu
+            | wgpu::DeviceType::VirtualGpu
+    )
+}
+
+/// The attention tuning for the adapter a default wgpu device gets on this machine (the
+/// high-performance one), found without opening a device; `None` when there is no adapter.
+pub fn adapter_tuning() -> Option<crate::attention::Tuning> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .ok()?;
+    let info = adapter.get_info();
+    Some(crate::attention::Tuning::for_adapter(
+        &info.name,
+        is_gpu_hardware(info.device_type),
+    ))
 }
 
 impl Gpu {
@@ -51,11 +82,12 @@ impl Gpu {
             ..Default::default()
         }))
         .map_err(|e| KernelError::NoAdapter(e.to_string()))?;
-        Ok(Self::from_parts(
-            device,
-            queue,
-            format!("{} ({:?})", info.name, info.backend),
-        ))
+        let mut gpu =
+            Self::from_parts(device, queue, format!("{} ({:?})", info.name, info.backend));
+        gpu.tuning = crate::attention::env_tuning().unwrap_or_else(|| {
+            crate::attention::Tuning::for_adapter(&info.name, is_gpu_hardware(info.device_type))
+        });
+        Ok(gpu)
     }
 
     /// Wraps an existing device and queue.
@@ -64,26 +96,28 @@ impl Gpu {
             device,
             queue,
             adapter_name,
+            tuning: crate::attention::tuning(),
             pipelines: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The pipeline of `entry` in `source`, built on first use.
+    /// The pipeline of `entry` in `source` built for `spec`, built on first use.
     pub fn pipeline(
         &self,
         name: &'static str,
         source: &'static str,
         entry: &'static str,
+        spec: Spec,
     ) -> wgpu::ComputePipeline {
         let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry((name, entry))
+            .entry((name, entry, spec))
             .or_insert_with(|| {
                 let module = self
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(name),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                        source: wgpu::ShaderSource::Wgsl(crate::shaders::specialize(source, spec)),
                     });
                 self.device
                     .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -129,15 +163,17 @@ impl Gpu {
             })
     }
 
-    /// Records one dispatch of `entry` with `buffers` bound at the given binding numbers.
+    /// Records one dispatch of `entry` (of `source` built for `spec`) with `buffers` bound at
+    /// the given binding numbers.
     pub fn dispatch(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         (name, source, entry): (&'static str, &'static str, &'static str),
+        spec: Spec,
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32, u32),
     ) {
-        let pipeline = self.pipeline(name, source, entry);
+        let pipeline = self.pipeline(name, source, entry, spec);
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -181,6 +217,7 @@ impl Gpu {
         self.dispatch(
             enc,
             (shader.name, shader.source, launch.entry),
+            launch.spec,
             &bound,
             launch.groups,
         );

@@ -40,6 +40,17 @@ pub const ATTENTION: Shader = Shader {
     source: shaders::ATTENTION,
 };
 
+/// How a shader's source is built before it is compiled ([`crate::shaders::specialize`]): the
+/// attention kernels' rows per invocation (1, 2 or 4; 0 = as written, 4) and head width (0 = as
+/// written, 128). The default leaves the source as written; the pipeline caches key on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Spec {
+    /// Rows per invocation of the tiled attention kernels (`QB`).
+    pub rows: u32,
+    /// The head width the attention kernels are built for (`HD`).
+    pub head_dim: u32,
+}
+
 /// One dispatch: the entry point, its storage buffers (by their binding numbers in the source,
 /// in the order the caller passes the buffers), its uniform `Params` and its grid.
 #[derive(Clone, Debug)]
@@ -58,6 +69,15 @@ pub struct Launch {
     pub groups: (u32, u32, u32),
     /// Invocations per workgroup (the shader's `@workgroup_size`).
     pub workgroup: u32,
+    /// How the source is built for this launch.
+    pub spec: Spec,
+}
+
+impl Launch {
+    /// The WGSL this launch compiles: the shader's source built for its [`Spec`].
+    pub fn source(&self) -> std::borrow::Cow<'static, str> {
+        shaders::specialize(self.shader.source, self.spec)
+    }
 }
 
 /// Rows of an `[n, d]` row kernel (one workgroup of 256 per row).
@@ -82,6 +102,7 @@ pub fn rmsnorm_fwd(rows: usize, d: usize, eps: f32) -> Launch {
         params: vec![rows as u32, d as u32, eps.to_bits(), 0],
         groups: rows_grid(rows),
         workgroup: 256,
+        spec: Spec::default(),
     }
 }
 
@@ -97,6 +118,7 @@ pub fn rmsnorm_bwd(rows: usize, d: usize) -> [Launch; 2] {
             params: params.clone(),
             groups: rows_grid(rows),
             workgroup: 256,
+            spec: Spec::default(),
         },
         Launch {
             shader: RMSNORM,
@@ -106,6 +128,7 @@ pub fn rmsnorm_bwd(rows: usize, d: usize) -> [Launch; 2] {
             params,
             groups: ((d as u32).div_ceil(256), 1, 1),
             workgroup: 256,
+            spec: Spec::default(),
         },
     ]
 }
@@ -120,6 +143,7 @@ pub fn swiglu_fwd(n: usize) -> Launch {
         params: vec![n as u32, 0, 0, 0],
         groups: elems_grid(n),
         workgroup: 256,
+        spec: Spec::default(),
     }
 }
 
@@ -133,6 +157,7 @@ pub fn swiglu_bwd(n: usize) -> Launch {
         params: vec![n as u32, 0, 0, 0],
         groups: elems_grid(n),
         workgroup: 256,
+        spec: Spec::default(),
     }
 }
 
@@ -147,6 +172,7 @@ pub fn cross_entropy(rows: usize, vocab: usize, scale: f32) -> Launch {
         params: vec![rows as u32, vocab as u32, scale.to_bits(), 0],
         groups: rows_grid(rows),
         workgroup: 256,
+        spec: Spec::default(),
     }
 }
 
@@ -165,5 +191,6 @@ pub fn adamw(n: usize, p: crate::cpu::AdamWParams) -> Launch {
             .collect(),
         groups: elems_grid(n),
         workgroup: 256,
+        spec: Spec::default(),
     }
 }

@@ -68,6 +68,7 @@ pub fn rope(
     gpu.dispatch(
         &mut enc,
         ("rope", shaders::ROPE, "rope"),
+        Default::default(),
         &[
             (0, &bx),
             (1, &bp),

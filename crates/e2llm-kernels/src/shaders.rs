@@ -26,6 +26,33 @@ pub const ALL: &[(&str, &str)] = &[
     ("adamw.wgsl", ADAMW),
 ];
 
+/// `source` built for `spec` (see [`crate::launch::Spec`]): the head width written into
+/// `const HD`, and for 1 or 2 rows per invocation the lines marked `// QB4` dropped and the
+/// `//QB1 ` or `//QB2 ` lines uncommented (`shaders/attention.wgsl`). A default spec returns
+/// `source` unchanged.
+pub fn specialize(source: &str, spec: crate::launch::Spec) -> std::borrow::Cow<'_, str> {
+    if spec == crate::launch::Spec::default() {
+        return source.into();
+    }
+    let mut out = String::with_capacity(source.len());
+    let tag = format!("//QB{} ", spec.rows);
+    let other_rows = spec.rows != 0 && spec.rows != 4;
+    for line in source.lines() {
+        let line = match other_rows {
+            true if line.ends_with("// QB4") => continue,
+            true => line.strip_prefix(tag.as_str()).unwrap_or(line),
+            false => line,
+        };
+        if spec.head_dim > 0 && line.starts_with("const HD: u32 = ") {
+            out.push_str(&format!("const HD: u32 = {}u;\n", spec.head_dim));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.into()
+}
+
 /// `source` as burn's cubecl runtime needs it for one entry point: the storage buffers it binds
 /// renumbered `0, 1, …` in the order `storage` lists them (by their number in `source`), its
 /// uniform `uniform` (if any) numbered right after them — where cubecl binds a launch's "info"

@@ -124,21 +124,118 @@ fn every_shader_parses_and_validates_with_naga() {
     }
 }
 
-#[test]
-fn the_attention_plans_cover_the_rows_the_shader_gives_each_invocation() {
-    // The host sizes the tiled kernels' grids by ROWS_PER_INVOCATION; the shader's QB must agree
-    // or rows would be skipped (or computed twice).
-    let module = naga::front::wgsl::parse_str(shaders::ATTENTION).expect("parses");
-    let (_, qb) = module
+/// The value of `const name: u32` in `module`.
+fn const_u32(module: &naga::Module, name: &str) -> usize {
+    let (_, c) = module
         .constants
         .iter()
-        .find(|(_, c)| c.name.as_deref() == Some("QB"))
-        .expect("attention.wgsl declares QB");
-    let value = match module.global_expressions[qb.init] {
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no const {name}"));
+    match module.global_expressions[c.init] {
         naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
-        ref e => panic!("QB is {e:?}"),
-    };
-    assert_eq!(value, e2llm_kernels::attention::ROWS_PER_INVOCATION);
+        ref e => panic!("{name} is {e:?}"),
+    }
+}
+
+#[test]
+fn every_attention_build_validates_and_has_the_rows_and_width_the_host_plans_for() {
+    use e2llm_kernels::attention::Tuning;
+    use e2llm_kernels::launch::Spec;
+    // The host sizes the tiled kernels' grids by the tuning's rows; the shader's QB must agree
+    // or rows would be skipped (or computed twice). Every build must validate.
+    for rows in [1u32, 2, 4] {
+        for head_dim in [2u32, 32, 64, 96, 128] {
+            let spec = Spec { rows, head_dim };
+            let src = shaders::specialize(shaders::ATTENTION, spec);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{spec:?}: {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{spec:?}: {e:?}"));
+            assert_eq!(const_u32(&module, "QB"), rows as usize, "{spec:?}");
+            assert_eq!(const_u32(&module, "HD"), head_dim as usize, "{spec:?}");
+        }
+    }
+    // As written: four rows, width 128; the tunings plan for the rows they name.
+    let module = naga::front::wgsl::parse_str(shaders::ATTENTION).expect("parses");
+    assert_eq!(const_u32(&module, "QB"), Tuning::CPU_RASTER.rows);
+    assert_eq!(const_u32(&module, "HD"), 128);
+    // GPUs: rows by head width (what the H100 measured fastest at D 32 and 64).
+    let gpu = Tuning::GPU;
+    let by_width: Vec<(usize, usize)> = [16, 32, 64, 96, 128]
+        .iter()
+        .map(|&d| (gpu.forward_rows(d), gpu.backward_rows(d)))
+        .collect();
+    assert_eq!(by_width, [(4, 4), (4, 2), (2, 1), (1, 1), (1, 1)]);
+    assert_eq!(Tuning::CPU_RASTER.forward_rows(128), 4);
+    assert_eq!(Tuning::CPU_RASTER.backward_rows(128), 4);
+    assert_eq!(
+        shaders::specialize(shaders::ATTENTION, Spec::default()),
+        shaders::ATTENTION
+    );
+}
+
+#[test]
+fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
+    use e2llm_kernels::attention::Tuning;
+    assert_eq!(
+        Tuning::for_adapter("NVIDIA H100 80GB HBM3", true),
+        Tuning::GPU
+    );
+    assert_eq!(
+        Tuning::for_adapter("llvmpipe (LLVM 15.0.6, 256 bits)", false),
+        Tuning::CPU_RASTER
+    );
+    assert_eq!(
+        Tuning::for_adapter("SwiftShader Device (Subzero)", true),
+        Tuning::CPU_RASTER
+    );
+    assert_eq!(Tuning::for_adapter("", false), Tuning::CPU_RASTER);
+    assert_eq!(Tuning::parse("gpu"), Ok(Tuning::GPU));
+    assert_eq!(
+        Tuning::parse("rows=1, tiles=16"),
+        Ok(Tuning {
+            rows: 1,
+            tiles_per_dispatch: 16
+        })
+    );
+    for (bad, says) in [
+        ("rows=3", "1, 2 or 4"),
+        ("tiles=0", "at least 1"),
+        ("rows", "key=value"),
+        ("depth=3", "unknown key"),
+        ("rows=x", "whole number"),
+    ] {
+        let e = Tuning::parse(bad).expect_err(bad);
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+/// The attention builds the GPU tests run on one adapter: the adapter's own (`own`), the GPU
+/// build (rows by head width) and each fixed rows-per-invocation, these with short chunks
+/// (several dispatches per loop at these lengths).
+fn tunings(own: e2llm_kernels::attention::Tuning) -> Vec<e2llm_kernels::attention::Tuning> {
+    use e2llm_kernels::attention::Tuning;
+    // The GPU build's rows by head width, with chunks short enough for llvmpipe's loop limit.
+    let mut all = vec![
+        own,
+        Tuning {
+            tiles_per_dispatch: 2,
+            ..Tuning::GPU
+        },
+    ];
+    for rows in [1, 2, 4] {
+        if rows != own.rows {
+            all.push(Tuning {
+                rows,
+                tiles_per_dispatch: 2,
+            });
+        }
+    }
+    all
 }
 
 #[test]
@@ -350,7 +447,8 @@ fn elementwise_and_row_kernels_match_their_twins_on_the_gpu() {
 
 #[test]
 fn flash_attention_matches_the_plain_path() {
-    let Some(gpu) = gpu() else { return };
+    let Some(mut gpu) = gpu() else { return };
+    let own = gpu.tuning;
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     // (sq, skv, hq, hkv, d, g): lengths off the tile and workgroup sizes, GQA 1/2/4,
     // head_dim 32/64/128, a KV-cache prefix (skv > sq), g up to 64; ≤ 8 queries take the
@@ -380,11 +478,15 @@ fn flash_attention_matches_the_plain_path() {
             f,
         } = attention_case(&mut rng, case, (0.75, 40.0));
         let (o0, l0) = cpu::attention(&q, &k, &v, &qpos, &kpos, &f, s);
-        let (o1, l1) = e2llm_kernels::attention::attention(&gpu, &q, &k, &v, &qpos, &kpos, &f, s)
-            .expect("attention");
-        let tag = format!("attention {case:?}");
-        assert_close(&format!("{tag} o"), &o1, &o0, 2e-5, 1e-4);
-        assert_close(&format!("{tag} lse"), &l1, &l0, 2e-5, 1e-4);
+        for t in tunings(own) {
+            gpu.tuning = t;
+            let (o1, l1) =
+                e2llm_kernels::attention::attention(&gpu, &q, &k, &v, &qpos, &kpos, &f, s)
+                    .expect("attention");
+            let tag = format!("attention {case:?} {t:?}");
+            assert_close(&format!("{tag} o"), &o1, &o0, 2e-5, 1e-4);
+            assert_close(&format!("{tag} lse"), &l1, &l0, 2e-5, 1e-4);
+        }
     }
 }
 
@@ -448,7 +550,8 @@ fn attention_backward_twin_matches_finite_differences() {
 
 #[test]
 fn flash_attention_backward_matches_its_twin() {
-    let Some(gpu) = gpu() else { return };
+    let Some(mut gpu) = gpu() else { return };
+    let own = gpu.tuning;
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     // Lengths whose loops span several dispatches (more than 8 tiles) are included.
     let cases = [
@@ -475,14 +578,17 @@ fn flash_attention_backward_matches_its_twin() {
         } = attention_case(&mut rng, case, (1.5, 7.0));
         let d_o = rand_vec(&mut rng, q.len(), 1.0);
         let (dq0, dk0, dv0) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &d_o, s);
-        let (dq1, dk1, dv1) = e2llm_kernels::attention::attention_backward(
-            &gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s,
-        )
-        .expect("backward");
-        let tag = format!("attention bwd {case:?}");
-        assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-5, 1e-3);
-        assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-5, 1e-3);
-        assert_close(&format!("{tag} dv"), &dv1, &dv0, 5e-5, 1e-3);
+        for t in tunings(own) {
+            gpu.tuning = t;
+            let (dq1, dk1, dv1) = e2llm_kernels::attention::attention_backward(
+                &gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s,
+            )
+            .expect("backward");
+            let tag = format!("attention bwd {case:?} {t:?}");
+            assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-5, 1e-3);
+            assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-5, 1e-3);
+            assert_close(&format!("{tag} dv"), &dv1, &dv0, 5e-5, 1e-3);
+        }
     }
 }
 

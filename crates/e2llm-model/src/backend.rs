@@ -17,7 +17,14 @@ pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        "wgpu" | "gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        "wgpu" | "gpu" => {
+            // The attention kernels' build for this adapter (rows per invocation, chunking).
+            #[cfg(not(target_arch = "wasm32"))]
+            if let Some(t) = e2llm_kernels::gpu::adapter_tuning() {
+                e2llm_kernels::attention::set_tuning(t);
+            }
+            Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+        }
         other => Err(ModelError::Input(format!(
             "unknown backend `{other}`; choose one of {}",
             BACKENDS.join(", ")

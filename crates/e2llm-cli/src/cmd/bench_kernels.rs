@@ -37,6 +37,10 @@ pub struct KernelArgs {
     /// Skip a reference whose score matrix would exceed this many MiB.
     #[arg(long, default_value_t = 2048)]
     max_matrix_mib: usize,
+    /// How the attention kernels are built: `auto` (for the adapter), `cpu` (four rows per
+    /// invocation, 8 tiles per dispatch), `gpu` (one row, 64 tiles), or `rows=R,tiles=T`.
+    #[arg(long, default_value = "auto")]
+    tuning: String,
     /// Only the decode-step table (one query against a cache of each length).
     #[arg(long)]
     decode_only: bool,
@@ -147,6 +151,12 @@ pub fn run(a: KernelArgs) -> Result<()> {
         "--heads must be a multiple of --kv-heads"
     );
     let device = open_device("wgpu")?;
+    if a.tuning != "auto" {
+        let t = e2llm_kernels::attention::Tuning::parse(&a.tuning)
+            .map_err(|e| anyhow::anyhow!("--tuning {}: {e}", a.tuning))?;
+        e2llm_kernels::attention::set_tuning(t);
+    }
+    let tuning = e2llm_kernels::attention::tuning();
     let adapter = Gpu::new()
         .map(|g| g.adapter_name)
         .unwrap_or_else(|_| "default wgpu adapter".into());
@@ -157,8 +167,13 @@ pub fn run(a: KernelArgs) -> Result<()> {
         .collect();
     let mut rows = Vec::new();
     println!(
-        "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps\n",
-        adapter, a.reps
+        "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps; \
+         rows per invocation: forward {}, backward {}; {} tiles per dispatch\n",
+        adapter,
+        a.reps,
+        tuning.forward_rows(d),
+        tuning.backward_rows(d),
+        tuning.tiles_per_dispatch
     );
     println!(
         "| length | e2llm fwd ms | e2llm fwd+bwd ms | e2llm memory MiB | plain fwd ms | plain fwd+bwd ms | plain matrix MiB | burn attention fwd ms | plain ÷ e2llm fwd | plain ÷ e2llm fwd+bwd | burn ÷ e2llm fwd |"
@@ -350,7 +365,9 @@ pub fn run(a: KernelArgs) -> Result<()> {
     }
     if let Some(path) = &a.json {
         let json = serde_json::json!({
-            "adapter": adapter, "heads": h, "kv_heads": hkv, "head_dim": d,
+            "adapter": adapter, "forward_rows": tuning.forward_rows(d),
+            "backward_rows": tuning.backward_rows(d),
+            "tiles_per_dispatch": tuning.tiles_per_dispatch, "heads": h, "kv_heads": hkv, "head_dim": d,
             "reps": a.reps, "results": rows, "decode": decode,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())

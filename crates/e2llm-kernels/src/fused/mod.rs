@@ -29,7 +29,7 @@ use burn_cubecl::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn_cubecl::cubecl::{CubeKernel, PrecompiledSource};
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::launch::{Launch, Shader};
+use crate::launch::{Launch, Shader, Spec};
 use crate::shaders;
 
 pub mod attention;
@@ -60,6 +60,7 @@ pub struct WgslKernel {
     storage: Vec<u32>,
     uniform: u32,
     workgroup: u32,
+    spec: Spec,
 }
 
 impl WgslKernel {
@@ -71,18 +72,25 @@ impl WgslKernel {
             storage: launch.storage.clone(),
             uniform: launch.uniform,
             workgroup: launch.workgroup,
+            spec: launch.spec,
         }
     }
 
     /// The WGSL cubecl compiles for it.
     pub fn wgsl(&self) -> String {
-        shaders::for_entry(self.shader.source, &self.storage, Some(self.uniform))
+        let source = shaders::specialize(self.shader.source, self.spec);
+        shaders::for_entry(&source, &self.storage, Some(self.uniform))
     }
 }
 
 impl KernelMetadata for WgslKernel {
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.shader.name, self.entry))
+        KernelId::new::<Self>().info((
+            self.shader.name,
+            self.entry,
+            self.spec.rows,
+            self.spec.head_dim,
+        ))
     }
 
     fn address_type(&self) -> ElemType {
