@@ -133,6 +133,26 @@ pub async fn open_gpu() -> Result<Backend, JsValue> {
     })
 }
 
+/// Builds the attention kernels with `text` instead of the adapter's choice (`cpu`, `gpu` or
+/// `rows=R,tiles=T`, as `E2LLM_ATTENTION` natively); call after [`open_gpu`]. Returns the build
+/// in words. The page takes it from `?attention=…` (the browser test runs the GPU build on
+/// SwiftShader this way, since a software adapter gets the CPU rasteriser's).
+#[wasm_bindgen]
+pub fn set_attention_tuning(text: &str) -> Result<String, JsValue> {
+    let t = e2llm_kernels::attention::Tuning::parse(text)
+        .map_err(|e| js_err(format!("attention build `{text}`: {e}")))?;
+    e2llm_kernels::attention::set_tuning(t);
+    let rows = if t.rows == 0 {
+        "by head width".to_string()
+    } else {
+        t.rows.to_string()
+    };
+    Ok(format!(
+        "attention build: rows {rows}, {} tiles per dispatch",
+        t.tiles_per_dispatch
+    ))
+}
+
 /// A loaded model and the trial in progress.
 #[wasm_bindgen]
 pub struct Session {

@@ -111,7 +111,7 @@ async function boot(loadDefault = true) {
   startWorker();
   const choice = $("backend-choice").value;
   try {
-    const b = await call({ type: "init", backend: choice });
+    const b = await call({ type: "init", backend: choice, attention: params.get("attention") });
     state.backend = b;
     $("backend").textContent = b.reason ? `${b.label} — ${b.reason}` : b.label;
   } catch (e) {

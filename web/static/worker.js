@@ -5,7 +5,7 @@
 // keeps running; a Rust panic also comes back as an error with `fatal: true`, and the page then
 // starts a fresh worker (a wasm instance is not usable after a panic).
 
-import init, { open_gpu, open_cpu, Session, last_panic } from "./pkg/e2llm_web.js";
+import init, { open_gpu, open_cpu, set_attention_tuning, Session, last_panic } from "./pkg/e2llm_web.js";
 
 const ready = init();
 let backend = null;
@@ -43,7 +43,7 @@ async function adapterReason() {
   return { adapter: name || "unnamed adapter" };
 }
 
-async function openBackend(choice) {
+async function openBackend(choice, attention) {
   await ready;
   trace("wasm module ready");
   if (choice !== "cpu") {
@@ -53,7 +53,9 @@ async function openBackend(choice) {
       try {
         const b = await open_gpu();
         trace("burn's wgpu runtime is up on WebGPU");
-        return { b, label: `WebGPU — ${probe.adapter} (${b.label})`, reason: null };
+        // ?attention=… overrides the kernels' build chosen for the adapter.
+        const build = attention ? `; ${set_attention_tuning(attention)}` : "";
+        return { b, label: `WebGPU — ${probe.adapter} (${b.label}${build})`, reason: null };
       } catch (e) {
         const d = describe(e);
         if (d.fatal) throw e;
@@ -100,7 +102,7 @@ onmessage = async (ev) => {
   try {
     switch (m.type) {
       case "init": {
-        const { b, label, reason } = await openBackend(m.backend);
+        const { b, label, reason } = await openBackend(m.backend, m.attention);
         backend = b;
         post({ type: "backend", id: m.id, label, gpu: b.gpu, reason, max_binding_bytes: b.max_binding_bytes });
         break;

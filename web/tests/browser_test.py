@@ -345,6 +345,12 @@ def main():
         log(line.strip())
         url = f"http://127.0.0.1:{port}/"
         gpu = session(a.cli, url, model, work, a.out, True, a.length, "webgpu", None)
+        # The attention kernels' GPU build (what a browser on GPU hardware gets; SwiftShader gets
+        # the CPU rasteriser's): compiled by Chromium's Tint and run, against native logits.
+        gpu2 = session(a.cli, url + "?attention=gpu", model, work, a.out, True, a.length, "webgpu-gpu-build", None)
+        check("attention build: rows by head width, 64 tiles" in gpu2["backend"],
+              f"webgpu-gpu-build: the page ran the GPU build ({gpu2['backend']})")
+        check(gpu2["answer"]["ids"] == gpu["answer"]["ids"], "WebGPU CPU-rasteriser and GPU builds: same answer")
         cpu = session(a.cli, url, model, work, a.out, False, a.length, "cpu",
                       lambda d: bad_model_cases(d, model, work, a.out))
         check(gpu["prompt"]["ids"] == cpu["prompt"]["ids"] and gpu["answer"]["ids"] == cpu["answer"]["ids"],
