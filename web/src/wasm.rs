@@ -113,13 +113,7 @@ pub async fn open_gpu() -> Result<Backend, JsValue> {
     }
     // The attention kernels' build: the GPU one only where the browser says it is GPU hardware
     // (SwiftShader, or an adapter that does not say, keeps the CPU rasteriser's).
-    let hardware = matches!(
-        format!("{:?}", info.device_type).as_str(),
-        "DiscreteGpu" | "IntegratedGpu" | "VirtualGpu"
-    );
-    e2llm_kernels::attention::set_tuning(e2llm_kernels::attention::Tuning::for_adapter(
-        &info.name, hardware,
-    ));
+    e2llm_kernels::attention::set_tuning(e2llm_kernels::gpu::tuning_for(&info));
     let name = if info.name.is_empty() {
         String::new()
     } else {

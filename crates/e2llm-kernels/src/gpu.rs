@@ -37,31 +37,34 @@ pub fn grid(groups: u32) -> (u32, u32) {
     }
 }
 
-/// Whether wgpu reports `t` as GPU hardware (discrete, integrated or virtual).
-pub fn is_gpu_hardware(t: wgpu::DeviceType) -> bool {
-    matches!(
-        t,
+/// The attention tuning for the adapter `info` describes ([`crate::attention::Tuning::for_adapter`]:
+/// GPU hardware is a discrete, integrated or virtual GPU).
+pub fn tuning_for(info: &wgpu::AdapterInfo) -> crate::attention::Tuning {
+    let hardware = matches!(
+        info.device_type,
         wgpu::DeviceType::DiscreteGpu
             | wgpu::DeviceType::IntegratedGpu
             | wgpu::DeviceType::VirtualGpu
-    )
+    );
+    crate::attention::Tuning::for_adapter(&info.name, hardware)
 }
 
 /// The attention tuning for the adapter a default wgpu device gets on this machine (the
-/// high-performance one), found without opening a device; `None` when there is no adapter.
+/// high-performance one), found once per process without opening a device; `None` when there
+/// is no adapter.
 pub fn adapter_tuning() -> Option<crate::attention::Tuning> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))
-    .ok()?;
-    let info = adapter.get_info();
-    Some(crate::attention::Tuning::for_adapter(
-        &info.name,
-        is_gpu_hardware(info.device_type),
-    ))
+    static FOUND: std::sync::OnceLock<Option<crate::attention::Tuning>> =
+        std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .ok()?;
+        Some(tuning_for(&adapter.get_info()))
+    })
 }
 
 impl Gpu {
@@ -84,9 +87,7 @@ impl Gpu {
         .map_err(|e| KernelError::NoAdapter(e.to_string()))?;
         let mut gpu =
             Self::from_parts(device, queue, format!("{} ({:?})", info.name, info.backend));
-        gpu.tuning = crate::attention::env_tuning().unwrap_or_else(|| {
-            crate::attention::Tuning::for_adapter(&info.name, is_gpu_hardware(info.device_type))
-        });
+        gpu.tuning = crate::attention::env_tuning().unwrap_or_else(|| tuning_for(&info));
         Ok(gpu)
     }
 

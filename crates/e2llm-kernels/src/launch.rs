@@ -73,13 +73,6 @@ pub struct Launch {
     pub spec: Spec,
 }
 
-impl Launch {
-    /// The WGSL this launch compiles: the shader's source built for its [`Spec`].
-    pub fn source(&self) -> std::borrow::Cow<'static, str> {
-        shaders::specialize(self.shader.source, self.spec)
-    }
-}
-
 /// Rows of an `[n, d]` row kernel (one workgroup of 256 per row).
 fn rows_grid(rows: usize) -> (u32, u32, u32) {
     let (x, y) = grid(rows as u32);

@@ -38,7 +38,8 @@ pub struct KernelArgs {
     #[arg(long, default_value_t = 2048)]
     max_matrix_mib: usize,
     /// How the attention kernels are built: `auto` (for the adapter), `cpu` (four rows per
-    /// invocation, 8 tiles per dispatch), `gpu` (one row, 64 tiles), or `rows=R,tiles=T`.
+    /// invocation, 8 tiles per dispatch), `gpu` (rows by head width, 64 tiles), or
+    /// `rows=R,tiles=T`.
     #[arg(long, default_value = "auto")]
     tuning: String,
     /// Only the decode-step table (one query against a cache of each length).
