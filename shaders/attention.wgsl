@@ -24,9 +24,10 @@
 // from it, and WGSL's uniformity analysis (Chrome's Tint) rejects them read from read_write storage.
 // Entry points and dispatch (workgroups of 64; tiles of 2048/D rows in 16 KiB of workgroup memory;
 // each invocation of the tiled kernels takes QB adjacent rows, 64·QB per workgroup. QB = 4 as
-// written: one read of a tile row from workgroup memory feeds four rows' sums — on CPU
+// written: one read of a tile row from workgroup memory feeds QB rows' sums — on CPU
 // rasterisers (lavapipe, SwiftShader) those reads, not the arithmetic, bound the kernels: 3×
-// faster than one row per invocation there. QB = 1 for GPUs, see "Rows per invocation" below):
+// faster than one row per invocation there, and QB 8 (head width ≤ 32) another 1.6× forward.
+// GPUs take fewer rows by head width; see "Rows per invocation" below):
 //   attention_fwd      grid (⌈Sq/(64·QB)⌉ − first_block(), Hq, B): 64·QB queries of one head;
 //                      writes o, lse. Blocks with no key in the chunk are not launched (but the
 //                      last chunk finishes every block); each block's tile loop runs the whole chunk.
@@ -179,28 +180,54 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
 }
 
 // Rows (queries, or keys for dk/dv) per invocation of the tiled kernels, QB, and the types
-// holding one value per row: RV (f32) and RU (u32), with LANE = (0, 1, …, QB − 1). As written
-// QB = 4 (see the header); e2llm_kernels::shaders::specialize builds QB = 2 or 1 (fewer
-// registers per invocation, more workgroups) by dropping the lines marked "// QB4" and
-// uncommenting the "//QB2 " or "//QB1 " lines.
+// holding one value per row: RV (f32) and RM (bool). The kernels touch them only through
+// arithmetic that every RV has (+, −, times a scalar) and the rv_* / rows_* functions below.
+// As written QB = 4 (see the header); e2llm_kernels::shaders::specialize builds QB = 1, 2 or 8
+// by keeping a line that ends "// QB<digits>" only when its digits name the build's QB and
+// uncommenting the lines that start "//QB<n> " (n = the build's QB). QB 8 (two vec4 columns of
+// a mat2x4) is for CPU rasterisers: each read of a tile row from workgroup memory feeds eight
+// rows' sums (on llvmpipe such a read costs one scalar load per SIMD lane, whatever its width).
 const QB: u32 = 4u; // QB4
 alias RV = vec4<f32>; // QB4
 alias RU = vec4<u32>; // QB4
+alias RM = vec4<bool>; // QB4
 const LANE = vec4<u32>(0u, 1u, 2u, 3u); // QB4
-fn rv_get(x: RV, c: u32) -> f32 { return x[c]; } // QB4
-fn rv_set(x: RV, c: u32, val: f32) -> RV { var y = x; y[c] = val; return y; } // QB4
+fn rv_get(x: RV, c: u32) -> f32 { return x[c]; } // QB24
+fn rv_set(x: RV, c: u32, val: f32) -> RV { var y = x; y[c] = val; return y; } // QB24
 //QB1 const QB: u32 = 1u;
 //QB1 alias RV = f32;
 //QB1 alias RU = u32;
+//QB1 alias RM = bool;
 //QB1 const LANE = 0u;
 //QB1 fn rv_get(x: RV, c: u32) -> f32 { return x; }
 //QB1 fn rv_set(x: RV, c: u32, val: f32) -> RV { return val; }
 //QB2 const QB: u32 = 2u;
 //QB2 alias RV = vec2<f32>;
 //QB2 alias RU = vec2<u32>;
+//QB2 alias RM = vec2<bool>;
 //QB2 const LANE = vec2<u32>(0u, 1u);
-//QB2 fn rv_get(x: RV, c: u32) -> f32 { return x[c]; }
-//QB2 fn rv_set(x: RV, c: u32, val: f32) -> RV { var y = x; y[c] = val; return y; }
+fn rv(x: f32) -> RV { return RV(x); } // QB124
+fn rv_mul(a: RV, b: RV) -> RV { return a * b; } // QB124
+fn rv_exp(a: RV) -> RV { return exp(a); } // QB124
+fn rv_max(a: RV, b: RV) -> RV { return max(a, b); } // QB124
+fn rv_sel(f: RV, t: RV, m: RM) -> RV { return select(f, t, m); } // QB124
+// Row c's `key < lim0 + c` (does query row c see key `key`, its limit lim0 + c).
+fn rows_see(key: u32, lim0: u32) -> RM { return RU(key) < RU(lim0) + LANE; } // QB124
+// Row c's `a + c < b` (is key row a + c below the limit b).
+fn rows_below(a: u32, b: u32) -> RM { return RU(a) + LANE < RU(b); } // QB124
+//QB8 const QB: u32 = 8u;
+//QB8 alias RV = mat2x4<f32>;
+//QB8 struct RM { lo: vec4<bool>, hi: vec4<bool> }
+//QB8 const LANE4 = vec4<u32>(0u, 1u, 2u, 3u);
+//QB8 fn rv(x: f32) -> RV { return RV(vec4<f32>(x), vec4<f32>(x)); }
+//QB8 fn rv_mul(a: RV, b: RV) -> RV { return RV(a[0] * b[0], a[1] * b[1]); }
+//QB8 fn rv_exp(a: RV) -> RV { return RV(exp(a[0]), exp(a[1])); }
+//QB8 fn rv_max(a: RV, b: RV) -> RV { return RV(max(a[0], b[0]), max(a[1], b[1])); }
+//QB8 fn rv_sel(f: RV, t: RV, m: RM) -> RV { return RV(select(f[0], t[0], m.lo), select(f[1], t[1], m.hi)); }
+//QB8 fn rv_get(x: RV, c: u32) -> f32 { return x[c / 4u][c % 4u]; }
+//QB8 fn rv_set(x: RV, c: u32, val: f32) -> RV { var y = x; y[c / 4u][c % 4u] = val; return y; }
+//QB8 fn rows_see(key: u32, lim0: u32) -> RM { return RM(vec4<u32>(key) < vec4<u32>(lim0) + LANE4, vec4<u32>(key) < vec4<u32>(lim0 + 4u) + LANE4); }
+//QB8 fn rows_below(a: u32, b: u32) -> RM { return RM(vec4<u32>(a) + LANE4 < vec4<u32>(b), vec4<u32>(a + 4u) + LANE4 < vec4<u32>(b)); }
 
 // Row block of workgroup x out of n: 0, n−1, 1, n−2, … Causal blocks cost more the later their
 // queries (or the earlier their keys); pairing heavy with light balances runtimes that hand
@@ -209,10 +236,10 @@ fn zigzag(x: u32, n: u32) -> u32 {
     return select(n - 1u - x / 2u, x / 2u, x % 2u == 0u);
 }
 
-// Causal limits of the QB queries q0, q0 + 1, …: row c's is the number of keys query q0 + c
-// sees, past + q0 + c + 1 (key j is seen when j < it).
-fn seen_limits(q0: u32) -> RU {
-    return RU(p.skv - p.sq + q0 + 1u) + LANE;
+// Causal limit of query q0: the number of keys it sees, past + q0 + 1 (row c of a block starting
+// at q0 sees key j when j < it + c: rows_see).
+fn seen_limit(q0: u32) -> u32 {
+    return p.skv - p.sq + q0 + 1u;
 }
 
 // Keys any of queries q0 .. q0 + QB − 1 sees: those of the last one in range (0: none in range).
@@ -277,14 +304,14 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     // Row c of the block in component c: qr[j] holds dimension j of each row's rotated query.
     var qr: array<RV, HD>;
     var acc: array<RV, HD>;
-    var m = RV(-3.0e38);
-    var l = RV(0.0);
+    var m = rv(-3.0e38);
+    var l = rv(0.0);
     for (var c = 0u; c < QB; c = c + 1u) {
         let st = fwd_begin(&qr, &acc, c, q0 + c, h);
         m = rv_set(m, c, st.x);
         l = rv_set(l, c, st.y);
     }
-    let lim = seen_limits(q0);
+    let lim0 = seen_limit(q0);
     let kn = keys_seen(q0);
 
     let tile = TILE_FLOATS / HD;
@@ -297,18 +324,18 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let n = select(0u, hi - t0, hi > t0);
         for (var r = 0u; r < n; r = r + 1u) {
             let rb = r * HD;
-            var s = RV(0.0);
+            var s = rv(0.0);
             for (var j = 0u; j < HD; j = j + 1u) {
                 s = s + qr[j] * ts[rb + j];
             }
-            let seen = RU(t0 + r) < lim;
-            let m_new = select(m, max(m, s), seen);
-            let corr = exp(m - m_new);
-            let w = select(RV(0.0), exp(s - m_new), seen);
-            l = l * corr + w;
+            let seen = rows_see(t0 + r, lim0);
+            let m_new = rv_sel(m, rv_max(m, s), seen);
+            let corr = rv_exp(m - m_new);
+            let w = rv_sel(rv(0.0), rv_exp(s - m_new), seen);
+            l = rv_mul(l, corr) + w;
             m = m_new;
             for (var j = 0u; j < HD; j = j + 1u) {
-                acc[j] = acc[j] * corr + w * us[rb + j];
+                acc[j] = rv_mul(acc[j], corr) + w * us[rb + j];
             }
         }
         workgroupBarrier();
@@ -520,14 +547,14 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var qr: array<RV, HD>;
     var dor: array<RV, HD>;
     var g: array<RV, HD>;
-    var lse = RV(0.0);
-    var delta = RV(0.0);
+    var lse = rv(0.0);
+    var delta = rv(0.0);
     for (var c = 0u; c < QB; c = c + 1u) {
         let st = dq_begin(&qr, &dor, &g, c, q0 + c, h);
         lse = rv_set(lse, c, st.x);
         delta = rv_set(delta, c, st.y);
     }
-    let lim = seen_limits(q0);
+    let lim0 = seen_limit(q0);
     let kn = keys_seen(q0);
 
     let tile = TILE_FLOATS / HD;
@@ -539,14 +566,14 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let n = select(0u, hi - t0, hi > t0);
         for (var r = 0u; r < n; r = r + 1u) {
             let rb = r * HD;
-            var s = RV(0.0);
-            var dp = RV(0.0);
+            var s = rv(0.0);
+            var dp = rv(0.0);
             for (var j = 0u; j < HD; j = j + 1u) {
                 s = s + qr[j] * ts[rb + j];
                 dp = dp + dor[j] * us[rb + j];
             }
-            let seen = RU(t0 + r) < lim;
-            let ds = select(RV(0.0), exp(s - lse) * (dp - delta), seen);
+            let seen = rows_see(t0 + r, lim0);
+            let ds = rv_sel(rv(0.0), rv_mul(rv_exp(s - lse), dp - delta), seen);
             for (var j = 0u; j < HD; j = j + 1u) {
                 g[j] = g[j] + ds * ts[rb + j];
             }
@@ -631,8 +658,6 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     for (var c = 0u; c < QB; c = c + 1u) {
         dkv_begin(&kr, &vr, &gk, &gv, c, k0 + c, kvh);
     }
-    let keys = RU(k0) + LANE;
-    let live = keys < RU(p.skv);
 
     let tile = TILE_FLOATS / d;
     // Queries that see the first key of this workgroup: i ≥ k_first − past.
@@ -669,15 +694,16 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             // Key k0 + c is seen by query qi when k0 + c ≤ past + qi.
             if (k0 <= past + qi && k0 < p.skv) {
                 let rb = r * d;
-                var s = RV(0.0);
-                var dp = RV(0.0);
+                var s = rv(0.0);
+                var dp = rv(0.0);
                 for (var j = 0u; j < HD; j = j + 1u) {
                     s = s + kr[j] * ts[rb + j];
                     dp = dp + vr[j] * us[rb + j];
                 }
-                let seen = live & (keys <= RU(past + qi));
-                let pij = select(RV(0.0), exp(s - stats[so + h * p.sq + qi]), seen);
-                let ds = pij * (dp - stats[so + p.hq * p.sq + h * p.sq + qi]);
+                // Key row k0 + c is seen by query qi when k0 + c ≤ past + qi (< Skv with it).
+                let seen = rows_below(k0, past + qi + 1u);
+                let pij = rv_sel(rv(0.0), rv_exp(s - rv(stats[so + h * p.sq + qi])), seen);
+                let ds = rv_mul(pij, dp - rv(stats[so + p.hq * p.sq + h * p.sq + qi]));
                 for (var j = 0u; j < HD; j = j + 1u) {
                     gk[j] = gk[j] + ds * ts[rb + j];
                     gv[j] = gv[j] + pij * us[rb + j];

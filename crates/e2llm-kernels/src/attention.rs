@@ -15,20 +15,37 @@ use crate::shaders;
 /// chunks; see the shader header for why).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
-    /// Rows each invocation of the tiled kernels takes: 4, 2 or 1; 0 = by head width D (GPUs:
-    /// the forward keeps QB·D ≤ 128 values per array, the backward, with twice the arrays,
-    /// QB·D ≤ 64 — see [`Self::forward_rows`]).
+    /// Rows each invocation of the tiled kernels takes: 8, 4, 2 or 1; 0 = by head width D, by
+    /// [`Self::by_width`]'s rule. 8 rows are built only up to D = 32 (wider, llvmpipe took over
+    /// ten minutes to compile the kernels); a wider head gets 4.
     pub rows: usize,
     /// Tiles one dispatch's loop runs at most.
     pub tiles_per_dispatch: usize,
+    /// The rule `rows: 0` follows.
+    pub by_width: ByWidth,
 }
 
+/// Rows per invocation by head width D (a [`Tuning`] with `rows: 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByWidth {
+    /// CPU rasterisers: as many rows as build (8 up to D = 32, else 4) — each read of workgroup
+    /// memory feeds QB rows' sums, and those reads bound the kernels there.
+    Raster,
+    /// GPUs: few enough rows that an invocation's arrays stay in registers — the forward keeps
+    /// QB·D ≤ 128 values per array, the backward, with twice the arrays, QB·D ≤ 64.
+    Gpu,
+}
+
+/// The widest head the 8-rows build is used for.
+const EIGHT_ROWS_MAX_WIDTH: usize = 32;
+
 impl Tuning {
-    /// CPU rasterisers (lavapipe, SwiftShader): four rows per invocation (workgroup-memory reads
-    /// bound them), 8 tiles per dispatch (llvmpipe's loop-iteration limit).
+    /// CPU rasterisers (lavapipe, SwiftShader): rows by width (8 at D ≤ 32, else 4; measured on
+    /// lavapipe, BENCHMARKS.md), 8 tiles per dispatch (llvmpipe's loop-iteration limit).
     pub const CPU_RASTER: Tuning = Tuning {
-        rows: 4,
+        rows: 0,
         tiles_per_dispatch: 8,
+        by_width: ByWidth::Raster,
     };
     /// GPUs: rows per invocation by head width (fewer rows keep an invocation's arrays in
     /// registers), 64 tiles per dispatch (4,096 keys at head width 32, 1,024 at 128: long
@@ -37,6 +54,7 @@ impl Tuning {
     pub const GPU: Tuning = Tuning {
         rows: 0,
         tiles_per_dispatch: 64,
+        by_width: ByWidth::Gpu,
     };
 
     /// Rows per invocation of the forward kernels at head width `d`.
@@ -49,14 +67,18 @@ impl Tuning {
         self.rows_within(d, 64)
     }
 
-    fn rows_within(self, d: usize, budget: usize) -> usize {
+    fn rows_within(self, d: usize, gpu_budget: usize) -> usize {
+        let most = if d <= EIGHT_ROWS_MAX_WIDTH { 8 } else { 4 };
         if self.rows > 0 {
-            return self.rows;
+            return self.rows.min(most);
         }
-        match budget / d.max(1) {
-            0 | 1 => 1,
-            2 | 3 => 2,
-            _ => 4,
+        match self.by_width {
+            ByWidth::Raster => most,
+            ByWidth::Gpu => match gpu_budget / d.max(1) {
+                0 | 1 => 1,
+                2 | 3 => 2,
+                _ => 4,
+            },
         }
     }
 
@@ -77,7 +99,7 @@ impl Tuning {
     }
 
     /// Parses `E2LLM_ATTENTION`-style text: `cpu`, `gpu`, or `rows=R,tiles=T` (either part may
-    /// be left out; it then keeps [`Self::CPU_RASTER`]'s value).
+    /// be left out; it then keeps [`Self::CPU_RASTER`]'s value: rows by width, 8 tiles).
     pub fn parse(text: &str) -> std::result::Result<Tuning, String> {
         match text.trim() {
             "cpu" => return Ok(Tuning::CPU_RASTER),
@@ -94,8 +116,8 @@ impl Tuning {
                 .parse()
                 .map_err(|_| format!("`{part}`: not a whole number"))?;
             match key.trim() {
-                "rows" if [1, 2, 4].contains(&n) => t.rows = n,
-                "rows" => return Err(format!("`{part}`: rows must be 1, 2 or 4")),
+                "rows" if [1, 2, 4, 8].contains(&n) => t.rows = n,
+                "rows" => return Err(format!("`{part}`: rows must be 1, 2, 4 or 8")),
                 "tiles" if n > 0 => t.tiles_per_dispatch = n,
                 "tiles" => return Err(format!("`{part}`: tiles must be at least 1")),
                 _ => return Err(format!("`{part}`: unknown key (rows, tiles)")),

@@ -41,7 +41,7 @@ pub const ATTENTION: Shader = Shader {
 };
 
 /// How a shader's source is built before it is compiled ([`crate::shaders::specialize`]): the
-/// attention kernels' rows per invocation (1, 2 or 4; 0 = as written, 4) and head width (0 = as
+/// attention kernels' rows per invocation (1, 2, 4 or 8; 0 = as written, 4) and head width (0 = as
 /// written, 128). The default leaves the source as written; the pipeline caches key on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Spec {

@@ -27,22 +27,25 @@ pub const ALL: &[(&str, &str)] = &[
 ];
 
 /// `source` built for `spec` (see [`crate::launch::Spec`]): the head width written into
-/// `const HD`, and for 1 or 2 rows per invocation the lines marked `// QB4` dropped and the
-/// `//QB1 ` or `//QB2 ` lines uncommented (`shaders/attention.wgsl`). A default spec returns
-/// `source` unchanged.
+/// `const HD`, and the rows-per-invocation lines of `shaders/attention.wgsl` chosen for
+/// `spec.rows` (1, 2, 4 or 8; 0 = 4, as written): a line ending `// QB<digits>` is kept only
+/// when its digits name the build's rows, and a line starting `//QB<rows> ` is uncommented. A
+/// default spec returns `source` unchanged.
 pub fn specialize(source: &str, spec: crate::launch::Spec) -> std::borrow::Cow<'_, str> {
     if spec == crate::launch::Spec::default() {
         return source.into();
     }
+    let rows = if spec.rows == 0 { 4 } else { spec.rows };
     let mut out = String::with_capacity(source.len());
-    let tag = format!("//QB{} ", spec.rows);
-    let other_rows = spec.rows != 0 && spec.rows != 4;
+    let tag = format!("//QB{rows} ");
+    let digit = char::from_digit(rows, 10);
     for line in source.lines() {
-        let line = match other_rows {
-            true if line.ends_with("// QB4") => continue,
-            true => line.strip_prefix(tag.as_str()).unwrap_or(line),
-            false => line,
-        };
+        if let Some(builds) = rows_marker(line) {
+            if !digit.is_some_and(|d| builds.contains(d)) {
+                continue;
+            }
+        }
+        let line = line.strip_prefix(tag.as_str()).unwrap_or(line);
         if spec.head_dim > 0 && line.starts_with("const HD: u32 = ") {
             out.push_str(&format!("const HD: u32 = {}u;\n", spec.head_dim));
         } else {
@@ -51,6 +54,12 @@ pub fn specialize(source: &str, spec: crate::launch::Spec) -> std::borrow::Cow<'
         }
     }
     out.into()
+}
+
+/// The digits of a line's trailing `// QB<digits>` marker (the builds that keep the line).
+fn rows_marker(line: &str) -> Option<&str> {
+    let (_, tail) = line.rsplit_once("// QB")?;
+    (!tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit())).then_some(tail)
 }
 
 /// `source` as burn's cubecl runtime needs it for one entry point: the storage buffers it binds

@@ -143,7 +143,7 @@ fn every_attention_build_validates_and_has_the_rows_and_width_the_host_plans_for
     use e2llm_kernels::launch::Spec;
     // The host sizes the tiled kernels' grids by the tuning's rows; the shader's QB must agree
     // or rows would be skipped (or computed twice). Every build must validate.
-    for rows in [1u32, 2, 4] {
+    for rows in [1u32, 2, 4, 8] {
         for head_dim in [2u32, 32, 64, 96, 128] {
             let spec = Spec { rows, head_dim };
             let src = shaders::specialize(shaders::ATTENTION, spec);
@@ -159,9 +159,12 @@ fn every_attention_build_validates_and_has_the_rows_and_width_the_host_plans_for
             assert_eq!(const_u32(&module, "HD"), head_dim as usize, "{spec:?}");
         }
     }
-    // As written: four rows, width 128; the tunings plan for the rows they name.
+    // As written: four rows, width 128 (what CPU rasterisers build at that width).
     let module = naga::front::wgsl::parse_str(shaders::ATTENTION).expect("parses");
-    assert_eq!(const_u32(&module, "QB"), Tuning::CPU_RASTER.rows);
+    assert_eq!(
+        const_u32(&module, "QB"),
+        Tuning::CPU_RASTER.forward_rows(128)
+    );
     assert_eq!(const_u32(&module, "HD"), 128);
     // GPUs: rows by head width (what the H100 measured fastest at D 32 and 64).
     let gpu = Tuning::GPU;
@@ -170,8 +173,15 @@ fn every_attention_build_validates_and_has_the_rows_and_width_the_host_plans_for
         .map(|&d| (gpu.forward_rows(d), gpu.backward_rows(d)))
         .collect();
     assert_eq!(by_width, [(4, 4), (4, 2), (2, 1), (1, 1), (1, 1)]);
-    assert_eq!(Tuning::CPU_RASTER.forward_rows(128), 4);
-    assert_eq!(Tuning::CPU_RASTER.backward_rows(128), 4);
+    // CPU rasterisers: 8 rows up to width 32, else 4 — also when 8 are asked for.
+    let cpu = Tuning::CPU_RASTER;
+    let by_width: Vec<(usize, usize)> = [16, 32, 64, 128]
+        .iter()
+        .map(|&d| (cpu.forward_rows(d), cpu.backward_rows(d)))
+        .collect();
+    assert_eq!(by_width, [(8, 8), (8, 8), (4, 4), (4, 4)]);
+    let eight = Tuning { rows: 8, ..cpu };
+    assert_eq!((eight.forward_rows(32), eight.forward_rows(64)), (8, 4));
     assert_eq!(
         shaders::specialize(shaders::ATTENTION, Spec::default()),
         shaders::ATTENTION
@@ -199,11 +209,12 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
         Tuning::parse("rows=1, tiles=16"),
         Ok(Tuning {
             rows: 1,
-            tiles_per_dispatch: 16
+            tiles_per_dispatch: 16,
+            ..Tuning::CPU_RASTER
         })
     );
     for (bad, says) in [
-        ("rows=3", "1, 2 or 4"),
+        ("rows=3", "1, 2, 4 or 8"),
         ("tiles=0", "at least 1"),
         ("rows", "key=value"),
         ("depth=3", "unknown key"),
@@ -214,27 +225,34 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     }
 }
 
-/// The attention builds the GPU tests run on one adapter: the adapter's own (`own`), the GPU
-/// build (rows by head width) and each fixed rows-per-invocation, these with short chunks
-/// (several dispatches per loop at these lengths).
-fn tunings(own: e2llm_kernels::attention::Tuning) -> Vec<e2llm_kernels::attention::Tuning> {
+/// The attention builds the GPU tests run on one adapter at head width `d`: the adapter's own
+/// (`own`), the GPU build (rows by head width) and each fixed rows-per-invocation, these with
+/// short chunks (several dispatches per loop at these lengths) — each distinct build once (8
+/// rows fall back to 4 past width 32).
+fn tunings(
+    own: e2llm_kernels::attention::Tuning,
+    d: usize,
+) -> Vec<e2llm_kernels::attention::Tuning> {
     use e2llm_kernels::attention::Tuning;
-    // The GPU build's rows by head width, with chunks short enough for llvmpipe's loop limit.
-    let mut all = vec![
-        own,
-        Tuning {
-            tiles_per_dispatch: 2,
-            ..Tuning::GPU
-        },
-    ];
-    for rows in [1, 2, 4] {
-        if rows != own.rows {
-            all.push(Tuning {
-                rows,
-                tiles_per_dispatch: 2,
-            });
-        }
+    let short = |t: Tuning| Tuning {
+        tiles_per_dispatch: 2,
+        ..t
+    };
+    let mut all = vec![own, short(Tuning::GPU)];
+    for rows in [1, 2, 4, 8] {
+        all.push(short(Tuning {
+            rows,
+            ..Tuning::CPU_RASTER
+        }));
     }
+    let build = |t: &Tuning| (t.forward_rows(d), t.backward_rows(d), t.tiles_per_dispatch);
+    let mut seen = Vec::new();
+    all.retain(|t| {
+        let b = build(t);
+        let new = !seen.contains(&b);
+        seen.push(b);
+        new
+    });
     all
 }
 
@@ -478,7 +496,7 @@ fn flash_attention_matches_the_plain_path() {
             f,
         } = attention_case(&mut rng, case, (0.75, 40.0));
         let (o0, l0) = cpu::attention(&q, &k, &v, &qpos, &kpos, &f, s);
-        for t in tunings(own) {
+        for t in tunings(own, s.head_dim) {
             gpu.tuning = t;
             let (o1, l1) =
                 e2llm_kernels::attention::attention(&gpu, &q, &k, &v, &qpos, &kpos, &f, s)
@@ -578,7 +596,7 @@ fn flash_attention_backward_matches_its_twin() {
         } = attention_case(&mut rng, case, (1.5, 7.0));
         let d_o = rand_vec(&mut rng, q.len(), 1.0);
         let (dq0, dk0, dv0) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &d_o, s);
-        for t in tunings(own) {
+        for t in tunings(own, s.head_dim) {
             gpu.tuning = t;
             let (dq1, dk1, dv1) = e2llm_kernels::attention::attention_backward(
                 &gpu, &q, &k, &v, &qpos, &kpos, &f, &d_o, s,

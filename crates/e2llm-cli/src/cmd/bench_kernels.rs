@@ -37,9 +37,9 @@ pub struct KernelArgs {
     /// Skip a reference whose score matrix would exceed this many MiB.
     #[arg(long, default_value_t = 2048)]
     max_matrix_mib: usize,
-    /// How the attention kernels are built: `auto` (for the adapter), `cpu` (four rows per
-    /// invocation, 8 tiles per dispatch), `gpu` (rows by head width, 64 tiles), or
-    /// `rows=R,tiles=T`.
+    /// How the attention kernels are built: `auto` (for the adapter), `cpu` (8 rows per
+    /// invocation up to head width 32, else 4; 8 tiles per dispatch), `gpu` (fewer rows by head
+    /// width, 64 tiles), or `rows=R,tiles=T` (R = 1, 2, 4 or 8).
     #[arg(long, default_value = "auto")]
     tuning: String,
     /// Only the decode-step table (one query against a cache of each length).
