@@ -2,7 +2,7 @@
 """Prefill tokens/s of the web demo in headless Chromium, beside the native CLI.
 
     bench.py --cli PATH/e2llm --model DIR --lengths 512,1024 [--backends webgpu,cpu]
-             [--native cpu,wgpu] [--json out.json]
+             [--attention rows=4,rows=8] [--native cpu,wgpu] [--json out.json]
 
 Needs web/pkg built (scripts/web.sh --build-only). Per browser backend: one untimed warm-up
 trial (shader compilation, allocator growth), then one passkey trial per length; the page's own
@@ -38,6 +38,9 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--lengths", default="512,1024")
     ap.add_argument("--backends", default="webgpu,cpu")
+    ap.add_argument("--attention", default="",
+                    help="WebGPU attention builds to compare (the page's ?attention=…, e.g. "
+                         "rows=4,rows=8,gpu); default: the page's own choice")
     ap.add_argument("--native", default="cpu,wgpu")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -52,11 +55,15 @@ def main():
     rows = []
     prompts = {}
     try:
+        runs = []
         for backend in [b for b in a.backends.split(",") if b]:
+            builds = [x for x in a.attention.split(",") if x] if backend == "webgpu" else []
+            runs += [(backend, x) for x in builds] or [(backend, None)]
+        for backend, build in runs:
             work = tempfile.mkdtemp(prefix="e2llm-web-bench-")
             d = bt.browser(backend == "webgpu", work)
             try:
-                d.get(f"http://127.0.0.1:{port}/")
+                d.get(f"http://127.0.0.1:{port}/" + (f"?attention={build}" if build else ""))
                 bt.wait(d, "return window.e2llm && window.e2llm.status === 'ready';", 180, "the page")
                 info = d.execute_script("return {b: e2llm.backend, i: e2llm.info}")
                 bt.run_trial(d, 200, 0.5, 2, 900)  # warm-up
@@ -64,6 +71,7 @@ def main():
                     r = bt.run_trial(d, n, 0.5, 2, 1800)
                     p = r["prompt"]
                     prompts[n] = (p["ids"], p["g"])
+                    # The page's label names its attention build.
                     rows.append({"where": "browser", "backend": info["b"]["label"], "tokens": len(p["ids"]),
                                  "prefill_s": r["prefill_ms"] / 1000, "tokens_per_s": r["tokens_per_s"],
                                  "max_length_estimate": info["i"]["max_length"]})
