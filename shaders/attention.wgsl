@@ -547,6 +547,8 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var qr: array<RV, HD>;
     var dor: array<RV, HD>;
     var g: array<RV, HD>;
+    // QB 8 keeps the key row it read for the score in kc and reuses it for dq (as dk/dv below).
+    //QB8 var kc: array<f32, HD>;
     var lse = rv(0.0);
     var delta = rv(0.0);
     for (var c = 0u; c < QB; c = c + 1u) {
@@ -569,13 +571,16 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             var s = rv(0.0);
             var dp = rv(0.0);
             for (var j = 0u; j < HD; j = j + 1u) {
-                s = s + qr[j] * ts[rb + j];
+                let kv = ts[rb + j];
+                //QB8 kc[j] = kv;
+                s = s + qr[j] * kv;
                 dp = dp + dor[j] * us[rb + j];
             }
             let seen = rows_see(t0 + r, lim0);
             let ds = rv_sel(rv(0.0), rv_mul(rv_exp(s - lse), dp - delta), seen);
             for (var j = 0u; j < HD; j = j + 1u) {
-                g[j] = g[j] + ds * ts[rb + j];
+                g[j] = g[j] + ds * ts[rb + j]; // QB124
+                //QB8 g[j] = g[j] + ds * kc[j];
             }
         }
         workgroupBarrier();
@@ -655,6 +660,10 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     var vr: array<RV, HD>;
     var gk: array<RV, HD>;
     var gv: array<RV, HD>;
+    // QB 8 keeps the tile row it read for the score in kc (and uc) and reuses it for the gradient
+    // sums: a private read instead of a second workgroup-memory read (see the header on QB).
+    //QB8 var kc: array<f32, HD>;
+    //QB8 var uc: array<f32, HD>;
     for (var c = 0u; c < QB; c = c + 1u) {
         dkv_begin(&kr, &vr, &gk, &gv, c, k0 + c, kvh);
     }
@@ -697,16 +706,22 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                 var s = rv(0.0);
                 var dp = rv(0.0);
                 for (var j = 0u; j < HD; j = j + 1u) {
-                    s = s + kr[j] * ts[rb + j];
-                    dp = dp + vr[j] * us[rb + j];
+                    let kv = ts[rb + j];
+                    let uv = us[rb + j];
+                    //QB8 kc[j] = kv;
+                    //QB8 uc[j] = uv;
+                    s = s + kr[j] * kv;
+                    dp = dp + vr[j] * uv;
                 }
                 // Key row k0 + c is seen by query qi when k0 + c ≤ past + qi (< Skv with it).
                 let seen = rows_below(k0, past + qi + 1u);
                 let pij = rv_sel(rv(0.0), rv_exp(s - rv(stats[so + h * p.sq + qi])), seen);
                 let ds = rv_mul(pij, dp - rv(stats[so + p.hq * p.sq + h * p.sq + qi]));
                 for (var j = 0u; j < HD; j = j + 1u) {
-                    gk[j] = gk[j] + ds * ts[rb + j];
-                    gv[j] = gv[j] + pij * us[rb + j];
+                    gk[j] = gk[j] + ds * ts[rb + j]; // QB124
+                    gv[j] = gv[j] + pij * us[rb + j]; // QB124
+                    //QB8 gk[j] = gk[j] + ds * kc[j];
+                    //QB8 gv[j] = gv[j] + pij * uc[j];
                 }
             }
         }

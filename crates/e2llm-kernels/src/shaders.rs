@@ -45,11 +45,15 @@ pub fn specialize(source: &str, spec: crate::launch::Spec) -> std::borrow::Cow<'
                 continue;
             }
         }
-        let line = line.strip_prefix(tag.as_str()).unwrap_or(line);
-        if spec.head_dim > 0 && line.starts_with("const HD: u32 = ") {
+        // A `//QB<rows> ` line is uncommented in place (its indentation kept).
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let body = body.strip_prefix(tag.as_str()).unwrap_or(body);
+        if spec.head_dim > 0 && body.starts_with("const HD: u32 = ") {
             out.push_str(&format!("const HD: u32 = {}u;\n", spec.head_dim));
         } else {
-            out.push_str(line);
+            out.push_str(indent);
+            out.push_str(body);
             out.push('\n');
         }
     }

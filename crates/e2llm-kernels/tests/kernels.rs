@@ -147,6 +147,8 @@ fn every_attention_build_validates_and_has_the_rows_and_width_the_host_plans_for
         for head_dim in [2u32, 32, 64, 96, 128] {
             let spec = Spec { rows, head_dim };
             let src = shaders::specialize(shaders::ATTENTION, spec);
+            // Every line meant for this build is uncommented, indented ones included.
+            assert!(!src.contains(&format!("//QB{rows} ")), "{spec:?}");
             let module = naga::front::wgsl::parse_str(&src)
                 .unwrap_or_else(|e| panic!("{spec:?}: {}", e.emit_to_string(&src)));
             naga::valid::Validator::new(
