@@ -700,7 +700,8 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         let n = min(tile, p.sq - t0);
         for (var r = 0u; r < n; r = r + 1u) {
             let qi = t0 + r;
-            // Key k0 + c is seen by query qi when k0 + c ≤ past + qi.
+            // Key k0 + c is seen by query qi when k0 + c ≤ past + qi (which is < Skv): skip
+            // the row when none of this invocation's keys is.
             if (k0 <= past + qi && k0 < p.skv) {
                 let rb = r * d;
                 var s = rv(0.0);
@@ -713,7 +714,6 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                     s = s + kr[j] * kv;
                     dp = dp + vr[j] * uv;
                 }
-                // Key row k0 + c is seen by query qi when k0 + c ≤ past + qi (< Skv with it).
                 let seen = rows_below(k0, past + qi + 1u);
                 let pij = rv_sel(rv(0.0), rv_exp(s - rv(stats[so + h * p.sq + qi])), seen);
                 let ds = rv_mul(pij, dp - rv(stats[so + p.hq * p.sq + h * p.sq + qi]));
