@@ -161,7 +161,7 @@ fn wgpu_logits_match_cpu() {
         let as_f64: Vec<f64> = on_cpu.iter().map(|&v| v as f64).collect();
         let model = checkpoint::load_dir(&dir, &gpu).expect("load");
         assert!(
-            model.fused(),
+            model.fused_attention() && model.fused_layers(),
             "auto attention on wgpu should be the fused kernel"
         );
         for kernels in [Kernels::Fused, Kernels::Reference] {

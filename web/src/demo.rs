@@ -196,7 +196,7 @@ impl Demo {
             orig_len: c.max_position_embeddings,
             params,
             weight_bytes: 4 * params as u64,
-            attention: if self.model.fused() {
+            attention: if self.model.fused_attention() {
                 "fused"
             } else {
                 "reference"
@@ -235,7 +235,7 @@ impl Demo {
         }
         .g(n, req.max_new_tokens, orig_len);
         let total = n + req.max_new_tokens;
-        let fused = self.model.fused();
+        let fused = self.model.fused_attention();
         let chunk = if req.chunk > 0 {
             req.chunk
         } else {

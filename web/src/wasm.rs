@@ -192,7 +192,7 @@ impl Session {
             &self.demo.model.config,
             self.max_binding_bytes,
             budget,
-            self.demo.model.fused(),
+            self.demo.model.fused_attention(),
         );
         let mut v = serde_json::to_value(&info).map_err(js_err)?;
         v["max_length"] = max.into();

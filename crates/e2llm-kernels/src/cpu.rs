@@ -22,14 +22,21 @@ pub fn rope(
     let half = inv_freq.len();
     let d = 2 * half;
     let mut y = vec![0.0; x.len()];
-    for (th, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-        let t = th / heads;
-        for j in 0..half {
-            let a = dir * (pos[t] / g[t]) * inv_freq[j];
-            let (s, c) = a.sin_cos();
-            let (c, s) = (c * factor, s * factor);
-            yr[j] = xr[j] * c - xr[j + half] * s;
-            yr[j + half] = xr[j + half] * c + xr[j] * s;
+    let mut cs = vec![(0.0, 0.0); half];
+    for (t, (xt, yt)) in x
+        .chunks_exact(heads * d)
+        .zip(y.chunks_exact_mut(heads * d))
+        .enumerate()
+    {
+        for (j, cs) in cs.iter_mut().enumerate() {
+            let (s, c) = (dir * (pos[t] / g[t]) * inv_freq[j]).sin_cos();
+            *cs = (c * factor, s * factor);
+        }
+        for (xr, yr) in xt.chunks_exact(d).zip(yt.chunks_exact_mut(d)) {
+            for (j, &(c, s)) in cs.iter().enumerate() {
+                yr[j] = xr[j] * c - xr[j + half] * s;
+                yr[j + half] = xr[j + half] * c + xr[j] * s;
+            }
         }
     }
     y

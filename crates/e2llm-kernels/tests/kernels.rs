@@ -612,6 +612,55 @@ fn flash_attention_backward_matches_its_twin() {
     }
 }
 
+/// The CPU attention the flex backend runs (`flash_cpu`: f32, padded widths, blocked backward)
+/// against the f64 twins, forward and backward: decode and prefill after a cache, GQA 1/2/4,
+/// widths that need padding (2, 6, 24, 100) or none (16…256) and one past the padded builds
+/// (264, the twins themselves), fractional positions, g up to 64, an attention factor.
+#[test]
+fn cpu_attention_matches_its_twins_forward_and_backward() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let cases = [
+        (1, 1, 1, 1, 2, 1.0),
+        (1, 40, 4, 2, 32, 1.0),
+        (17, 17, 4, 4, 6, 1.0),
+        (33, 33, 4, 1, 16, 64.0),
+        (20, 57, 8, 2, 24, 5.0),
+        (70, 70, 2, 1, 32, 17.0),
+        (40, 40, 4, 2, 64, 3.0),
+        (19, 35, 2, 2, 100, 1.0),
+        (24, 24, 4, 4, 128, 9.0),
+        (9, 12, 2, 1, 256, 1.0),
+        (5, 7, 2, 2, 264, 1.0),
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        let Case {
+            q,
+            k,
+            v,
+            qpos,
+            kpos,
+            mut s,
+            f,
+        } = attention_case(&mut rng, case, (1.5, 7.0));
+        if i % 2 == 1 {
+            s.factor = 1.1;
+        }
+        let tag = format!("cpu attention {case:?}");
+        let (o0, lse0) = cpu::attention(&q, &k, &v, &qpos, &kpos, &f, s);
+        let (o1, lse1) = e2llm_kernels::flash_cpu::attention(&q, &k, &v, &qpos, &kpos, &f, s);
+        assert_close(&format!("{tag} o"), &o1, &o0, 2e-6, 1e-5);
+        assert_close(&format!("{tag} lse"), &lse1, &lse0, 2e-6, 1e-5);
+        let d_o = rand_vec(&mut rng, q.len(), 1.0);
+        let (dq0, dk0, dv0) = cpu::attention_backward(&q, &k, &v, &qpos, &kpos, &f, &d_o, s);
+        let (dq1, dk1, dv1) = e2llm_kernels::flash_cpu::attention_backward(
+            &q, &k, &v, &qpos, &kpos, &f, &o1, &lse1, &d_o, s,
+        );
+        assert_close(&format!("{tag} dq"), &dq1, &dq0, 5e-6, 1e-4);
+        assert_close(&format!("{tag} dk"), &dk1, &dk0, 5e-6, 1e-4);
+        assert_close(&format!("{tag} dv"), &dv1, &dv0, 5e-6, 1e-4);
+    }
+}
+
 #[test]
 fn attention_map_pools_the_weights_like_its_twin() {
     let Some(gpu) = gpu() else { return };

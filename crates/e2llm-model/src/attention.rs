@@ -10,17 +10,21 @@ use burn::tensor::{activation, Bool, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::Linear;
+use crate::llama::Paths;
 use crate::rope::RopeTables;
 
-/// Which attention implementation the model runs.
+/// Which implementation of attention and the element-wise ops the model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// `fused` on a GPU (burn's cubecl backend: wgpu, WebGPU), `reference` on the CPU.
+    /// The faster of the two per device: on a GPU (burn's cubecl backend: wgpu, WebGPU) every
+    /// fused kernel; on the CPU the fused attention ([`e2llm_kernels::flash_cpu`]) and burn's
+    /// own element-wise ops (the kernels' CPU twins are reference loops, not fast ones).
     #[default]
     Auto,
-    /// `shaders/attention.wgsl` (RoPE inside, online softmax, O(length) memory, FlashAttention-2
-    /// backward) on a GPU; its CPU twin on the CPU.
+    /// Every fused kernel: `shaders/attention.wgsl` (RoPE inside, online softmax, O(length)
+    /// memory, FlashAttention-2 backward), RMSNorm, SwiGLU, loss and AdamW on a GPU; on the
+    /// CPU the CPU attention and the other kernels' CPU twins.
     Fused,
     /// Plain burn ops: rotate, matmul, mask, softmax, matmul.
     Reference,
@@ -30,16 +34,18 @@ impl Kernels {
     /// Every spelling [`FromStr`] accepts.
     pub const NAMES: &'static [&'static str] = &["auto", "fused", "reference"];
 
-    /// Whether attention on `device` with heads of `head_dim` runs the fused kernel.
-    pub fn fused_on(self, device: &Device, head_dim: usize) -> bool {
+    /// Which parts run fused on `device` with heads of `head_dim`.
+    pub fn paths(self, device: &Device, head_dim: usize) -> Paths {
         match self {
-            Kernels::Fused => true,
-            Kernels::Reference => false,
-            Kernels::Auto => {
-                e2llm_kernels::fused::is_gpu(device)
-                    && head_dim <= 128
-                    && head_dim.is_multiple_of(2)
+            Kernels::Fused => Paths::all(true),
+            Kernels::Reference => Paths::all(false),
+            Kernels::Auto if e2llm_kernels::fused::is_gpu(device) => {
+                Paths::all(head_dim <= 128 && head_dim.is_multiple_of(2))
             }
+            Kernels::Auto => Paths {
+                attention: head_dim.is_multiple_of(2),
+                layers: false,
+            },
         }
     }
 }

@@ -41,12 +41,13 @@ impl DecoderLayer {
     }
 }
 
-/// Which parts of a forward run the fused WGSL kernels (see [`Kernels`]).
+/// Which parts of a forward (and a training step) run the fused kernels (see [`Kernels`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Paths {
-    /// Attention (`attention.wgsl`).
+    /// Attention (`attention.wgsl`; on the CPU `e2llm_kernels::flash_cpu`).
     pub attention: bool,
-    /// RMSNorm and the SwiGLU gate (`rmsnorm.wgsl`, `swiglu.wgsl`).
+    /// RMSNorm and the SwiGLU gate (`rmsnorm.wgsl`, `swiglu.wgsl`) and, in training, the loss
+    /// and the AdamW update (`cross_entropy.wgsl`, `adamw.wgsl`).
     pub layers: bool,
 }
 
@@ -315,10 +316,18 @@ impl Llama {
         self
     }
 
-    /// Whether this model runs the fused kernels on its device.
-    pub fn fused(&self) -> bool {
-        self.kernels
-            .fused_on(&self.device(), self.config.head_dim())
+    /// Whether this model's attention runs the fused kernel on its device.
+    pub fn fused_attention(&self) -> bool {
+        self.kernel_paths().attention
+    }
+
+    /// Whether this model's RMSNorm, SwiGLU, loss and AdamW run the fused kernels.
+    pub fn fused_layers(&self) -> bool {
+        self.kernel_paths().layers
+    }
+
+    fn kernel_paths(&self) -> Paths {
+        self.kernels.paths(&self.device(), self.config.head_dim())
     }
 
     /// The paths of a forward, with or without a KV cache: dynamic NTK changes the frequencies
@@ -326,11 +335,11 @@ impl Llama {
     /// only the reference cache (rotated keys) does that, the fused kernel rotates every key at
     /// the current frequencies, so dynamic NTK with a cache keeps reference attention.
     pub(crate) fn paths(&self, cached: bool) -> Paths {
-        let fused = self.fused();
+        let paths = self.kernel_paths();
         let dynamic = matches!(self.config.rope.scaling, RopeScaling::Dynamic { .. });
         Paths {
-            attention: fused && !(dynamic && cached),
-            layers: fused,
+            attention: paths.attention && !(dynamic && cached),
+            ..paths
         }
     }
 }

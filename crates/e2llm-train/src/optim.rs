@@ -184,7 +184,7 @@ impl AdamW {
     pub fn step(&mut self, model: Llama, grads: &NamedGrads, lr: f64, cfg: AdamWConfig) -> Llama {
         self.step += 1;
         let step = i32::try_from(self.step).unwrap_or(i32::MAX);
-        let fused = model.fused();
+        let fused = model.fused_layers();
         model.map(&mut Stepper {
             path: Vec::new(),
             fused,

@@ -96,7 +96,7 @@ fn batch_loss(
         w.extend_from_slice(&r.weights);
     }
     let logits = model.forward(&ids, positions, None)?;
-    Ok(if model.fused() {
+    Ok(if model.fused_layers() {
         weighted_cross_entropy_fused(logits, &targets, &w)
     } else {
         weighted_cross_entropy(logits, &targets, &w)

@@ -612,8 +612,8 @@ fn fused_and_reference_kernels_train_alike() {
             let mut t = Trainer::new(cfg, &tmp(&format!("kern-{backend}-{kernels}")), corpus())
                 .expect("trainer");
             assert_eq!(
-                t.model.fused(),
-                kernels == Kernels::Fused,
+                (t.model.fused_attention(), t.model.fused_layers()),
+                (kernels == Kernels::Fused, kernels == Kernels::Fused),
                 "{backend} {kernels}"
             );
             let (rows, placement) = t.batch(0, 0).expect("batch");

@@ -232,9 +232,10 @@ impl DesktopApp {
                 });
             ui.end_row();
             ui.label("kernels").on_hover_text(
-                "auto: the fused WGSL kernels (attention, RMSNorm, SwiGLU, loss) on wgpu, \
-                 plain burn ops on the CPU; fused: the kernels everywhere (their CPU twins on \
-                 the CPU); reference: plain burn ops everywhere",
+                "auto: the fused WGSL kernels (attention, RMSNorm, SwiGLU, loss) on wgpu; \
+                 on the CPU the fused attention (written for a CPU core) and plain burn ops \
+                 for the rest; fused: the kernels everywhere (the others' CPU twins on the \
+                 CPU); reference: plain burn ops everywhere",
             );
             egui::ComboBox::from_id_salt("kernels")
                 .selected_text(c.kernels.to_string())

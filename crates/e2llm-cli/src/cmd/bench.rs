@@ -34,8 +34,9 @@ pub struct TrainArgs {
     /// Backends to measure, comma-separated; one that cannot start is reported and skipped.
     #[arg(long, default_value = "cpu,wgpu")]
     backends: String,
-    /// Attention paths to measure on each backend, comma-separated: `reference` (plain burn
-    /// ops), `fused` (attention.wgsl on wgpu, its CPU twin on cpu), `auto`.
+    /// Kernel choices to measure on each backend, comma-separated: `reference` (plain burn
+    /// ops), `fused` (the WGSL kernels on wgpu; on cpu the CPU attention and the other
+    /// kernels' twins), `auto` (on cpu: the CPU attention, plain ops for the rest).
     #[arg(long, default_value = "reference,fused")]
     kernels: String,
     /// Training threads per step to measure on the cpu backend, comma-separated (the trainer's
@@ -110,13 +111,14 @@ fn train(a: TrainArgs) -> Result<()> {
                 continue;
             }
         };
-        let attention = if trainer.model.fused() {
-            "fused"
-        } else {
-            "reference"
-        };
+        let path = |fused: bool| if fused { "fused" } else { "reference" };
+        let runs = format!(
+            "attention {}, layers {}",
+            path(trainer.model.fused_attention()),
+            path(trainer.model.fused_layers())
+        );
         eprintln!(
-            "{name}, {attention} kernels, {} thread(s): {} warm-up + {} timed steps …",
+            "{name}, --kernels {kern} ({runs}), {} thread(s): {} warm-up + {} timed steps …",
             cfg.threads, a.warmup, a.steps
         );
         for _ in 0..a.warmup {
@@ -131,7 +133,8 @@ fn train(a: TrainArgs) -> Result<()> {
         let tokens = (a.steps * cfg.batch_size * cfg.grad_accum * cfg.train_len) as f64;
         rows.push(serde_json::json!({
             "backend": name,
-            "kernels": attention,
+            "kernels": kern.to_string(),
+            "runs": runs,
             "threads": cfg.threads,
             "adapter": if name == "cpu" { "burn flex (CPU)" } else { "burn wgpu, default adapter" },
             "steps": a.steps,
@@ -156,13 +159,13 @@ fn train(a: TrainArgs) -> Result<()> {
     let threads = e2llm_train::eval::cores();
     println!("training throughput, quickstart model; host: {host}, {threads} threads\n");
     println!(
-        "| backend | kernels | threads | device | ms/step | tokens/s | ÷ reference, 1 thread |\n\
-         |---|---|---:|---|---:|---:|---:|"
+        "| backend | kernels | what runs | threads | device | ms/step | tokens/s | ÷ reference, 1 thread |\n\
+         |---|---|---|---:|---|---:|---:|---:|"
     );
     for r in &rows {
         if let Some(why) = r.get("skipped") {
             println!(
-                "| {} | {} | {} | skipped: {} | – | – | – |",
+                "| {} | {} | – | {} | skipped: {} | – | – | – |",
                 r["backend"], r["kernels"], r["threads"], why
             );
         } else {
@@ -174,9 +177,10 @@ fn train(a: TrainArgs) -> Result<()> {
                 })
                 .and_then(|o| o["tokens_per_s"].as_f64());
             println!(
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {} |",
                 r["backend"].as_str().unwrap_or("?"),
                 r["kernels"].as_str().unwrap_or("?"),
+                r["runs"].as_str().unwrap_or("?"),
                 r["threads"],
                 r["adapter"].as_str().unwrap_or("?"),
                 r["ms_per_step"].as_f64().unwrap_or(f64::NAN),

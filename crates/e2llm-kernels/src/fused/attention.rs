@@ -6,8 +6,8 @@
 //! - `Cube` (wgpu natively, WebGPU in a browser): `shaders/attention.wgsl` launched on burn's
 //!   own cubecl client and buffers — the same launch plan ([`forward_plan`], [`backward_plan`])
 //!   the raw-wgpu path runs (see [`super`] for how a WGSL entry point runs on cubecl).
-//! - `Flex` (CPU): the CPU twins ([`crate::cpu::attention`], [`crate::cpu::attention_backward`])
-//!   per sequence — O(length) memory like the kernel.
+//! - `Flex` (CPU): [`crate::flash_cpu`] per sequence — the same algorithm laid out for a CPU
+//!   core, O(length) memory like the kernel.
 //! - `Autodiff`: forward keeps q, k, v, positions, o and the softmax statistics; backward runs
 //!   the backend's `rope_attention_backward` (FlashAttention-2: scores recomputed tile by tile).
 //!
@@ -28,7 +28,8 @@ use burn_cubecl::CubeBackend;
 
 use super::{empty, f32_only, host, launch};
 use crate::attention::{backward_plan, check_batch, forward_plan, part_len, Slot};
-use crate::cpu::{self, AttentionShape};
+use crate::cpu::AttentionShape;
+use crate::flash_cpu;
 
 /// Causal GQA attention with RoPE applied inside, as one op per backend.
 #[backend_extension(Cube, Flex, Autodiff)]
@@ -292,7 +293,7 @@ impl FusedAttention for Flex {
         let mut o = Vec::with_capacity(q.len());
         let mut stats = vec![0.0f32; batch * 3 * hs];
         for b in 0..batch {
-            let (ob, lse) = cpu::attention(
+            let (ob, lse) = flash_cpu::attention(
                 &q[b * qn..(b + 1) * qn],
                 &k[b * kn..(b + 1) * kn],
                 &v[b * kn..(b + 1) * kn],
@@ -315,8 +316,8 @@ impl FusedAttention for Flex {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         aux: FloatTensor<Self>,
-        _o: FloatTensor<Self>,
-        _stats: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
         d_o: FloatTensor<Self>,
         scale: f32,
         factor: f32,
@@ -325,21 +326,24 @@ impl FusedAttention for Flex {
         let device = q.device();
         let (q_shape, k_shape) = (q.shape(), k.shape());
         let (q, k, v, aux, d_o) = (host(q), host(k), host(v), host(aux), host(d_o));
+        let (o, stats) = (host(o), host(stats));
         let r = Rows {
             s,
             batch,
             aux: &aux,
         };
-        let (qn, kn) = (r.qn(), r.kn());
+        let (qn, kn, hs) = (r.qn(), r.kn(), s.hq * s.sq);
         let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
         for b in 0..batch {
-            let (a, bk, c) = cpu::attention_backward(
+            let (a, bk, c) = flash_cpu::attention_backward(
                 &q[b * qn..(b + 1) * qn],
                 &k[b * kn..(b + 1) * kn],
                 &v[b * kn..(b + 1) * kn],
                 r.qpos(b),
                 r.kpos(b),
                 r.inv_freq(),
+                &o[b * qn..(b + 1) * qn],
+                &stats[b * 3 * hs..b * 3 * hs + hs],
                 &d_o[b * qn..(b + 1) * qn],
                 s,
             );

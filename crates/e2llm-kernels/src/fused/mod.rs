@@ -10,7 +10,8 @@
 //!   buffers (every storage buffer read-write, as cubecl's own kernels declare them) and passes a
 //!   launch's "info" words as one uniform after the buffers (the kernel's `Params` — uniform, so
 //!   Chrome's uniformity analysis accepts barrier loops bounded by them).
-//! - `Flex` (CPU): the CPU twins of [`crate::cpu`].
+//! - `Flex` (CPU): the CPU twins of [`crate::cpu`]; attention runs [`crate::flash_cpu`] (the same
+//!   algorithm laid out for a CPU core, tested against its twin).
 //! - `Autodiff`: each op keeps what its backward needs and registers a backward node that calls
 //!   the backend's backward op.
 //!
@@ -45,7 +46,7 @@ pub use norm::{rmsnorm, swiglu, FusedNorm};
 pub use optim::{adamw, FusedOptim};
 
 /// Whether `device` (autodiff or not) is one of burn's cubecl devices (wgpu, WebGPU), where the
-/// ops run the WGSL kernels; elsewhere they run the CPU twins.
+/// ops run the WGSL kernels; elsewhere they run on the CPU ([`crate::flash_cpu`], the twins).
 pub fn is_gpu(device: &burn::tensor::Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),

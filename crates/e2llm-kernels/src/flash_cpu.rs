@@ -1,0 +1,438 @@
+//! Causal GQA attention with RoPE inside, written for a CPU core: what burn's flex backend runs
+//! for [`crate::fused::FusedAttention`] (the model's attention on the CPU with `--kernels auto`
+//! or `fused`).
+//!
+//! The algorithm is the WGSL kernel's: O(length) memory, and a backward that recomputes the
+//! scores from q, k and the forward's log-sum-exp (FlashAttention-2). The layout is a CPU's:
+//! - every head's rows are copied once into arrays of a fixed width `D` (the head width rounded
+//!   up to 16, 32, 64, 128 or 256, zero-padded: zeros add nothing to a dot product), so each
+//!   row operation is a loop of constant length whose accumulators stay in registers;
+//! - keys and values are also kept transposed (`[d, stride]`, zero past the last key), so the
+//!   scores of one query against [`LANES`] keys at a time are independent sums the compiler
+//!   vectorises without reassociating anything;
+//! - the backward takes query rows in blocks of [`BLOCK`], so each key's gradient row is
+//!   written once per block rather than once per query;
+//! - `exp` is a polynomial the compiler vectorises (within 3e-7 of `f32::exp`).
+//!
+//! f32 throughout; tested against the f64 twins in [`crate::cpu`]. Head widths over 256 run the
+//! twins themselves.
+
+use crate::cpu::{self, rope, AttentionShape};
+
+/// Keys per step of [`row_times`]: its accumulators fill four 128-bit or two 256-bit registers.
+const LANES: usize = 16;
+/// Query rows per block of the backward.
+const BLOCK: usize = 16;
+
+/// `e^x` for `x ≤ 88`, as a polynomial a loop over a slice vectorises (libm's `expf` is one
+/// call per element): `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its degree-6 Taylor
+/// polynomial (relative error below 3e-7 against libm), `2^n` built in the exponent bits. Inputs below −87
+/// give `e^−87` (1.6e-38, zero for every sum here); NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low bits
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // t's low mantissa bits hold n (two's complement): 2^n = (n + 127) << 23.
+    let two_n = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
+    p * f32::from_bits(two_n)
+}
+
+/// `p[j] = exp(p[j] − shift)` for every element; returns their sum (summed in 8 lanes).
+fn exp_sum(p: &mut [f32], shift: f32) -> f32 {
+    for v in p.iter_mut() {
+        *v = exp(*v - shift);
+    }
+    let mut acc = [0.0f32; 8];
+    let mut chunks = p.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().chain(chunks.remainder()).sum()
+}
+
+/// The largest element (taken in 8 lanes); NaN if there is one.
+fn max(p: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = p.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a || v.is_nan() { v } else { *a };
+        }
+    }
+    let rest = chunks.remainder().iter();
+    acc.iter().chain(rest).fold(
+        f32::NEG_INFINITY,
+        |m, &v| {
+            if v > m || v.is_nan() {
+                v
+            } else {
+                m
+            }
+        },
+    )
+}
+
+/// The padded width the kernels are built for, if any.
+fn width(d: usize) -> Option<usize> {
+    [16, 32, 64, 128, 256].into_iter().find(|&w| d <= w)
+}
+
+/// Head-major rows of a `[tokens, heads, d]` array: row `h · tokens + t`, zero-padded to `D`.
+fn split<const D: usize>(x: &[f32], heads: usize, d: usize) -> Vec<[f32; D]> {
+    let tokens = x.len() / (heads * d);
+    let mut rows = vec![[0.0f32; D]; heads * tokens];
+    for (t, tok) in x.chunks_exact(heads * d).enumerate() {
+        for (h, src) in tok.chunks_exact(d).enumerate() {
+            rows[h * tokens + t][..d].copy_from_slice(src);
+        }
+    }
+    rows
+}
+
+/// The inverse of [`split`]: `[tokens, heads, d]` from head-major rows.
+fn merge<const D: usize>(rows: &[[f32; D]], heads: usize, d: usize) -> Vec<f32> {
+    let tokens = rows.len() / heads;
+    let mut x = vec![0.0f32; rows.len() * d];
+    for (t, tok) in x.chunks_exact_mut(heads * d).enumerate() {
+        for (h, dst) in tok.chunks_exact_mut(d).enumerate() {
+            dst.copy_from_slice(&rows[h * tokens + t][..d]);
+        }
+    }
+    x
+}
+
+/// `[d, stride]` transpose of `n` rows, zero past `n`.
+fn transpose<const D: usize>(rows: &[[f32; D]], d: usize, stride: usize) -> Vec<f32> {
+    let mut t = vec![0.0; d * stride];
+    for (j, row) in rows.iter().enumerate() {
+        for (c, &val) in row[..d].iter().enumerate() {
+            t[c * stride + j] = val;
+        }
+    }
+    t
+}
+
+/// RoPE at each token's position / `s.g`: `dir` 1 rotates, −1 undoes it (the gradient with
+/// respect to the unrotated input).
+fn rotate(
+    x: &[f32],
+    pos: &[f32],
+    inv_freq: &[f32],
+    heads: usize,
+    s: &AttentionShape,
+    dir: f32,
+) -> Vec<f32> {
+    rope(
+        x,
+        pos,
+        &vec![s.g; pos.len()],
+        inv_freq,
+        heads,
+        s.factor,
+        dir,
+    )
+}
+
+/// `out[j] = a · Σ_c x[c] · t[c·stride + j]` for `j < n` rounded up to [`LANES`]: one row
+/// times a transposed matrix.
+fn row_times(a: f32, x: &[f32], t: &[f32], stride: usize, n: usize, out: &mut [f32]) {
+    let n = n.div_ceil(LANES) * LANES;
+    for (jb, chunk) in out[..n].chunks_exact_mut(LANES).enumerate() {
+        let at = jb * LANES;
+        let mut acc = [0.0f32; LANES];
+        for (&xc, trow) in x.iter().zip(t.chunks_exact(stride)) {
+            for (s, tv) in acc.iter_mut().zip(&trow[at..at + LANES]) {
+                *s += xc * tv;
+            }
+        }
+        for (o, s) in chunk.iter_mut().zip(acc) {
+            *o = a * s;
+        }
+    }
+}
+
+/// `acc += a · x`.
+#[inline(always)]
+fn axpy<const D: usize>(a: f32, x: &[f32; D], acc: &mut [f32; D]) {
+    for (y, v) in acc.iter_mut().zip(x) {
+        *y += a * v;
+    }
+}
+
+fn dot<const D: usize>(a: &[f32; D], b: &[f32; D]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Causal GQA attention with RoPE applied to q and k; the contract of [`cpu::attention`]:
+/// returns `(o, lse)`.
+///
+/// # Shapes
+/// - `q`: `[sq, hq, d]`, `k`, `v`: `[skv, hkv, d]`, `qpos`: `[sq]`, `kpos`: `[skv]`,
+///   `inv_freq`: `[d / 2]`
+/// - `o`: `[sq, hq, d]`, `lse`: `[hq, sq]`
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    s: AttentionShape,
+) -> (Vec<f32>, Vec<f32>) {
+    let args = Args {
+        q,
+        k,
+        v,
+        qpos,
+        kpos,
+        inv_freq,
+        s,
+    };
+    match width(s.head_dim) {
+        Some(16) => args.forward::<16>(),
+        Some(32) => args.forward::<32>(),
+        Some(64) => args.forward::<64>(),
+        Some(128) => args.forward::<128>(),
+        Some(256) => args.forward::<256>(),
+        _ => cpu::attention(q, k, v, qpos, kpos, inv_freq, s),
+    }
+}
+
+/// Backward of [`attention`] with respect to the unrotated q, k and v, from the forward's `o`
+/// and `lse`; returns `(dq, dk, dv)` (the contract of [`cpu::attention_backward`]).
+///
+/// # Shapes
+/// - as [`attention`]; `o`, `d_o`: `[sq, hq, d]`, `lse`: `[hq, sq]` → `dq`: `[sq, hq, d]`,
+///   `dk`, `dv`: `[skv, hkv, d]`
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    qpos: &[f32],
+    kpos: &[f32],
+    inv_freq: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    d_o: &[f32],
+    s: AttentionShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let args = Args {
+        q,
+        k,
+        v,
+        qpos,
+        kpos,
+        inv_freq,
+        s,
+    };
+    let grads = Grads { o, lse, d_o };
+    match width(s.head_dim) {
+        Some(16) => args.backward::<16>(grads),
+        Some(32) => args.backward::<32>(grads),
+        Some(64) => args.backward::<64>(grads),
+        Some(128) => args.backward::<128>(grads),
+        Some(256) => args.backward::<256>(grads),
+        _ => cpu::attention_backward(q, k, v, qpos, kpos, inv_freq, d_o, s),
+    }
+}
+
+/// The forward's inputs.
+struct Args<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    qpos: &'a [f32],
+    kpos: &'a [f32],
+    inv_freq: &'a [f32],
+    s: AttentionShape,
+}
+
+/// What the backward reads besides the forward's inputs.
+struct Grads<'a> {
+    o: &'a [f32],
+    lse: &'a [f32],
+    d_o: &'a [f32],
+}
+
+/// Rotated q and k, and v, as head-major rows of width `D`, with k and v also transposed.
+struct Prepared<const D: usize> {
+    q: Vec<[f32; D]>,
+    k: Vec<[f32; D]>,
+    v: Vec<[f32; D]>,
+    /// Per kv head `[d, stride]`.
+    kt: Vec<Vec<f32>>,
+    vt: Vec<Vec<f32>>,
+    stride: usize,
+}
+
+impl Args<'_> {
+    fn prepare<const D: usize>(&self) -> Prepared<D> {
+        let s = &self.s;
+        let d = s.head_dim;
+        let qr = rotate(self.q, self.qpos, self.inv_freq, s.hq, s, 1.0);
+        let kr = rotate(self.k, self.kpos, self.inv_freq, s.hkv, s, 1.0);
+        let (k, v) = (split::<D>(&kr, s.hkv, d), split::<D>(self.v, s.hkv, d));
+        let stride = s.skv.div_ceil(LANES) * LANES;
+        let per_head = |rows: &[[f32; D]]| -> Vec<Vec<f32>> {
+            rows.chunks_exact(s.skv.max(1))
+                .map(|h| transpose(h, d, stride))
+                .collect()
+        };
+        Prepared {
+            q: split::<D>(&qr, s.hq, d),
+            kt: per_head(&k),
+            vt: per_head(&v),
+            k,
+            v,
+            stride,
+        }
+    }
+
+    fn forward<const D: usize>(&self) -> (Vec<f32>, Vec<f32>) {
+        let s = &self.s;
+        let (d, past, group) = (s.head_dim, s.skv - s.sq, s.hq / s.hkv);
+        let x = self.prepare::<D>();
+        let mut o = vec![[0.0f32; D]; s.hq * s.sq];
+        let mut lse = vec![0.0f32; s.hq * s.sq];
+        let mut p = vec![0.0f32; x.stride];
+        for h in 0..s.hq {
+            let kh = h / group;
+            let (kt, vrows) = (&x.kt[kh], &x.v[kh * s.skv..(kh + 1) * s.skv]);
+            for i in 0..s.sq {
+                let n = past + i + 1;
+                let row = h * s.sq + i;
+                row_times(s.scale, &x.q[row][..d], kt, x.stride, n, &mut p);
+                let mx = max(&p[..n]);
+                let z = exp_sum(&mut p[..n], mx);
+                let mut acc = [0.0f32; D];
+                for (&pj, vj) in p[..n].iter().zip(vrows) {
+                    axpy(pj, vj, &mut acc);
+                }
+                let rz = 1.0 / z;
+                o[row] = acc.map(|a| a * rz);
+                lse[row] = mx + z.ln();
+            }
+        }
+        (merge(&o, s.hq, d), lse)
+    }
+
+    fn backward<const D: usize>(&self, g: Grads) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let s = &self.s;
+        let (d, past, group) = (s.head_dim, s.skv - s.sq, s.hq / s.hkv);
+        let x = self.prepare::<D>();
+        let (d_o, o) = (split::<D>(g.d_o, s.hq, d), split::<D>(g.o, s.hq, d));
+        let stride = x.stride;
+        let mut dq = vec![[0.0f32; D]; s.hq * s.sq];
+        let mut dk = vec![[0.0f32; D]; s.hkv * s.skv];
+        let mut dv = vec![[0.0f32; D]; s.hkv * s.skv];
+        // One block's probabilities and score gradients, `[BLOCK, stride]`.
+        let mut pb = vec![0.0f32; BLOCK * stride];
+        let mut dsb = vec![0.0f32; BLOCK * stride];
+        for h in 0..s.hq {
+            let kh = h / group;
+            let kv = kh * s.skv..(kh + 1) * s.skv;
+            let (krows, kt, vt) = (&x.k[kv.clone()], &x.kt[kh], &x.vt[kh]);
+            for i0 in (0..s.sq).step_by(BLOCK) {
+                let rows = h * s.sq + i0..h * s.sq + (i0 + BLOCK).min(s.sq);
+                let nmax = past + (i0 + BLOCK).min(s.sq);
+                for (r, row) in rows.clone().enumerate() {
+                    let n = past + i0 + r + 1;
+                    let p = &mut pb[r * stride..(r + 1) * stride];
+                    let ds = &mut dsb[r * stride..(r + 1) * stride];
+                    row_times(s.scale, &x.q[row][..d], kt, stride, n, p);
+                    row_times(1.0, &d_o[row][..d], vt, stride, n, ds);
+                    let (l, delta) = (g.lse[row], dot(&d_o[row], &o[row]));
+                    exp_sum(&mut p[..n], l);
+                    for (dsj, pj) in ds[..n].iter_mut().zip(&p[..n]) {
+                        *dsj = pj * (*dsj - delta) * s.scale;
+                    }
+                    p[n..nmax].fill(0.0);
+                    ds[n..nmax].fill(0.0);
+                    let mut acc = [0.0f32; D];
+                    for (&dsj, kj) in ds[..n].iter().zip(krows) {
+                        axpy(dsj, kj, &mut acc);
+                    }
+                    dq[row] = acc;
+                }
+                let block = &rows.clone().map(|r| (x.q[r], d_o[r])).collect::<Vec<_>>();
+                for j in 0..nmax {
+                    let mut acc = [0.0f32; D];
+                    for (r, (qr, _)) in block.iter().enumerate() {
+                        axpy(dsb[r * stride + j], qr, &mut acc);
+                    }
+                    axpy(1.0, &acc, &mut dk[kv.start + j]);
+                    let mut acc = [0.0f32; D];
+                    for (r, (_, dor)) in block.iter().enumerate() {
+                        axpy(pb[r * stride + j], dor, &mut acc);
+                    }
+                    axpy(1.0, &acc, &mut dv[kv.start + j]);
+                }
+            }
+        }
+        let dq = rotate(
+            &merge(&dq, s.hq, d),
+            self.qpos,
+            self.inv_freq,
+            s.hq,
+            s,
+            -1.0,
+        );
+        let dk = rotate(
+            &merge(&dk, s.hkv, d),
+            self.kpos,
+            self.inv_freq,
+            s.hkv,
+            s,
+            -1.0,
+        );
+        (dq, dk, merge(&dv, s.hkv, d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_3e_7_of_libm_and_keeps_nan() {
+        let mut worst = 0.0f32;
+        let mut x = -80.0f32;
+        while x <= 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            let rel = ((got - want) / want).abs();
+            assert!(rel < 3e-7, "exp({x}) = {got}, libm {want} (rel {rel:.2e})");
+            worst = worst.max(rel);
+            x += 0.001_37;
+        }
+        eprintln!("exp: worst relative error {worst:.2e}");
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(-1e4) < 1e-37 && exp(-1e4) >= 0.0);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn lane_sums_and_maxima_see_every_element() {
+        for n in [0usize, 1, 7, 8, 9, 33] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let want = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&v), want, "n {n}");
+            let mut p = v.clone();
+            let z = exp_sum(&mut p, 1.0);
+            let zw: f32 = v.iter().map(|x| (x - 1.0).exp()).sum();
+            assert!((z - zw).abs() <= 1e-5 * zw.max(1.0), "n {n}: {z} vs {zw}");
+        }
+        assert!(max(&[1.0, f32::NAN, 2.0]).is_nan());
+    }
+}
