@@ -197,7 +197,7 @@ pub struct AttentionShape {
 
 /// RoPE at every token's position / g, rotating q (`dir` 1) or undoing it (`dir` -1) on a
 /// `[tokens, heads, d]` array, as the attention kernels do to q and k.
-fn rotate(
+pub fn rotate(
     x: &[f32],
     pos: &[f32],
     inv_freq: &[f32],

@@ -17,7 +17,7 @@
 //! f32 throughout; tested against the f64 twins in [`crate::cpu`]. Head widths over 256 run the
 //! twins themselves.
 
-use crate::cpu::{self, rope, AttentionShape};
+use crate::cpu::{self, rotate, AttentionShape};
 
 /// Keys per step of [`row_times`]: its accumulators fill four 128-bit or two 256-bit registers.
 const LANES: usize = 16;
@@ -121,27 +121,6 @@ fn transpose<const D: usize>(rows: &[[f32; D]], d: usize, stride: usize) -> Vec<
         }
     }
     t
-}
-
-/// RoPE at each token's position / `s.g`: `dir` 1 rotates, −1 undoes it (the gradient with
-/// respect to the unrotated input).
-fn rotate(
-    x: &[f32],
-    pos: &[f32],
-    inv_freq: &[f32],
-    heads: usize,
-    s: &AttentionShape,
-    dir: f32,
-) -> Vec<f32> {
-    rope(
-        x,
-        pos,
-        &vec![s.g; pos.len()],
-        inv_freq,
-        heads,
-        s.factor,
-        dir,
-    )
 }
 
 /// `out[j] = a · Σ_c x[c] · t[c·stride + j]` for `j < n` rounded up to [`LANES`]: one row
@@ -281,8 +260,8 @@ impl Args<'_> {
     fn prepare<const D: usize>(&self) -> Prepared<D> {
         let s = &self.s;
         let d = s.head_dim;
-        let qr = rotate(self.q, self.qpos, self.inv_freq, s.hq, s, 1.0);
-        let kr = rotate(self.k, self.kpos, self.inv_freq, s.hkv, s, 1.0);
+        let qr = rotate(self.q, self.qpos, self.inv_freq, s.hq, *s, 1.0);
+        let kr = rotate(self.k, self.kpos, self.inv_freq, s.hkv, *s, 1.0);
         let (k, v) = (split::<D>(&kr, s.hkv, d), split::<D>(self.v, s.hkv, d));
         let stride = s.skv.div_ceil(LANES) * LANES;
         let per_head = |rows: &[[f32; D]]| -> Vec<Vec<f32>> {
@@ -381,12 +360,13 @@ impl Args<'_> {
                 }
             }
         }
+        // The gradient with respect to the unrotated q and k: the inverse rotation.
         let dq = rotate(
             &merge(&dq, s.hq, d),
             self.qpos,
             self.inv_freq,
             s.hq,
-            s,
+            *s,
             -1.0,
         );
         let dk = rotate(
@@ -394,7 +374,7 @@ impl Args<'_> {
             self.kpos,
             self.inv_freq,
             s.hkv,
-            s,
+            *s,
             -1.0,
         );
         (dq, dk, merge(&dv, s.hkv, d))
