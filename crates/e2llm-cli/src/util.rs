@@ -39,8 +39,9 @@ pub struct Compute {
     /// Compute backend.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
     pub backend: String,
-    /// Attention: `auto` (the fused WGSL kernel on wgpu, plain burn ops on cpu), `fused`
-    /// (on cpu: the kernels' CPU twins) or `reference` (plain burn ops).
+    /// Kernels: `auto` (the fused WGSL kernels on wgpu; on cpu the fused attention written for
+    /// a CPU core and plain burn ops for the rest), `fused` (every kernel; on cpu the others'
+    /// CPU twins) or `reference` (plain burn ops).
     #[arg(long, default_value = "auto")]
     pub kernels: Kernels,
     /// Log-n attention scaling: a query that sees n > L keys has its attention logits

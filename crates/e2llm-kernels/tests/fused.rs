@@ -1,6 +1,6 @@
 //! The burn op (`e2llm_kernels::fused::rope_attention`) against attention built from plain burn
 //! ops (host RoPE tables, matmul, causal mask, softmax, matmul): output and the gradients of
-//! q, k and v through autodiff, on flex (the CPU twins) and on wgpu (attention.wgsl launched on
+//! q, k and v through autodiff, on flex (`flash_cpu`) and on wgpu (attention.wgsl launched on
 //! burn's own buffers; lavapipe in CI). Batch rows carry different positions and scales
 //! (E²-LLM), GQA groups of 1/2/4, lengths past one launch chunk, and a cached prefix (Sq < Skv).
 //! Also: every entry point the burn ops launch, as cubecl compiles it (`shaders::for_entry`),
