@@ -63,29 +63,18 @@ fn exp_sum(p: &mut [f32], shift: f32) -> f32 {
 
 /// The largest element (taken in 8 lanes); NaN if there is one.
 fn max(p: &[f32]) -> f32 {
+    // `f32::max` would drop a NaN; this keeps it.
+    let larger = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
     let mut acc = [f32::NEG_INFINITY; 8];
     let mut chunks = p.chunks_exact(8);
     for c in &mut chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a || v.is_nan() { v } else { *a };
+            *a = larger(*a, v);
         }
     }
-    let rest = chunks.remainder().iter();
-    acc.iter().chain(rest).fold(
-        f32::NEG_INFINITY,
-        |m, &v| {
-            if v > m || v.is_nan() {
-                v
-            } else {
-                m
-            }
-        },
-    )
-}
-
-/// The padded width the kernels are built for, if any.
-fn width(d: usize) -> Option<usize> {
-    [16, 32, 64, 128, 256].into_iter().find(|&w| d <= w)
+    acc.iter()
+        .chain(chunks.remainder())
+        .fold(f32::NEG_INFINITY, |m, &v| larger(m, v))
 }
 
 /// Head-major rows of a `[tokens, heads, d]` array: row `h · tokens + t`, zero-padded to `D`.
@@ -112,15 +101,24 @@ fn merge<const D: usize>(rows: &[[f32; D]], heads: usize, d: usize) -> Vec<f32> 
     x
 }
 
-/// `[d, stride]` transpose of `n` rows, zero past `n`.
-fn transpose<const D: usize>(rows: &[[f32; D]], d: usize, stride: usize) -> Vec<f32> {
-    let mut t = vec![0.0; d * stride];
-    for (j, row) in rows.iter().enumerate() {
-        for (c, &val) in row[..d].iter().enumerate() {
-            t[c * stride + j] = val;
-        }
-    }
-    t
+/// Per head, the `[d, stride]` transpose of its `tokens` head-major rows (zero past `tokens`).
+fn transpose<const D: usize>(
+    rows: &[[f32; D]],
+    tokens: usize,
+    d: usize,
+    stride: usize,
+) -> Vec<Vec<f32>> {
+    rows.chunks_exact(tokens.max(1))
+        .map(|head| {
+            let mut t = vec![0.0; d * stride];
+            for (j, row) in head.iter().enumerate() {
+                for (c, &val) in row[..d].iter().enumerate() {
+                    t[c * stride + j] = val;
+                }
+            }
+            t
+        })
+        .collect()
 }
 
 /// `out[j] = a · Σ_c x[c] · t[c·stride + j]` for `j < n` rounded up to [`LANES`]: one row
@@ -178,12 +176,13 @@ pub fn attention(
         inv_freq,
         s,
     };
-    match width(s.head_dim) {
-        Some(16) => args.forward::<16>(),
-        Some(32) => args.forward::<32>(),
-        Some(64) => args.forward::<64>(),
-        Some(128) => args.forward::<128>(),
-        Some(256) => args.forward::<256>(),
+    // The head width rounded up to a padded build.
+    match s.head_dim {
+        0..=16 => args.forward::<16>(),
+        17..=32 => args.forward::<32>(),
+        33..=64 => args.forward::<64>(),
+        65..=128 => args.forward::<128>(),
+        129..=256 => args.forward::<256>(),
         _ => cpu::attention(q, k, v, qpos, kpos, inv_freq, s),
     }
 }
@@ -217,12 +216,12 @@ pub fn attention_backward(
         s,
     };
     let grads = Grads { o, lse, d_o };
-    match width(s.head_dim) {
-        Some(16) => args.backward::<16>(grads),
-        Some(32) => args.backward::<32>(grads),
-        Some(64) => args.backward::<64>(grads),
-        Some(128) => args.backward::<128>(grads),
-        Some(256) => args.backward::<256>(grads),
+    match s.head_dim {
+        0..=16 => args.backward::<16>(grads),
+        17..=32 => args.backward::<32>(grads),
+        33..=64 => args.backward::<64>(grads),
+        65..=128 => args.backward::<128>(grads),
+        129..=256 => args.backward::<256>(grads),
         _ => cpu::attention_backward(q, k, v, qpos, kpos, inv_freq, d_o, s),
     }
 }
@@ -245,14 +244,14 @@ struct Grads<'a> {
     d_o: &'a [f32],
 }
 
-/// Rotated q and k, and v, as head-major rows of width `D`, with k and v also transposed.
+/// Rotated q and k, and v, as head-major rows of width `D`, with k also transposed (the
+/// backward transposes v itself: the forward does not read it so).
 struct Prepared<const D: usize> {
     q: Vec<[f32; D]>,
     k: Vec<[f32; D]>,
     v: Vec<[f32; D]>,
     /// Per kv head `[d, stride]`.
     kt: Vec<Vec<f32>>,
-    vt: Vec<Vec<f32>>,
     stride: usize,
 }
 
@@ -264,15 +263,9 @@ impl Args<'_> {
         let kr = rotate(self.k, self.kpos, self.inv_freq, s.hkv, *s, 1.0);
         let (k, v) = (split::<D>(&kr, s.hkv, d), split::<D>(self.v, s.hkv, d));
         let stride = s.skv.div_ceil(LANES) * LANES;
-        let per_head = |rows: &[[f32; D]]| -> Vec<Vec<f32>> {
-            rows.chunks_exact(s.skv.max(1))
-                .map(|h| transpose(h, d, stride))
-                .collect()
-        };
         Prepared {
             q: split::<D>(&qr, s.hq, d),
-            kt: per_head(&k),
-            vt: per_head(&v),
+            kt: transpose(&k, s.skv, d, stride),
             k,
             v,
             stride,
@@ -313,6 +306,7 @@ impl Args<'_> {
         let x = self.prepare::<D>();
         let (d_o, o) = (split::<D>(g.d_o, s.hq, d), split::<D>(g.o, s.hq, d));
         let stride = x.stride;
+        let vt = transpose(&x.v, s.skv, d, stride);
         let mut dq = vec![[0.0f32; D]; s.hq * s.sq];
         let mut dk = vec![[0.0f32; D]; s.hkv * s.skv];
         let mut dv = vec![[0.0f32; D]; s.hkv * s.skv];
@@ -322,7 +316,7 @@ impl Args<'_> {
         for h in 0..s.hq {
             let kh = h / group;
             let kv = kh * s.skv..(kh + 1) * s.skv;
-            let (krows, kt, vt) = (&x.k[kv.clone()], &x.kt[kh], &x.vt[kh]);
+            let (krows, kt, vt) = (&x.k[kv.clone()], &x.kt[kh], &vt[kh]);
             for i0 in (0..s.sq).step_by(BLOCK) {
                 let rows = h * s.sq + i0..h * s.sq + (i0 + BLOCK).min(s.sq);
                 let nmax = past + (i0 + BLOCK).min(s.sq);

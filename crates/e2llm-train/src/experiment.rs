@@ -148,7 +148,7 @@ impl Plan {
             Preset::Quickstart => {
                 // Sized so the base retrieves at L before it is extended (800 steps found a
                 // third of the keys, and 800 E²-LLM steps at g_max 36 lost most of them). From
-                // the 2500-step base, 1000 E²-LLM steps read 2× / 4× at 100 / 40 % with g_max 5,
+                // the 2500-step base, 1000 E²-LLM steps read 2× / 4× at 93 / 27 % with g_max 5,
                 // 73 / 0 % with g_max 10 and 27 / 0 % with g_max 20 (the base: 60 / 7 %): a
                 // short extension reads farthest with a small g_max (README, "Results").
                 base.steps = 2500;

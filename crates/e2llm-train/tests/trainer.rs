@@ -592,8 +592,8 @@ fn run_until_stops_on_request_and_keeps_a_checkpoint_that_resumes() {
 /// One E²-LLM training step (rows with their own g and t) through the fused kernels
 /// (attention, RMSNorm, SwiGLU, cross-entropy) and through the plain burn ops: same loss, same
 /// gradient of every parameter (≤ 1e-3 of its largest), and the same loss again after the AdamW
-/// update — on flex (the CPU attention and the other kernels' CPU twins) and on wgpu (the WGSL with their backward kernels;
-/// lavapipe in CI).
+/// update — on flex (the CPU attention and the other kernels' CPU twins) and on wgpu (the WGSL
+/// with their backward kernels; lavapipe in CI).
 #[test]
 fn fused_and_reference_kernels_train_alike() {
     use e2llm_model::Kernels;
