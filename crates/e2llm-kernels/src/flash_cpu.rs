@@ -24,6 +24,59 @@ const LANES: usize = 16;
 /// Query rows per block of the backward.
 const BLOCK: usize = 16;
 
+/// One pass of the attention ([`Forward`] or [`Backward`]) as a value, so [`widest`] can build it
+/// once per instruction set.
+trait Pass {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// The forward at padded width `D`.
+struct Forward<'a, const D: usize>(&'a Args<'a>);
+
+impl<const D: usize> Pass for Forward<'_, D> {
+    type Output = (Vec<f32>, Vec<f32>);
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        self.0.forward::<D>()
+    }
+}
+
+/// The backward at padded width `D`.
+struct Backward<'a, const D: usize>(&'a Args<'a>, Grads<'a>);
+
+impl<const D: usize> Pass for Backward<'_, D> {
+    type Output = (Vec<f32>, Vec<f32>, Vec<f32>);
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        self.0.backward::<D>(self.1)
+    }
+}
+
+/// Runs `pass` built for the widest vector instructions this CPU has: on x86-64, AVX-512 or
+/// AVX2 + FMA when the CPU reports them at run time (pulp's dispatch; the pass and everything
+/// it calls in its loops are `#[inline(always)]`, so they are compiled inside each instruction
+/// set's function), else the x86-64 baseline (SSE2); elsewhere as compiled. The arithmetic is
+/// the same in every build (no sum reordered, no multiply-add fused): the results are
+/// bit-identical.
+#[cfg(target_arch = "x86_64")]
+fn widest<P: Pass>(pass: P) -> P::Output {
+    struct Dispatch<P>(P);
+    impl<P: Pass> pulp::WithSimd for Dispatch<P> {
+        type Output = P::Output;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> P::Output {
+            self.0.run()
+        }
+    }
+    pulp::Arch::new().dispatch(Dispatch(pass))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn widest<P: Pass>(pass: P) -> P::Output {
+    pass.run()
+}
+
 /// `e^x` for `x ≤ 88`, as a polynomial a loop over a slice vectorises (libm's `expf` is one
 /// call per element): `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its degree-6 Taylor
 /// polynomial (relative error below 3e-7 against libm), `2^n` built in the exponent bits. Inputs below −87
@@ -47,6 +100,7 @@ fn exp(x: f32) -> f32 {
 }
 
 /// `p[j] = exp(p[j] − shift)` for every element; returns their sum (summed in 8 lanes).
+#[inline(always)]
 fn exp_sum(p: &mut [f32], shift: f32) -> f32 {
     for v in p.iter_mut() {
         *v = exp(*v - shift);
@@ -62,6 +116,7 @@ fn exp_sum(p: &mut [f32], shift: f32) -> f32 {
 }
 
 /// The largest element (taken in 8 lanes); NaN if there is one.
+#[inline(always)]
 fn max(p: &[f32]) -> f32 {
     // `f32::max` would drop a NaN; this keeps it.
     let larger = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
@@ -123,6 +178,7 @@ fn transpose<const D: usize>(
 
 /// `out[j] = a · Σ_c x[c] · t[c·stride + j]` for `j < n` rounded up to [`LANES`]: one row
 /// times a transposed matrix.
+#[inline(always)]
 fn row_times(a: f32, x: &[f32], t: &[f32], stride: usize, n: usize, out: &mut [f32]) {
     let n = n.div_ceil(LANES) * LANES;
     for (jb, chunk) in out[..n].chunks_exact_mut(LANES).enumerate() {
@@ -147,6 +203,7 @@ fn axpy<const D: usize>(a: f32, x: &[f32; D], acc: &mut [f32; D]) {
     }
 }
 
+#[inline(always)]
 fn dot<const D: usize>(a: &[f32; D], b: &[f32; D]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -178,11 +235,11 @@ pub fn attention(
     };
     // The head width rounded up to a padded build.
     match s.head_dim {
-        0..=16 => args.forward::<16>(),
-        17..=32 => args.forward::<32>(),
-        33..=64 => args.forward::<64>(),
-        65..=128 => args.forward::<128>(),
-        129..=256 => args.forward::<256>(),
+        0..=16 => widest(Forward::<16>(&args)),
+        17..=32 => widest(Forward::<32>(&args)),
+        33..=64 => widest(Forward::<64>(&args)),
+        65..=128 => widest(Forward::<128>(&args)),
+        129..=256 => widest(Forward::<256>(&args)),
         _ => cpu::attention(q, k, v, qpos, kpos, inv_freq, s),
     }
 }
@@ -217,11 +274,11 @@ pub fn attention_backward(
     };
     let grads = Grads { o, lse, d_o };
     match s.head_dim {
-        0..=16 => args.backward::<16>(grads),
-        17..=32 => args.backward::<32>(grads),
-        33..=64 => args.backward::<64>(grads),
-        65..=128 => args.backward::<128>(grads),
-        129..=256 => args.backward::<256>(grads),
+        0..=16 => widest(Backward::<16>(&args, grads)),
+        17..=32 => widest(Backward::<32>(&args, grads)),
+        33..=64 => widest(Backward::<64>(&args, grads)),
+        65..=128 => widest(Backward::<128>(&args, grads)),
+        129..=256 => widest(Backward::<256>(&args, grads)),
         _ => cpu::attention_backward(q, k, v, qpos, kpos, inv_freq, d_o, s),
     }
 }
@@ -272,6 +329,7 @@ impl Args<'_> {
         }
     }
 
+    #[inline(always)]
     fn forward<const D: usize>(&self) -> (Vec<f32>, Vec<f32>) {
         let s = &self.s;
         let (d, past, group) = (s.head_dim, s.skv - s.sq, s.hq / s.hkv);
@@ -300,6 +358,7 @@ impl Args<'_> {
         (merge(&o, s.hq, d), lse)
     }
 
+    #[inline(always)]
     fn backward<const D: usize>(&self, g: Grads) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let s = &self.s;
         let (d, past, group) = (s.head_dim, s.skv - s.sq, s.hq / s.hkv);
@@ -408,5 +467,66 @@ mod tests {
             assert!((z - zw).abs() <= 1e-5 * zw.max(1.0), "n {n}: {z} vs {zw}");
         }
         assert!(max(&[1.0, f32::NAN, 2.0]).is_nan());
+    }
+
+    /// The build [`widest`] picks (AVX-512 or AVX2 where the CPU has them) against the same pass
+    /// built for the baseline target, forward and backward, bit for bit.
+    #[test]
+    fn the_widest_build_equals_the_baseline_bit_for_bit() {
+        let (sq, skv, hq, hkv, d) = (37, 45, 4, 2, 24);
+        let val = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * 0.9)
+                .collect()
+        };
+        let (q, k, v) = (
+            val(sq * hq * d, 1),
+            val(skv * hkv * d, 2),
+            val(skv * hkv * d, 3),
+        );
+        let kpos: Vec<f32> = (0..skv).map(|i| i as f32 * 1.5).collect();
+        let qpos = kpos[skv - sq..].to_vec();
+        let inv_freq: Vec<f32> = (0..d / 2)
+            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / d as f32))
+            .collect();
+        let s = AttentionShape {
+            sq,
+            skv,
+            hq,
+            hkv,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            g: 3.0,
+            factor: 1.0,
+        };
+        let args = Args {
+            q: &q,
+            k: &k,
+            v: &v,
+            qpos: &qpos,
+            kpos: &kpos,
+            inv_freq: &inv_freq,
+            s,
+        };
+        let (o, lse) = widest(Forward::<32>(&args));
+        assert_eq!(
+            (&o, &lse),
+            (&Forward::<32>(&args).run().0, &Forward::<32>(&args).run().1)
+        );
+        let d_o = val(sq * hq * d, 4);
+        let grads = || Grads {
+            o: &o,
+            lse: &lse,
+            d_o: &d_o,
+        };
+        let wide = widest(Backward::<32>(&args, grads()));
+        assert_eq!(wide, Backward::<32>(&args, grads()).run());
+        assert!(wide
+            .0
+            .iter()
+            .chain(&wide.1)
+            .chain(&wide.2)
+            .all(|x| x.is_finite()));
+        assert!(wide.1.iter().any(|&x| x != 0.0));
     }
 }

@@ -31,9 +31,13 @@ pub struct KernelArgs {
     /// Head width.
     #[arg(long, default_value_t = 32)]
     head_dim: usize,
-    /// Timed repetitions per measurement (after one untimed warm-up).
+    /// Timed repetitions per measurement.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Untimed warm-up runs before them (pipeline compilation, allocator growth); 0 for lengths
+    /// where one run takes minutes (the timed run then includes compiling the kernels).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// Skip a reference whose score matrix would exceed this many MiB.
     #[arg(long, default_value_t = 2048)]
     max_matrix_mib: usize,
@@ -50,8 +54,10 @@ pub struct KernelArgs {
     json: Option<PathBuf>,
 }
 
-fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
+fn time_ms(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
     let t0 = Instant::now();
     for _ in 0..reps {
         f()?;
@@ -96,8 +102,8 @@ impl std::fmt::Display for Measured {
 
 /// [`time_ms`], with a failure (an allocation the adapter refuses, above all) reported by its
 /// root cause instead of ending the benchmark.
-fn measure(reps: usize, f: impl FnMut() -> Result<()>) -> Measured {
-    match time_ms(reps, f) {
+fn measure((warmup, reps): (usize, usize), f: impl FnMut() -> Result<()>) -> Measured {
+    match time_ms(warmup, reps, f) {
         Ok(ms) => Measured::Ms(ms),
         Err(e) => {
             let text = format!("{e:#}");
@@ -168,10 +174,11 @@ pub fn run(a: KernelArgs) -> Result<()> {
         .collect();
     let mut rows = Vec::new();
     println!(
-        "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps; \
+        "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps after {} warm-up; \
          rows per invocation: forward {}, backward {}; {} tiles per dispatch\n",
         adapter,
         a.reps,
+        a.warmup,
         tuning.forward_rows(d),
         tuning.backward_rows(d),
         tuning.tiles_per_dispatch
@@ -218,8 +225,8 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 1.0,
             )
         };
-        let fwd = measure(a.reps, || read(forward().0.sum()));
-        let fwd_bwd = measure(a.reps, || {
+        let fwd = measure((a.warmup, a.reps), || read(forward().0.sum()));
+        let fwd_bwd = measure((a.warmup, a.reps), || {
             let (o, stats) = forward();
             let (dq, dk, dv) = fused::rope_attention_backward(
                 fq.clone(),
@@ -242,7 +249,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let (plain, plain_bwd, burn_attn) = if matrix_mib <= a.max_matrix_mib as f64 {
             // burn's attention first: a failure of the plain path cannot then be what
             // makes it fail.
-            let burn_attn = measure(a.reps, || {
+            let burn_attn = measure((a.warmup, a.reps), || {
                 let rep = h / hkv;
                 let (k, v) = if rep > 1 {
                     (bk.clone().repeat_dim(1, rep), bv.clone().repeat_dim(1, rep))
@@ -263,7 +270,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 );
                 read(o.sum())
             });
-            let plain = measure(a.reps, || {
+            let plain = measure((a.warmup, a.reps), || {
                 let o = e2llm_model::attention::attention_reference(
                     bq.clone(),
                     bk.clone(),
@@ -276,7 +283,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             let track = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
             let (aq, ak, av) = (track(&bq), track(&bk), track(&bv));
             let ado = Tensor::<4>::from_data(fdo.clone().swap_dims(1, 2).to_data(), &ad);
-            let plain_bwd = measure(a.reps, || {
+            let plain_bwd = measure((a.warmup, a.reps), || {
                 let o = e2llm_model::attention::attention_reference(
                     aq.clone(),
                     ak.clone(),
@@ -334,7 +341,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let n = aux.len();
         let aux = Tensor::<1>::from_data(TensorData::new(aux, [n]), &device);
         let scale = 1.0 / (d as f32).sqrt();
-        let ours = measure(a.reps, || {
+        let ours = measure((a.warmup, a.reps), || {
             let (o, _) = fused::rope_attention_forward(
                 q1.clone(),
                 kc.clone(),
@@ -350,7 +357,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             kc.clone().swap_dims(1, 2),
             vc.clone().swap_dims(1, 2),
         );
-        let plain = measure(a.reps, || {
+        let plain = measure((a.warmup, a.reps), || {
             let o = e2llm_model::attention::attention_reference(
                 pq.clone(),
                 pk.clone(),
@@ -369,7 +376,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             "adapter": adapter, "forward_rows": tuning.forward_rows(d),
             "backward_rows": tuning.backward_rows(d),
             "tiles_per_dispatch": tuning.tiles_per_dispatch, "heads": h, "kv_heads": hkv, "head_dim": d,
-            "reps": a.reps, "results": rows, "decode": decode,
+            "reps": a.reps, "warmup": a.warmup, "results": rows, "decode": decode,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
