@@ -342,6 +342,9 @@ fn experiment_ci_preset_runs_end_to_end() {
         "e2llm-g4",
         "--base",
         base_dir.to_str().expect("utf-8"),
+        // A method field reaches the one arm picked (the arm's method replaces the stage's).
+        "--set-extend",
+        "method.g_max=3",
     ]);
     assert!(b.status.success(), "stderr: {}", stderr(&b));
     assert!(!out2.join("base").exists(), "a base was trained");
@@ -366,6 +369,19 @@ fn experiment_ci_preset_runs_end_to_end() {
         row(&json2, "base")["final_loss"],
         row(&json, "base")["final_loss"]
     );
+    assert_eq!(row(&json2, "e2llm-g4")["method"]["g_max"], 3);
+    assert_eq!(row(&json, "e2llm-g4")["method"]["g_max"], 4);
+    // With several arms a method override is refused, not dropped.
+    let several = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out2_s,
+        "--set-extend",
+        "method.g_max=3",
+    ]);
+    assert_clear_error(&several, "pick one with --arms");
     let arm_state = std::fs::read_to_string(out2.join("e2llm-g4/checkpoint/trainer_state.json"))
         .expect("arm trainer state");
     assert!(

@@ -95,6 +95,44 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
     Ok(plan)
 }
 
+/// `--set method.…` / `--set-extend method.…` on the extension: each arm carries its own method
+/// (the stage config's is replaced by it), so such an override goes to the arm — when there is
+/// exactly one (the quickstart's, or one picked with `--arms`); with several it is an error
+/// rather than silently ignored.
+fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
+    let is_method = |o: &&String| {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+        key == "method" || key.starts_with("method.")
+    };
+    let overrides: Vec<String> = c
+        .set
+        .iter()
+        .chain(&c.set_extend)
+        .filter(is_method)
+        .cloned()
+        .collect();
+    if overrides.is_empty() {
+        return Ok(());
+    }
+    let [arm] = plan.arms.as_mut_slice() else {
+        anyhow::bail!(
+            "{}: each of the {} arms has its own method; pick one with --arms to change its fields",
+            overrides.join(", "),
+            plan.arms.len()
+        );
+    };
+    let cfg = e2llm_train::config::TrainConfig {
+        method: arm.method,
+        ..plan.extend.clone()
+    };
+    let cfg = e2llm_train::config::apply_overrides(&cfg, &overrides)
+        .with_context(|| format!("arm `{}`", arm.name))?;
+    cfg.validate()
+        .map_err(|r| anyhow::anyhow!("arm `{}`: invalid method: {r}", arm.name))?;
+    arm.method = cfg.method;
+    Ok(())
+}
+
 /// Progress bars, one per running stage; without a terminal (logs, CI) a plain line every
 /// tenth of a stage instead, since indicatif draws nothing there.
 struct Bars {
@@ -247,7 +285,8 @@ fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str) -> Result<Report> 
 
 /// `e2llm quickstart`.
 pub fn quickstart(a: QuickstartArgs) -> Result<()> {
-    let plan = apply(Plan::preset(Preset::Quickstart), &a.common)?;
+    let mut plan = apply(Plan::preset(Preset::Quickstart), &a.common)?;
+    apply_method_overrides(&mut plan, &a.common)?;
     let base = match &plan.base_dir {
         Some(dir) => format!("start from {} (L = {})", dir.display(), plan.base.orig_len),
         None => format!(
@@ -259,9 +298,10 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         ),
     };
     println!(
-        "quickstart: {base}, extend it with E²-LLM ({} steps), then find passkeys at {:?}× L. \
-         Output: {}",
+        "quickstart: {base}, extend it with E²-LLM ({} steps, {:?}), then find passkeys at \
+         {:?}× L. Output: {}",
         plan.extend.steps,
+        plan.arms.iter().map(|a| a.method).collect::<Vec<_>>(),
         plan.eval.passkey_multiples,
         a.out.display()
     );
@@ -287,6 +327,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
         }
         plan.arms.retain(|x| want.contains(&x.name.as_str()));
     }
+    apply_method_overrides(&mut plan, &a.common)?;
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "runs/experiment-{}",
