@@ -33,25 +33,41 @@ trait Pass {
     fn run(self) -> Self::Output;
 }
 
-/// The forward at padded width `D`.
-struct Forward<'a, const D: usize>(&'a Args<'a>);
+/// The forward, at the head width rounded up to a padded build (past 256: the twin).
+struct Forward<'a>(&'a Args<'a>);
 
-impl<const D: usize> Pass for Forward<'_, D> {
+impl Pass for Forward<'_> {
     type Output = (Vec<f32>, Vec<f32>);
     #[inline(always)]
     fn run(self) -> Self::Output {
-        self.0.forward::<D>()
+        let a = self.0;
+        match a.s.head_dim {
+            0..=16 => a.forward::<16>(),
+            17..=32 => a.forward::<32>(),
+            33..=64 => a.forward::<64>(),
+            65..=128 => a.forward::<128>(),
+            129..=256 => a.forward::<256>(),
+            _ => cpu::attention(a.q, a.k, a.v, a.qpos, a.kpos, a.inv_freq, a.s),
+        }
     }
 }
 
-/// The backward at padded width `D`.
-struct Backward<'a, const D: usize>(&'a Args<'a>, Grads<'a>);
+/// The backward, at the same width as [`Forward`].
+struct Backward<'a>(&'a Args<'a>, Grads<'a>);
 
-impl<const D: usize> Pass for Backward<'_, D> {
+impl Pass for Backward<'_> {
     type Output = (Vec<f32>, Vec<f32>, Vec<f32>);
     #[inline(always)]
     fn run(self) -> Self::Output {
-        self.0.backward::<D>(self.1)
+        let (a, g) = (self.0, self.1);
+        match a.s.head_dim {
+            0..=16 => a.backward::<16>(g),
+            17..=32 => a.backward::<32>(g),
+            33..=64 => a.backward::<64>(g),
+            65..=128 => a.backward::<128>(g),
+            129..=256 => a.backward::<256>(g),
+            _ => cpu::attention_backward(a.q, a.k, a.v, a.qpos, a.kpos, a.inv_freq, g.d_o, a.s),
+        }
     }
 }
 
@@ -235,15 +251,7 @@ pub fn attention(
         inv_freq,
         s,
     };
-    // The head width rounded up to a padded build.
-    match s.head_dim {
-        0..=16 => widest(Forward::<16>(&args)),
-        17..=32 => widest(Forward::<32>(&args)),
-        33..=64 => widest(Forward::<64>(&args)),
-        65..=128 => widest(Forward::<128>(&args)),
-        129..=256 => widest(Forward::<256>(&args)),
-        _ => cpu::attention(q, k, v, qpos, kpos, inv_freq, s),
-    }
+    widest(Forward(&args))
 }
 
 /// Backward of [`attention`] with respect to the unrotated q, k and v, from the forward's `o`
@@ -274,15 +282,7 @@ pub fn attention_backward(
         inv_freq,
         s,
     };
-    let grads = Grads { o, lse, d_o };
-    match s.head_dim {
-        0..=16 => widest(Backward::<16>(&args, grads)),
-        17..=32 => widest(Backward::<32>(&args, grads)),
-        33..=64 => widest(Backward::<64>(&args, grads)),
-        65..=128 => widest(Backward::<128>(&args, grads)),
-        129..=256 => widest(Backward::<256>(&args, grads)),
-        _ => cpu::attention_backward(q, k, v, qpos, kpos, inv_freq, d_o, s),
-    }
+    widest(Backward(&args, Grads { o, lse, d_o }))
 }
 
 /// The forward's inputs.
@@ -510,19 +510,16 @@ mod tests {
             inv_freq: &inv_freq,
             s,
         };
-        let (o, lse) = widest(Forward::<32>(&args));
-        assert_eq!(
-            (&o, &lse),
-            (&Forward::<32>(&args).run().0, &Forward::<32>(&args).run().1)
-        );
+        let (o, lse) = widest(Forward(&args));
+        assert_eq!((o.clone(), lse.clone()), Forward(&args).run());
         let d_o = val(sq * hq * d, 4);
         let grads = || Grads {
             o: &o,
             lse: &lse,
             d_o: &d_o,
         };
-        let wide = widest(Backward::<32>(&args, grads()));
-        assert_eq!(wide, Backward::<32>(&args, grads()).run());
+        let wide = widest(Backward(&args, grads()));
+        assert_eq!(wide, Backward(&args, grads()).run());
         assert!(wide
             .0
             .iter()

@@ -172,6 +172,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
     let inv_freq: Vec<f32> = (0..d / 2)
         .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / d as f32))
         .collect();
+    let timing = (a.warmup, a.reps);
     let mut rows = Vec::new();
     println!(
         "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps after {} warm-up; \
@@ -225,8 +226,8 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 1.0,
             )
         };
-        let fwd = measure((a.warmup, a.reps), || read(forward().0.sum()));
-        let fwd_bwd = measure((a.warmup, a.reps), || {
+        let fwd = measure(timing, || read(forward().0.sum()));
+        let fwd_bwd = measure(timing, || {
             let (o, stats) = forward();
             let (dq, dk, dv) = fused::rope_attention_backward(
                 fq.clone(),
@@ -249,7 +250,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let (plain, plain_bwd, burn_attn) = if matrix_mib <= a.max_matrix_mib as f64 {
             // burn's attention first: a failure of the plain path cannot then be what
             // makes it fail.
-            let burn_attn = measure((a.warmup, a.reps), || {
+            let burn_attn = measure(timing, || {
                 let rep = h / hkv;
                 let (k, v) = if rep > 1 {
                     (bk.clone().repeat_dim(1, rep), bv.clone().repeat_dim(1, rep))
@@ -270,7 +271,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
                 );
                 read(o.sum())
             });
-            let plain = measure((a.warmup, a.reps), || {
+            let plain = measure(timing, || {
                 let o = e2llm_model::attention::attention_reference(
                     bq.clone(),
                     bk.clone(),
@@ -283,7 +284,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             let track = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
             let (aq, ak, av) = (track(&bq), track(&bk), track(&bv));
             let ado = Tensor::<4>::from_data(fdo.clone().swap_dims(1, 2).to_data(), &ad);
-            let plain_bwd = measure((a.warmup, a.reps), || {
+            let plain_bwd = measure(timing, || {
                 let o = e2llm_model::attention::attention_reference(
                     aq.clone(),
                     ak.clone(),
@@ -341,7 +342,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let n = aux.len();
         let aux = Tensor::<1>::from_data(TensorData::new(aux, [n]), &device);
         let scale = 1.0 / (d as f32).sqrt();
-        let ours = measure((a.warmup, a.reps), || {
+        let ours = measure(timing, || {
             let (o, _) = fused::rope_attention_forward(
                 q1.clone(),
                 kc.clone(),
@@ -357,7 +358,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             kc.clone().swap_dims(1, 2),
             vc.clone().swap_dims(1, 2),
         );
-        let plain = measure((a.warmup, a.reps), || {
+        let plain = measure(timing, || {
             let o = e2llm_model::attention::attention_reference(
                 pq.clone(),
                 pk.clone(),
