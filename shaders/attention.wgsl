@@ -31,6 +31,10 @@
 //   attention_fwd      grid (⌈Sq/(64·QB)⌉ − first_block(), Hq, B): 64·QB queries of one head;
 //                      writes o, lse. Blocks with no key in the chunk are not launched (but the
 //                      last chunk finishes every block); each block's tile loop runs the whole chunk.
+//   attention_fwd_block grid (⌈Sq/64⌉ − first_block_of(64), Hq, B), workgroups of 128: the
+//                      forward for GPUs (head width a multiple of 32): 64 queries of one head
+//                      per workgroup, two invocations per query, keys 16 at a time (see its
+//                      comment below); the same outputs, chunks and state as attention_fwd.
 //   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.
 //   attention_bwd_dq   grid (⌈Sq/(64·QB)⌉ − first_block(), Hq, B): 64·QB queries; loops over key
 //                      tiles (as the forward); writes dq.
@@ -251,8 +255,13 @@ fn keys_seen(q0: u32) -> u32 {
 // whose queries all end before key c_begin are not launched (the host's grid starts here) —
 // except on the last chunk, which finishes every block.
 fn first_block() -> u32 {
+    return first_block_of(WG * QB);
+}
+
+// first_block for blocks of `per` queries.
+fn first_block_of(per: u32) -> u32 {
     let past = p.skv - p.sq;
-    return select(0u, (p.c_begin - past) / (WG * QB), p.c_begin > past && p.last == 0u);
+    return select(0u, (p.c_begin - past) / per, p.c_begin > past && p.last == 0u);
 }
 
 // Starts row c of the block, query qi: its rotated q into *qr and (a later chunk) the stored
@@ -342,6 +351,174 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     for (var c = 0u; c < QB; c = c + 1u) {
         fwd_end(&acc, c, q0 + c, h, rv_get(m, c), rv_get(l, c));
+    }
+}
+
+// The forward for GPUs (attention_fwd_block): a workgroup of BT = 128 invocations takes BR = 64
+// queries of one head together, keys BC = 16 at a time — invocation (row r = lid / 2, half
+// lid % 2) holds its query's rotated row in registers and scores 8 of the tile's 16 keys, and
+// owns half of each 32-wide chunk of the output row. Scores use the K tile (rotated once per
+// workgroup) from workgroup memory, the softmax row max is exchanged through workgroup memory,
+// and P·V reads the tile's probabilities and V from it: many invocations per query instead of
+// one (attention_fwd keeps a GPU's cores busy only at tens of thousands of queries). Head widths
+// that are multiples of 32 (one chunk of 32 dimensions at a time); the same chunk protocol and
+// state as attention_fwd (acc in o, (m, l) in stats). Workgroup memory: the K chunk (swizzled
+// against bank conflicts) and the row maxima in ts, the V chunk and P (rows padded to 17) in us.
+const BR: u32 = 64u;
+const BC: u32 = 16u;
+const BT: u32 = 128u;
+const HALF_D: u32 = HD / 2u;
+const PS0: u32 = 512u;
+const MS0: u32 = 512u;
+
+// Where dimension dd (of the chunk) of tile key kk lies in ts: column-major, XOR-swizzled.
+fn ks_at(dd: u32, kk: u32) -> u32 {
+    return dd * BC + (kk ^ (dd & 15u));
+}
+
+// Loads dimensions [dc, dc + 32) of the tile's keys t0 .. t0 + BC of kv head kvh, rotated, into
+// ts (zero past Skv).
+fn load_k_chunk(t0: u32, dc: u32, kvh: u32, lid: u32) {
+    for (var e = lid; e < BC * 32u; e = e + BT) {
+        let kk = e / 32u;
+        let dd = e % 32u;
+        let kj = t0 + kk;
+        var x = 0.0;
+        if (kj < p.skv) {
+            let dim = dc + dd;
+            let j = dim % HALF_D;
+            let base = ko + (kj * p.hkv + kvh) * HD;
+            let cs = rot(kpos(kj), j, 1.0);
+            let x0 = k[base + j];
+            let x1 = k[base + j + HALF_D];
+            x = select(x0 * cs.x - x1 * cs.y, x1 * cs.x + x0 * cs.y, dim >= HALF_D);
+        }
+        ts[ks_at(dd, kk)] = x;
+    }
+}
+
+// Loads dimensions [dc, dc + 32) of the tile's values into us[kk·32 + dd] (zero past Skv).
+fn load_v_chunk(t0: u32, dc: u32, kvh: u32, lid: u32) {
+    for (var e = lid; e < BC * 32u; e = e + BT) {
+        let kj = t0 + e / 32u;
+        var x = 0.0;
+        if (kj < p.skv) {
+            x = v[ko + (kj * p.hkv + kvh) * HD + dc + e % 32u];
+        }
+        us[e] = x;
+    }
+}
+
+@compute @workgroup_size(128)
+fn attention_fwd_block(@builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    set_batch(wid.z);
+    let h = wid.y;
+    let kvh = h / (p.hq / p.hkv);
+    let q_first = (first_block_of(BR) + zigzag(wid.x, nwg.x)) * BR;
+    let r = lid / 2u;
+    let half = lid % 2u;
+    let qi = q_first + r;
+    let live = qi < p.sq;
+    let past = p.skv - p.sq;
+    let hn = p.hq * p.sq;
+    let base_q = qo + (qi * p.hq + h) * HD;
+
+    // The rotated, scaled query; acc: dimensions dc + 16·half + i of each chunk dc.
+    var qr: array<f32, HD>;
+    var acc: array<f32, HALF_D>;
+    var m = -3.0e38;
+    var l = 0.0;
+    if (live) {
+        for (var j = 0u; j < HALF_D; j = j + 1u) {
+            let pr = q_pair(qi, h, j);
+            qr[j] = pr.x;
+            qr[j + HALF_D] = pr.y;
+        }
+        if (p.c_begin > 0u) {
+            for (var c = 0u; c < HD / 32u; c = c + 1u) {
+                for (var i = 0u; i < 16u; i = i + 1u) {
+                    acc[c * 16u + i] = o[base_q + c * 32u + half * 16u + i];
+                }
+            }
+            m = stats[so + h * p.sq + qi];
+            l = select(0.0, stats[so + 2u * hn + h * p.sq + qi], half == 0u);
+        }
+    }
+    // Keys row qi sees, and keys any row of the block sees (the loop's uniform bound).
+    let lim = select(0u, past + qi + 1u, live);
+    let kn = past + min(q_first + BR, p.sq);
+    let t_end = min(p.c_end, kn);
+    for (var t0 = p.c_begin; t0 < t_end; t0 = t0 + BC) {
+        var s: array<f32, 8>;
+        for (var dc = 0u; dc < HD; dc = dc + 32u) {
+            workgroupBarrier();
+            load_k_chunk(t0, dc, kvh, lid);
+            workgroupBarrier();
+            for (var dd = 0u; dd < 32u; dd = dd + 1u) {
+                let qv = qr[dc + dd];
+                let row = dd * BC;
+                let sw = dd & 15u;
+                for (var c = 0u; c < 8u; c = c + 1u) {
+                    s[c] = s[c] + qv * ts[row + ((half * 8u + c) ^ sw)];
+                }
+            }
+        }
+        var mloc = -3.0e38;
+        for (var c = 0u; c < 8u; c = c + 1u) {
+            if (t0 + half * 8u + c < lim) {
+                mloc = max(mloc, s[c]);
+            }
+        }
+        ts[MS0 + lid] = mloc;
+        workgroupBarrier();
+        let m_new = max(m, max(ts[MS0 + 2u * r], ts[MS0 + 2u * r + 1u]));
+        let corr = exp(m - m_new);
+        var lsum = 0.0;
+        for (var c = 0u; c < 8u; c = c + 1u) {
+            let w = select(0.0, exp(s[c] - m_new), t0 + half * 8u + c < lim);
+            lsum = lsum + w;
+            us[PS0 + r * 17u + half * 8u + c] = w;
+        }
+        l = l * corr + lsum;
+        m = m_new;
+        for (var i = 0u; i < HALF_D; i = i + 1u) {
+            acc[i] = acc[i] * corr;
+        }
+        for (var dc = 0u; dc < HD; dc = dc + 32u) {
+            workgroupBarrier();
+            load_v_chunk(t0, dc, kvh, lid);
+            workgroupBarrier();
+            let a0 = (dc / 32u) * 16u;
+            for (var c = 0u; c < BC; c = c + 1u) {
+                let w = us[PS0 + r * 17u + c];
+                let vb = c * 32u + half * 16u;
+                for (var i = 0u; i < 16u; i = i + 1u) {
+                    acc[a0 + i] = acc[a0 + i] + w * us[vb + i];
+                }
+            }
+        }
+    }
+    // The row's l: the two halves' sums (they share m).
+    workgroupBarrier();
+    ts[MS0 + lid] = l;
+    workgroupBarrier();
+    let l_row = ts[MS0 + 2u * r] + ts[MS0 + 2u * r + 1u];
+    if (!live) {
+        return;
+    }
+    let fin = p.last == 1u;
+    let inv_l = select(1.0, 1.0 / l_row, fin);
+    for (var c = 0u; c < HD / 32u; c = c + 1u) {
+        for (var i = 0u; i < 16u; i = i + 1u) {
+            o[base_q + c * 32u + half * 16u + i] = acc[c * 16u + i] * inv_l;
+        }
+    }
+    if (half == 0u) {
+        stats[so + h * p.sq + qi] = select(m, m + log(l_row), fin);
+        if (!fin) {
+            stats[so + 2u * hn + h * p.sq + qi] = l_row;
+        }
     }
 }
 

@@ -23,6 +23,11 @@ pub struct Tuning {
     pub tiles_per_dispatch: usize,
     /// The rule `rows: 0` follows.
     pub by_width: ByWidth,
+    /// Prefill forwards at head widths that are multiples of 32 run `attention_fwd_block` (a
+    /// workgroup of 128 invocations shares 64 queries: many invocations per query) instead of
+    /// `attention_fwd` (QB queries per invocation): for GPUs, whose cores the latter fills only
+    /// at tens of thousands of queries.
+    pub block: bool,
 }
 
 /// Rows per invocation by head width D (a [`Tuning`] with `rows: 0`).
@@ -46,6 +51,7 @@ impl Tuning {
         rows: 0,
         tiles_per_dispatch: 8,
         by_width: ByWidth::Raster,
+        block: false,
     };
     /// GPUs: rows per invocation by head width (fewer rows keep an invocation's arrays in
     /// registers), 64 tiles per dispatch (4,096 keys at head width 32, 1,024 at 128: long
@@ -55,6 +61,7 @@ impl Tuning {
         rows: 0,
         tiles_per_dispatch: 64,
         by_width: ByWidth::Gpu,
+        block: true,
     };
 
     /// Rows per invocation of the forward kernels at head width `d`.
@@ -98,16 +105,29 @@ impl Tuning {
         }
     }
 
-    /// Parses `E2LLM_ATTENTION`-style text: `cpu`, `gpu`, or `rows=R,tiles=T` (either part may
-    /// be left out; it then keeps [`Self::CPU_RASTER`]'s value: rows by width, 8 tiles).
+    /// Whether the prefill forward at head width `d` runs `attention_fwd_block`.
+    pub fn block_forward(self, d: usize) -> bool {
+        self.block && d.is_multiple_of(32)
+    }
+
+    /// Parses `E2LLM_ATTENTION`-style text: `cpu` or `gpu`, then (or alone) `rows=R`,
+    /// `tiles=T`, `block=0|1` overriding its fields (without `cpu`/`gpu` they override
+    /// [`Self::CPU_RASTER`]: rows by width, 8 tiles, no block forward). `gpu,block=0` is the GPU
+    /// tuning with the rows-per-invocation forward.
     pub fn parse(text: &str) -> std::result::Result<Tuning, String> {
-        match text.trim() {
-            "cpu" => return Ok(Tuning::CPU_RASTER),
-            "gpu" => return Ok(Tuning::GPU),
-            _ => {}
+        let mut parts = text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .peekable();
+        let mut t = match parts.peek() {
+            Some(&"gpu") => Tuning::GPU,
+            _ => Tuning::CPU_RASTER,
+        };
+        if matches!(parts.peek(), Some(&("cpu" | "gpu"))) {
+            parts.next();
         }
-        let mut t = Tuning::CPU_RASTER;
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in parts {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("`{part}`: expected key=value"))?;
@@ -120,7 +140,9 @@ impl Tuning {
                 "rows" => return Err(format!("`{part}`: rows must be 1, 2, 4 or 8")),
                 "tiles" if n > 0 => t.tiles_per_dispatch = n,
                 "tiles" => return Err(format!("`{part}`: tiles must be at least 1")),
-                _ => return Err(format!("`{part}`: unknown key (rows, tiles)")),
+                "block" if n <= 1 => t.block = n == 1,
+                "block" => return Err(format!("`{part}`: block must be 0 or 1")),
+                _ => return Err(format!("`{part}`: unknown key (rows, tiles, block)")),
             }
         }
         Ok(t)
@@ -289,6 +311,7 @@ const COMBINE: &[Slot] = &[Slot::Part, Slot::O, Slot::Stats];
 /// `Params` besides).
 pub const ENTRIES: &[(&str, &[Slot])] = &[
     ("attention_fwd", FWD),
+    ("attention_fwd_block", FWD),
     ("attention_bwd_prep", PREP),
     ("attention_bwd_dq", DQ),
     ("attention_bwd_dkv", DKV),
@@ -353,11 +376,17 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
     ]
 }
 
-/// Query blocks (of 64 invocations × `rows`) the forward or dq launches for the chunk of keys
-/// from `begin`: none whose queries all end before key `begin`, except on the `last` chunk,
-/// which finishes every block (`first_block` in the shader).
-fn query_blocks(s: AttentionShape, rows: usize, begin: usize, last: bool) -> u32 {
-    let per = 64 * rows as u32;
+/// Queries per workgroup of `attention_fwd_block` (`BR` in the shader).
+pub const BLOCK_QUERIES: usize = 64;
+/// Keys per tile of `attention_fwd_block` (`BC`): its chunks of the key loop are multiples.
+pub const BLOCK_KEYS: usize = 16;
+
+/// Query blocks (of `per` queries: 64 invocations × QB rows, or [`BLOCK_QUERIES`]) the forward
+/// or dq launches for the chunk of keys from `begin`: none whose queries all end before key
+/// `begin`, except on the `last` chunk, which finishes every block (`first_block_of` in the
+/// shader).
+fn query_blocks(s: AttentionShape, per: usize, begin: usize, last: bool) -> u32 {
+    let per = per as u32;
     let blocks = (s.sq as u32).div_ceil(per);
     let past = s.skv - s.sq;
     let first = if begin > past && !last {
@@ -399,6 +428,28 @@ pub fn forward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Laun
             ),
         ];
     }
+    if t.block_forward(s.head_dim) {
+        // As many keys per dispatch as the rows-per-invocation forward's chunks hold, in whole
+        // tiles of BLOCK_KEYS.
+        let per = (tile_rows(s.head_dim) * t.tiles_per_dispatch).div_ceil(BLOCK_KEYS);
+        return chunks(s.skv, BLOCK_KEYS, per)
+            .into_iter()
+            .map(|(begin, end, last)| Launch {
+                workgroup: 128,
+                ..launch(
+                    "attention_fwd_block",
+                    FWD,
+                    params(s, batch, begin, end, last),
+                    (
+                        query_blocks(s, BLOCK_QUERIES, begin, last),
+                        s.hq as u32,
+                        batch as u32,
+                    ),
+                    spec,
+                )
+            })
+            .collect();
+    }
     chunks(s.skv, tile_rows(s.head_dim), t.tiles_per_dispatch)
         .into_iter()
         .map(|(begin, end, last)| {
@@ -407,7 +458,7 @@ pub fn forward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Laun
                 FWD,
                 params(s, batch, begin, end, last),
                 (
-                    query_blocks(s, rows, begin, last),
+                    query_blocks(s, 64 * rows, begin, last),
                     s.hq as u32,
                     batch as u32,
                 ),
@@ -440,7 +491,7 @@ pub fn backward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Lau
             "attention_bwd_dq",
             DQ,
             params(s, batch, begin, end, last),
-            (query_blocks(s, rows, begin, last), s.hq as u32, b),
+            (query_blocks(s, 64 * rows, begin, last), s.hq as u32, b),
             spec,
         ));
     }

@@ -289,10 +289,26 @@ fn fused_attention_on_wgpu_equals_the_flex_twins() {
             .collect();
         [host(o), lse, host(dq), host(dk), host(dv)]
     };
-    let (g, f) = (on(&gpu), on(&Device::flex()));
-    for (name, (a, b)) in ["o", "lse", "dq", "dk", "dv"].iter().zip(g.iter().zip(&f)) {
-        assert_close(name, a, b, 1e-4);
+    // The adapter's own tuning, then the GPU tuning (the block forward, at one tile per
+    // dispatch: three chunks). The tuning is process-wide: a test running beside this one may
+    // run either build, both of which are tested.
+    use e2llm_kernels::attention::{set_tuning, tuning, Tuning};
+    let own = tuning();
+    let f = on(&Device::flex());
+    for t in [
+        own,
+        Tuning {
+            tiles_per_dispatch: 1,
+            ..Tuning::GPU
+        },
+    ] {
+        set_tuning(t);
+        let g = on(&gpu);
+        for (name, (a, b)) in ["o", "lse", "dq", "dk", "dv"].iter().zip(g.iter().zip(&f)) {
+            assert_close(&format!("{name} {t:?}"), a, b, 1e-4);
+        }
     }
+    set_tuning(own);
 }
 
 #[test]

@@ -207,6 +207,15 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     );
     assert_eq!(Tuning::for_adapter("", false), Tuning::CPU_RASTER);
     assert_eq!(Tuning::parse("gpu"), Ok(Tuning::GPU));
+    assert!(Tuning::GPU.block_forward(64) && !Tuning::GPU.block_forward(48));
+    assert!(!Tuning::CPU_RASTER.block_forward(64));
+    assert_eq!(
+        Tuning::parse("gpu, block=0"),
+        Ok(Tuning {
+            block: false,
+            ..Tuning::GPU
+        })
+    );
     assert_eq!(
         Tuning::parse("rows=1, tiles=16"),
         Ok(Tuning {
@@ -220,6 +229,7 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
         ("tiles=0", "at least 1"),
         ("rows", "key=value"),
         ("depth=3", "unknown key"),
+        ("gpu,block=2", "0 or 1"),
         ("rows=x", "whole number"),
     ] {
         let e = Tuning::parse(bad).expect_err(bad);
@@ -228,7 +238,8 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
 }
 
 /// The attention builds the GPU tests run on one adapter at head width `d`: the adapter's own
-/// (`own`), the GPU build (rows by head width) and each fixed rows-per-invocation, these with
+/// (`own`), the GPU build (rows by head width, the block forward at widths that are multiples
+/// of 32) and each fixed rows-per-invocation, these with
 /// short chunks (several dispatches per loop at these lengths) — each distinct build once (8
 /// rows fall back to 4 past width 32).
 fn tunings(
@@ -247,7 +258,14 @@ fn tunings(
             ..Tuning::CPU_RASTER
         }));
     }
-    let build = |t: &Tuning| (t.forward_rows(d), t.backward_rows(d), t.tiles_per_dispatch);
+    let build = |t: &Tuning| {
+        (
+            t.forward_rows(d),
+            t.backward_rows(d),
+            t.tiles_per_dispatch,
+            t.block_forward(d),
+        )
+    };
     let mut seen = Vec::new();
     all.retain(|t| {
         let b = build(t);

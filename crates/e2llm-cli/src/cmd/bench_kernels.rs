@@ -43,7 +43,8 @@ pub struct KernelArgs {
     max_matrix_mib: usize,
     /// How the attention kernels are built: `auto` (for the adapter), `cpu` (8 rows per
     /// invocation up to head width 32, else 4; 8 tiles per dispatch), `gpu` (fewer rows by head
-    /// width, 64 tiles), or `rows=R,tiles=T` (R = 1, 2, 4 or 8).
+    /// width, 64 tiles, the block forward), or either followed by (or alone) `rows=R`
+    /// (1, 2, 4 or 8), `tiles=T`, `block=0|1` (e.g. `gpu,block=0`).
     #[arg(long, default_value = "auto")]
     tuning: String,
     /// Only the decode-step table (one query against a cache of each length).
@@ -176,11 +177,15 @@ pub fn run(a: KernelArgs) -> Result<()> {
     let mut rows = Vec::new();
     println!(
         "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps after {} warm-up; \
-         rows per invocation: forward {}, backward {}; {} tiles per dispatch\n",
+         forward: {}; rows per invocation: backward {}; {} tiles per dispatch\n",
         adapter,
         a.reps,
         a.warmup,
-        tuning.forward_rows(d),
+        if tuning.block_forward(d) {
+            "block (64 queries per workgroup)".to_string()
+        } else {
+            format!("{} rows per invocation", tuning.forward_rows(d))
+        },
         tuning.backward_rows(d),
         tuning.tiles_per_dispatch
     );
@@ -376,7 +381,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let json = serde_json::json!({
             "adapter": adapter, "forward_rows": tuning.forward_rows(d),
             "backward_rows": tuning.backward_rows(d),
-            "tiles_per_dispatch": tuning.tiles_per_dispatch, "heads": h, "kv_heads": hkv, "head_dim": d,
+            "tiles_per_dispatch": tuning.tiles_per_dispatch, "block_forward": tuning.block_forward(d), "heads": h, "kv_heads": hkv, "head_dim": d,
             "reps": a.reps, "warmup": a.warmup, "results": rows, "decode": decode,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())

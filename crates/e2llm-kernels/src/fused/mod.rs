@@ -84,14 +84,33 @@ impl WgslKernel {
     }
 }
 
+/// How cubecl builds our WGSL: unchecked — wgpu then leaves out its forced loop bounding
+/// (a counter and a test added to every loop, which also keeps a GPU compiler from unrolling
+/// constant-trip loops and so from holding the kernels' private arrays in registers). Every
+/// loop in `shaders/` ends by its own bound (constants and `Params`), and cubecl never asks
+/// wgpu for bounds checks on WGSL in either mode. `E2LLM_WGSL_CHECKED=1` builds them checked,
+/// to measure the difference.
+pub fn execution_mode() -> ExecutionMode {
+    static MODE: std::sync::OnceLock<ExecutionMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        if std::env::var("E2LLM_WGSL_CHECKED").is_ok_and(|v| v == "1") {
+            ExecutionMode::Checked
+        } else {
+            ExecutionMode::Unchecked
+        }
+    })
+}
+
 impl KernelMetadata for WgslKernel {
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((
-            self.shader.name,
-            self.entry,
-            self.spec.rows,
-            self.spec.head_dim,
-        ))
+        KernelId::new::<Self>()
+            .info((
+                self.shader.name,
+                self.entry,
+                self.spec.rows,
+                self.spec.head_dim,
+            ))
+            .mode(execution_mode())
     }
 
     fn address_type(&self) -> ElemType {
@@ -104,7 +123,7 @@ impl CubeKernel for WgslKernel {
         // The WGSL is the kernel; the definition only keys cubecl's caches and checks limits.
         let settings = KernelSettings::new(
             CubeDim::new_1d(self.workgroup).into(),
-            ExecutionMode::Checked,
+            execution_mode(),
             AddressType::U32,
         );
         KernelDefinition {
