@@ -36,9 +36,6 @@
 //                      per workgroup, two invocations per query, keys 16 at a time (see its
 //                      comment below); the same outputs, chunks and state as attention_fwd.
 //   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.
-//   attention_bwd_dq_block grid as attention_fwd_block: dq for GPUs (head width 32 or 64).
-//   attention_bwd_dkv_block grid (⌈Skv/64⌉, Hkv, B), workgroups of 128: dk, dv for GPUs (head
-//                      width 32 or 64), 64 keys per workgroup.
 //   attention_bwd_dq   grid (⌈Sq/(64·QB)⌉ − first_block(), Hq, B): 64·QB queries; loops over key
 //                      tiles (as the forward); writes dq.
 //   attention_bwd_dkv  grid (⌈Skv/(64·QB)⌉, Hkv, B): 64·QB keys; loops over query tiles of each head of
@@ -374,14 +371,14 @@ const HALF_D: u32 = HD / 2u;
 const PS0: u32 = 512u;
 const MS0: u32 = 512u;
 
-// Where dimension dd of tile key kk lies in ts: column-major, XOR-swizzled.
+// Where dimension dd (of the chunk) of tile key kk lies in ts: column-major, XOR-swizzled.
 fn ks_at(dd: u32, kk: u32) -> u32 {
     return dd * BC + (kk ^ (dd & 15u));
 }
 
 // Loads dimensions [dc, dc + 32) of the tile's keys t0 .. t0 + BC of kv head kvh, rotated, into
-// ts at dimensions [at, at + 32) (zero past Skv).
-fn load_k_chunk(t0: u32, dc: u32, at: u32, kvh: u32, lid: u32) {
+// ts (zero past Skv).
+fn load_k_chunk(t0: u32, dc: u32, kvh: u32, lid: u32) {
     for (var e = lid; e < BC * 32u; e = e + BT) {
         let kk = e / 32u;
         let dd = e % 32u;
@@ -396,7 +393,7 @@ fn load_k_chunk(t0: u32, dc: u32, at: u32, kvh: u32, lid: u32) {
             let x1 = k[base + j + HALF_D];
             x = select(x0 * cs.x - x1 * cs.y, x1 * cs.x + x0 * cs.y, dim >= HALF_D);
         }
-        ts[ks_at(at + dd, kk)] = x;
+        ts[ks_at(dd, kk)] = x;
     }
 }
 
@@ -456,7 +453,7 @@ fn attention_fwd_block(@builtin(workgroup_id) wid: vec3<u32>,
         var s: array<f32, 8>;
         for (var dc = 0u; dc < HD; dc = dc + 32u) {
             workgroupBarrier();
-            load_k_chunk(t0, dc, 0u, kvh, lid);
+            load_k_chunk(t0, dc, kvh, lid);
             workgroupBarrier();
             for (var dd = 0u; dd < 32u; dd = dd + 1u) {
                 let qv = qr[dc + dd];
@@ -522,250 +519,6 @@ fn attention_fwd_block(@builtin(workgroup_id) wid: vec3<u32>,
         if (!fin) {
             stats[so + 2u * hn + h * p.sq + qi] = l_row;
         }
-    }
-}
-
-// dq for GPUs (attention_bwd_dq_block; head widths 32 and 64): the forward's layout — 128
-// invocations share 64 queries, keys 16 at a time — with the whole K tile in ts (rotated, once
-// per workgroup) and V in 32-wide chunks in us. Invocation (r, half) scores 8 of the tile's keys
-// (s and dO·v from the known lse and δ: no row exchange), writes dS to us, then adds
-// Σ_c dS_c k'_c into the dimensions it owns: pairs (j, j + D/2) for j in half's quarter of
-// [0, D/2), so the last chunk rotates its own pairs back. Same chunks and stored sums as
-// attention_bwd_dq.
-@compute @workgroup_size(128)
-fn attention_bwd_dq_block(@builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
-    set_batch(wid.z);
-    let h = wid.y;
-    let kvh = h / (p.hq / p.hkv);
-    let q_first = (first_block_of(BR) + zigzag(wid.x, nwg.x)) * BR;
-    let r = lid / 2u;
-    let half = lid % 2u;
-    let qi = q_first + r;
-    let live = qi < p.sq;
-    let past = p.skv - p.sq;
-    let base_q = qo + (qi * p.hq + h) * HD;
-    // g[a] and g[D/4 + a] sum dq's dimensions j = half·D/4 + a and j + D/2.
-    let j0 = half * (HD / 4u);
-
-    var qr: array<f32, HD>;
-    var dor: array<f32, HD>;
-    var g: array<f32, HALF_D>;
-    var lse = 0.0;
-    var delta = 0.0;
-    if (live) {
-        for (var j = 0u; j < HALF_D; j = j + 1u) {
-            let pr = q_pair(qi, h, j);
-            qr[j] = pr.x;
-            qr[j + HALF_D] = pr.y;
-        }
-        for (var j = 0u; j < HD; j = j + 1u) {
-            dor[j] = d_o[base_q + j];
-        }
-        if (p.c_begin > 0u) {
-            for (var a = 0u; a < HD / 4u; a = a + 1u) {
-                g[a] = dq[base_q + j0 + a];
-                g[HD / 4u + a] = dq[base_q + j0 + a + HALF_D];
-            }
-        }
-        lse = stats[so + h * p.sq + qi];
-        delta = stats[so + p.hq * p.sq + h * p.sq + qi];
-    }
-    let lim = select(0u, past + qi + 1u, live);
-    let kn = past + min(q_first + BR, p.sq);
-    let t_end = min(p.c_end, kn);
-    for (var t0 = p.c_begin; t0 < t_end; t0 = t0 + BC) {
-        var s: array<f32, 8>;
-        var dp: array<f32, 8>;
-        workgroupBarrier();
-        for (var dc = 0u; dc < HD; dc = dc + 32u) {
-            load_k_chunk(t0, dc, dc, kvh, lid);
-        }
-        for (var dc = 0u; dc < HD; dc = dc + 32u) {
-            if (dc > 0u) {
-                workgroupBarrier();
-            }
-            load_v_chunk(t0, dc, kvh, lid);
-            workgroupBarrier();
-            for (var dd = 0u; dd < 32u; dd = dd + 1u) {
-                let dim = dc + dd;
-                let qv = qr[dim];
-                let ov = dor[dim];
-                let row = dim * BC;
-                let sw = dim & 15u;
-                for (var c = 0u; c < 8u; c = c + 1u) {
-                    let kk = half * 8u + c;
-                    s[c] = s[c] + qv * ts[row + (kk ^ sw)];
-                    dp[c] = dp[c] + ov * us[kk * 32u + dd];
-                }
-            }
-        }
-        for (var c = 0u; c < 8u; c = c + 1u) {
-            let seen = t0 + half * 8u + c < lim;
-            let w = select(0.0, exp(s[c] - lse) * (dp[c] - delta), seen);
-            us[PS0 + r * 17u + half * 8u + c] = w;
-        }
-        workgroupBarrier();
-        for (var c = 0u; c < BC; c = c + 1u) {
-            let w = us[PS0 + r * 17u + c];
-            for (var a = 0u; a < HD / 4u; a = a + 1u) {
-                let d0 = j0 + a;
-                let d1 = d0 + HALF_D;
-                g[a] = g[a] + w * ts[ks_at(d0, c)];
-                g[HD / 4u + a] = g[HD / 4u + a] + w * ts[ks_at(d1, c)];
-            }
-        }
-    }
-    if (!live) {
-        return;
-    }
-    for (var a = 0u; a < HD / 4u; a = a + 1u) {
-        let d0 = j0 + a;
-        var x0 = g[a];
-        var x1 = g[HD / 4u + a];
-        if (p.last == 1u) {
-            let cs = rot(qpos(qi), d0, -1.0);
-            x0 = x0 * p.scale;
-            x1 = x1 * p.scale;
-            let y0 = x0 * cs.x - x1 * cs.y;
-            x1 = x1 * cs.x + x0 * cs.y;
-            x0 = y0;
-        }
-        dq[base_q + d0] = x0;
-        dq[base_q + d0 + HALF_D] = x1;
-    }
-}
-
-// dk and dv for GPUs (attention_bwd_dkv_block; head widths 32 and 64): 128 invocations share 64
-// keys — invocation (r, half) holds key r's rotated k and its v in registers — and loop over
-// (query head of the group, tile of 16 queries) as attention_bwd_dkv does. Per tile: the
-// queries rotated and scaled into ts and their dO into us (whole head width), each invocation
-// scores 8 of the tile's queries (P from the stored lse, dS from δ), writes P to us and dS to
-// ts (rows XOR-swizzled), then adds Σ P dO and Σ dS q' into the dimension pairs (j, j + D/2) it
-// owns, as attention_bwd_dq_block. Same chunks and stored sums as attention_bwd_dkv.
-@compute @workgroup_size(128)
-fn attention_bwd_dkv_block(@builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
-    set_batch(wid.z);
-    let kvh = wid.y;
-    let group = p.hq / p.hkv;
-    let past = p.skv - p.sq;
-    let k_first = zigzag(wid.x, nwg.x) * BR;
-    let r = lid / 2u;
-    let half = lid % 2u;
-    let kj = k_first + r;
-    let live = kj < p.skv;
-    let kb = (kj * p.hkv + kvh) * HD;
-    let j0 = half * (HD / 4u);
-    // P and dS of the tile: row r (this key) at r·16, query columns XOR-swizzled by r.
-    let prow = r * BC;
-    let pw = r & 15u;
-
-    var kr: array<f32, HD>;
-    var vr: array<f32, HD>;
-    var gk: array<f32, HALF_D>;
-    var gv: array<f32, HALF_D>;
-    if (live) {
-        for (var j = 0u; j < HALF_D; j = j + 1u) {
-            let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[ko + kb + j];
-            let x1 = k[ko + kb + j + HALF_D];
-            kr[j] = x0 * cs.x - x1 * cs.y;
-            kr[j + HALF_D] = x1 * cs.x + x0 * cs.y;
-        }
-        for (var j = 0u; j < HD; j = j + 1u) {
-            vr[j] = v[ko + kb + j];
-        }
-        if (p.c_begin > 0u) {
-            for (var a = 0u; a < HD / 4u; a = a + 1u) {
-                gk[a] = dkv[ko + kb + j0 + a];
-                gk[HD / 4u + a] = dkv[ko + kb + j0 + a + HALF_D];
-                gv[a] = dkv[dv_at(kb + j0 + a)];
-                gv[HD / 4u + a] = dkv[dv_at(kb + j0 + a + HALF_D)];
-            }
-        }
-    }
-    // Queries that see the first key of this workgroup: i ≥ k_first − past.
-    let q_start = select(0u, k_first - past, k_first > past);
-    let first = q_start - q_start % BC;
-    let n_tiles = (p.sq - first + BC - 1u) / BC;
-    for (var it = p.c_begin; it < min(group * n_tiles, p.c_end); it = it + 1u) {
-        let h = kvh * group + it / n_tiles;
-        let t0 = first + (it % n_tiles) * BC;
-        workgroupBarrier();
-        for (var e = lid; e < BC * HALF_D; e = e + BT) {
-            let qq = e / HALF_D;
-            let j = e % HALF_D;
-            var pr = vec2<f32>(0.0);
-            if (t0 + qq < p.sq) {
-                pr = q_pair(t0 + qq, h, j);
-            }
-            ts[ks_at(j, qq)] = pr.x;
-            ts[ks_at(j + HALF_D, qq)] = pr.y;
-        }
-        for (var e = lid; e < BC * HD; e = e + BT) {
-            let qi = t0 + e / HD;
-            var x = 0.0;
-            if (qi < p.sq) {
-                x = d_o[qo + (qi * p.hq + h) * HD + e % HD];
-            }
-            us[e] = x;
-        }
-        workgroupBarrier();
-        var s: array<f32, 8>;
-        var dp: array<f32, 8>;
-        for (var dim = 0u; dim < HD; dim = dim + 1u) {
-            let kv = kr[dim];
-            let vv = vr[dim];
-            let row = dim * BC;
-            let sw = dim & 15u;
-            for (var c = 0u; c < 8u; c = c + 1u) {
-                let qq = half * 8u + c;
-                s[c] = s[c] + kv * ts[row + (qq ^ sw)];
-                dp[c] = dp[c] + vv * us[qq * HD + dim];
-            }
-        }
-        for (var c = 0u; c < 8u; c = c + 1u) {
-            let qq = half * 8u + c;
-            let qi = t0 + qq;
-            let qs = min(qi, p.sq - 1u);
-            let seen = live && qi < p.sq && kj <= past + qi;
-            let pij = select(0.0, exp(s[c] - stats[so + h * p.sq + qs]), seen);
-            let ds = pij * (dp[c] - stats[so + p.hq * p.sq + h * p.sq + qs]);
-            us[1024u + prow + (qq ^ pw)] = pij;
-            ts[1024u + prow + (qq ^ pw)] = ds;
-        }
-        workgroupBarrier();
-        for (var c = 0u; c < BC; c = c + 1u) {
-            let pc = us[1024u + prow + (c ^ pw)];
-            let dc = ts[1024u + prow + (c ^ pw)];
-            for (var a = 0u; a < HD / 4u; a = a + 1u) {
-                let d0 = j0 + a;
-                let d1 = d0 + HALF_D;
-                gv[a] = gv[a] + pc * us[c * HD + d0];
-                gv[HD / 4u + a] = gv[HD / 4u + a] + pc * us[c * HD + d1];
-                gk[a] = gk[a] + dc * ts[ks_at(d0, c)];
-                gk[HD / 4u + a] = gk[HD / 4u + a] + dc * ts[ks_at(d1, c)];
-            }
-        }
-    }
-    if (!live) {
-        return;
-    }
-    for (var a = 0u; a < HD / 4u; a = a + 1u) {
-        let d0 = j0 + a;
-        dkv[dv_at(kb + d0)] = gv[a];
-        dkv[dv_at(kb + d0 + HALF_D)] = gv[HD / 4u + a];
-        var x0 = gk[a];
-        var x1 = gk[HD / 4u + a];
-        if (p.last == 1u) {
-            let cs = rot(kpos(kj), d0, -1.0);
-            let y0 = x0 * cs.x - x1 * cs.y;
-            x1 = x1 * cs.x + x0 * cs.y;
-            x0 = y0;
-        }
-        dkv[ko + kb + d0] = x0;
-        dkv[ko + kb + d0 + HALF_D] = x1;
     }
 }
 

@@ -25,9 +25,8 @@ pub struct Tuning {
     pub by_width: ByWidth,
     /// Prefill forwards at head widths that are multiples of 32 run `attention_fwd_block` (a
     /// workgroup of 128 invocations shares 64 queries: many invocations per query) instead of
-    /// `attention_fwd` (QB queries per invocation), and the backward at widths 32 and 64
-    /// the `_block` dq and dk/dv kernels: for GPUs, whose cores the per-invocation kernels fill only at
-    /// tens of thousands of queries.
+    /// `attention_fwd` (QB queries per invocation): for GPUs, whose cores the latter fills only
+    /// at tens of thousands of queries.
     pub block: bool,
 }
 
@@ -109,13 +108,6 @@ impl Tuning {
     /// Whether the prefill forward at head width `d` runs `attention_fwd_block`.
     pub fn block_forward(self, d: usize) -> bool {
         self.block && d.is_multiple_of(32)
-    }
-
-    /// Whether the backward at head width `d` runs `attention_bwd_dq_block` and
-    /// `attention_bwd_dkv_block` (their invocations hold two rows of the head width in registers:
-    /// widths 32 and 64).
-    pub fn block_backward(self, d: usize) -> bool {
-        self.block && (d == 32 || d == 64)
     }
 
     /// Parses `E2LLM_ATTENTION`-style text: `cpu` or `gpu`, then (or alone) `rows=R`,
@@ -322,9 +314,7 @@ pub const ENTRIES: &[(&str, &[Slot])] = &[
     ("attention_fwd_block", FWD),
     ("attention_bwd_prep", PREP),
     ("attention_bwd_dq", DQ),
-    ("attention_bwd_dq_block", DQ),
     ("attention_bwd_dkv", DKV),
-    ("attention_bwd_dkv_block", DKV),
     ("attention_decode", DECODE),
     ("attention_decode_combine", COMBINE),
 ];
@@ -496,53 +486,16 @@ pub fn backward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Lau
         spec,
     )];
     let tile = tile_rows(s.head_dim);
-    if t.block_backward(s.head_dim) {
-        let per = (tile * t.tiles_per_dispatch).div_ceil(BLOCK_KEYS);
-        for (begin, end, last) in chunks(s.skv, BLOCK_KEYS, per) {
-            plan.push(Launch {
-                workgroup: 128,
-                ..launch(
-                    "attention_bwd_dq_block",
-                    DQ,
-                    params(s, batch, begin, end, last),
-                    (query_blocks(s, BLOCK_QUERIES, begin, last), s.hq as u32, b),
-                    spec,
-                )
-            });
-        }
-    } else {
-        for (begin, end, last) in chunks(s.skv, tile, t.tiles_per_dispatch) {
-            plan.push(launch(
-                "attention_bwd_dq",
-                DQ,
-                params(s, batch, begin, end, last),
-                (query_blocks(s, 64 * rows, begin, last), s.hq as u32, b),
-                spec,
-            ));
-        }
+    for (begin, end, last) in chunks(s.skv, tile, t.tiles_per_dispatch) {
+        plan.push(launch(
+            "attention_bwd_dq",
+            DQ,
+            params(s, batch, begin, end, last),
+            (query_blocks(s, 64 * rows, begin, last), s.hq as u32, b),
+            spec,
+        ));
     }
     // dk/dv loop over (query head of the group, query tile): group · ⌈Sq / tile⌉ steps.
-    if t.block_backward(s.head_dim) {
-        let steps = (s.hq / s.hkv) * s.sq.div_ceil(BLOCK_KEYS);
-        let per = (tile * t.tiles_per_dispatch).div_ceil(BLOCK_KEYS);
-        for (begin, end, last) in chunks(steps, 1, per) {
-            plan.push(Launch {
-                workgroup: 128,
-                ..launch(
-                    "attention_bwd_dkv_block",
-                    DKV,
-                    params(s, batch, begin, end, last),
-                    (
-                        (s.skv as u32).div_ceil(BLOCK_QUERIES as u32),
-                        s.hkv as u32,
-                        b,
-                    ),
-                    spec,
-                )
-            });
-        }
-        return plan;
-    }
     let steps = (s.hq / s.hkv) * s.sq.div_ceil(tile);
     for (begin, end, last) in chunks(steps, 1, t.tiles_per_dispatch) {
         plan.push(launch(

@@ -264,7 +264,6 @@ fn tunings(
             t.backward_rows(d),
             t.tiles_per_dispatch,
             t.block_forward(d),
-            t.block_backward(d),
         )
     };
     let mut seen = Vec::new();
