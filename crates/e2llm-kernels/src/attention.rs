@@ -23,10 +23,10 @@ pub struct Tuning {
     pub tiles_per_dispatch: usize,
     /// The rule `rows: 0` follows.
     pub by_width: ByWidth,
-    /// Prefill forwards at head widths that are multiples of 32 run `attention_fwd_block` (a
-    /// workgroup of 128 invocations shares 64 queries: many invocations per query) instead of
-    /// `attention_fwd` (QB queries per invocation): for GPUs, whose cores the latter fills only
-    /// at tens of thousands of queries.
+    /// Prefill forwards that would give `attention_fwd` (QB queries per invocation) few
+    /// workgroups run `attention_fwd_block` (a workgroup of 128 invocations shares 64 queries:
+    /// many invocations per query) at head widths that are multiples of 32: for GPUs, whose
+    /// cores `attention_fwd` fills only with many workgroups ([`Tuning::block_forward`]).
     pub block: bool,
 }
 
@@ -105,9 +105,14 @@ impl Tuning {
         }
     }
 
-    /// Whether the prefill forward at head width `d` runs `attention_fwd_block`.
-    pub fn block_forward(self, d: usize) -> bool {
-        self.block && d.is_multiple_of(32)
+    /// Whether the prefill forward of `batch` sequences of shape `s` runs
+    /// `attention_fwd_block`: with [`Self::block`] set, at head widths that are multiples of
+    /// 32, when the rows-per-invocation forward would launch fewer than
+    /// [`BLOCK_BELOW_GROUPS`] workgroups.
+    pub fn block_forward(self, s: AttentionShape, batch: usize) -> bool {
+        let d = s.head_dim;
+        let groups = s.sq.div_ceil(64 * self.forward_rows(d)) * s.hq * batch;
+        self.block && d.is_multiple_of(32) && groups < BLOCK_BELOW_GROUPS
     }
 
     /// Parses `E2LLM_ATTENTION`-style text: `cpu` or `gpu`, then (or alone) `rows=R`,
@@ -376,6 +381,12 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
     ]
 }
 
+/// Below this many workgroups of `attention_fwd` a GPU tuning runs `attention_fwd_block`.
+/// Measured on an H100 (132 multiprocessors; BENCHMARKS.md), forward ms block vs rows: 4 heads
+/// of 32 at 4k tokens (64 workgroups of rows) 1.5 vs 3.7, at 16k (256) 11.7 vs 14.0, at 64k
+/// (1,024) 128 vs 110; 32 heads of 64 at 4k (1,024) 23.3 vs 12.3.
+pub const BLOCK_BELOW_GROUPS: usize = 512;
+
 /// Queries per workgroup of `attention_fwd_block` (`BR` in the shader).
 pub const BLOCK_QUERIES: usize = 64;
 /// Keys per tile of `attention_fwd_block` (`BC`): its chunks of the key loop are multiples.
@@ -428,7 +439,7 @@ pub fn forward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Laun
             ),
         ];
     }
-    if t.block_forward(s.head_dim) {
+    if t.block_forward(s, batch) {
         // As many keys per dispatch as the rows-per-invocation forward's chunks hold, in whole
         // tiles of BLOCK_KEYS.
         let per = (tile_rows(s.head_dim) * t.tiles_per_dispatch).div_ceil(BLOCK_KEYS);

@@ -207,8 +207,23 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     );
     assert_eq!(Tuning::for_adapter("", false), Tuning::CPU_RASTER);
     assert_eq!(Tuning::parse("gpu"), Ok(Tuning::GPU));
-    assert!(Tuning::GPU.block_forward(64) && !Tuning::GPU.block_forward(48));
-    assert!(!Tuning::CPU_RASTER.block_forward(64));
+    // The block forward: GPUs, widths that are multiples of 32, few rows-kernel workgroups.
+    let shape = |sq: usize, hq: usize, head_dim: usize| AttentionShape {
+        sq,
+        skv: sq,
+        hq,
+        hkv: 1,
+        head_dim,
+        scale: 1.0,
+        g: 1.0,
+        factor: 1.0,
+    };
+    assert!(Tuning::GPU.block_forward(shape(4096, 4, 32), 1));
+    assert!(!Tuning::GPU.block_forward(shape(4096, 4, 48), 1));
+    assert!(!Tuning::GPU.block_forward(shape(65536, 4, 32), 1));
+    assert!(!Tuning::GPU.block_forward(shape(4096, 4, 32), 8));
+    assert!(!Tuning::GPU.block_forward(shape(4096, 32, 64), 1));
+    assert!(!Tuning::CPU_RASTER.block_forward(shape(4096, 4, 32), 1));
     assert_eq!(
         Tuning::parse("gpu, block=0"),
         Ok(Tuning {
@@ -263,7 +278,7 @@ fn tunings(
             t.forward_rows(d),
             t.backward_rows(d),
             t.tiles_per_dispatch,
-            t.block_forward(d),
+            t.block && d.is_multiple_of(32),
         )
     };
     let mut seen = Vec::new();

@@ -175,14 +175,19 @@ pub fn run(a: KernelArgs) -> Result<()> {
         .collect();
     let timing = (a.warmup, a.reps);
     let mut rows = Vec::new();
+    let mut block_lengths = Vec::new();
     println!(
         "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps after {} warm-up; \
          forward: {}; rows per invocation: backward {}; {} tiles per dispatch\n",
         adapter,
         a.reps,
         a.warmup,
-        if tuning.block_forward(d) {
-            "block (64 queries per workgroup)".to_string()
+        if tuning.block && d.is_multiple_of(32) {
+            format!(
+                "block (64 queries per workgroup) below {} workgroups of {} rows per invocation",
+                e2llm_kernels::attention::BLOCK_BELOW_GROUPS,
+                tuning.forward_rows(d)
+            )
         } else {
             format!("{} rows per invocation", tuning.forward_rows(d))
         },
@@ -316,11 +321,23 @@ pub fn run(a: KernelArgs) -> Result<()> {
             plain_bwd.ratio(&fwd_bwd),
             burn_attn.ratio(&fwd)
         );
+        let kernel = if tuning.block_forward(shape, 1) {
+            block_lengths.push(s.to_string());
+            "block"
+        } else {
+            "rows"
+        };
         rows.push(serde_json::json!({
-            "length": s, "e2llm_fwd_ms": fwd.json(), "e2llm_fwd_bwd_ms": fwd_bwd.json(),
+            "length": s, "forward_kernel": kernel, "e2llm_fwd_ms": fwd.json(), "e2llm_fwd_bwd_ms": fwd_bwd.json(),
             "e2llm_mib": ours_mib, "plain_fwd_ms": plain.json(), "plain_fwd_bwd_ms": plain_bwd.json(),
             "plain_matrix_mib": matrix_mib, "burn_attention_fwd_ms": burn_attn.json(),
         }));
+    }
+    if !block_lengths.is_empty() {
+        println!(
+            "\nForward by the block kernel at: {}.",
+            block_lengths.join(", ")
+        );
     }
     println!(
         "\ne2llm's kernel also applies RoPE to q and k inside; the references get pre-rotated inputs. \
@@ -381,7 +398,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let json = serde_json::json!({
             "adapter": adapter, "forward_rows": tuning.forward_rows(d),
             "backward_rows": tuning.backward_rows(d),
-            "tiles_per_dispatch": tuning.tiles_per_dispatch, "block_forward": tuning.block_forward(d), "heads": h, "kv_heads": hkv, "head_dim": d,
+            "tiles_per_dispatch": tuning.tiles_per_dispatch, "block": tuning.block, "heads": h, "kv_heads": hkv, "head_dim": d,
             "reps": a.reps, "warmup": a.warmup, "results": rows, "decode": decode,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
