@@ -32,7 +32,8 @@
 //                      writes o, lse. Blocks with no key in the chunk are not launched (but the
 //                      last chunk finishes every block); each block's tile loop runs the whole chunk.
 //   attention_fwd_block grid (⌈Sq/64⌉ − first_block_of(64), Hq, B), workgroups of 128: the
-//                      forward for GPUs (head width a multiple of 32): 64 queries of one head
+//                      forward for GPUs (head width a multiple of 32; the host runs it at 32
+//                      when attention_fwd would get few workgroups): 64 queries of one head
 //                      per workgroup, two invocations per query, keys 16 at a time (see its
 //                      comment below); the same outputs, chunks and state as attention_fwd.
 //   attention_bwd_prep grid (⌈Sq·Hq/64⌉, 1, B): writes δ.

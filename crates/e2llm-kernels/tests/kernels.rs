@@ -207,7 +207,7 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     );
     assert_eq!(Tuning::for_adapter("", false), Tuning::CPU_RASTER);
     assert_eq!(Tuning::parse("gpu"), Ok(Tuning::GPU));
-    // The block forward: GPUs, widths that are multiples of 32, few rows-kernel workgroups.
+    // The block forward: GPUs, head width 32, few rows-kernel workgroups.
     let shape = |sq: usize, hq: usize, head_dim: usize| AttentionShape {
         sq,
         skv: sq,
@@ -223,6 +223,7 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     assert!(!Tuning::GPU.block_forward(shape(65536, 4, 32), 1));
     assert!(!Tuning::GPU.block_forward(shape(4096, 4, 32), 8));
     assert!(!Tuning::GPU.block_forward(shape(4096, 32, 64), 1));
+    assert!(!Tuning::GPU.block_forward(shape(1024, 4, 64), 1));
     assert!(!Tuning::CPU_RASTER.block_forward(shape(4096, 4, 32), 1));
     assert_eq!(
         Tuning::parse("gpu, block=0"),
@@ -278,7 +279,7 @@ fn tunings(
             t.forward_rows(d),
             t.backward_rows(d),
             t.tiles_per_dispatch,
-            t.block && d.is_multiple_of(32),
+            t.block && d == e2llm_kernels::attention::BLOCK_WIDTH,
         )
     };
     let mut seen = Vec::new();

@@ -182,7 +182,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         adapter,
         a.reps,
         a.warmup,
-        if tuning.block && d.is_multiple_of(32) {
+        if tuning.block && d == e2llm_kernels::attention::BLOCK_WIDTH {
             format!(
                 "block (64 queries per workgroup) below {} workgroups of {} rows per invocation",
                 e2llm_kernels::attention::BLOCK_BELOW_GROUPS,
