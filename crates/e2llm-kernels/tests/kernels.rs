@@ -225,6 +225,19 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     assert!(!Tuning::GPU.block_forward(shape(4096, 32, 64), 1));
     assert!(!Tuning::GPU.block_forward(shape(1024, 4, 64), 1));
     assert!(!Tuning::CPU_RASTER.block_forward(shape(4096, 4, 32), 1));
+    // The GPU backward takes fewer rows while dq would get few workgroups (not on rasterisers,
+    // nor with rows fixed).
+    assert_eq!(Tuning::GPU.backward_rows_for(shape(4096, 4, 32), 1), 1);
+    assert_eq!(Tuning::GPU.backward_rows_for(shape(65536, 4, 32), 1), 2);
+    assert_eq!(
+        Tuning::CPU_RASTER.backward_rows_for(shape(4096, 4, 32), 1),
+        8
+    );
+    let fixed = Tuning {
+        rows: 2,
+        ..Tuning::GPU
+    };
+    assert_eq!(fixed.backward_rows_for(shape(4096, 4, 32), 1), 2);
     assert_eq!(
         Tuning::parse("gpu, block=0"),
         Ok(Tuning {

@@ -175,10 +175,13 @@ pub fn run(a: KernelArgs) -> Result<()> {
         .collect();
     let timing = (a.warmup, a.reps);
     let mut rows = Vec::new();
-    let mut block_lengths = Vec::new();
+    // Per length: the forward kernel and the backward's rows per invocation (both depend on
+    // the length under the GPU tuning).
+    let mut builds = Vec::new();
     println!(
         "attention, {h} query / {hkv} kv heads of {d}, causal; adapter: {}; {} timed reps after {} warm-up; \
-         forward: {}; rows per invocation: backward {}; {} tiles per dispatch\n",
+         forward: {}; backward: {} rows per invocation (the GPU tuning takes fewer below {} dq \
+         workgroups); {} tiles per dispatch\n",
         adapter,
         a.reps,
         a.warmup,
@@ -192,6 +195,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             format!("{} rows per invocation", tuning.forward_rows(d))
         },
         tuning.backward_rows(d),
+        e2llm_kernels::attention::BLOCK_BELOW_GROUPS,
         tuning.tiles_per_dispatch
     );
     println!(
@@ -322,21 +326,22 @@ pub fn run(a: KernelArgs) -> Result<()> {
             burn_attn.ratio(&fwd)
         );
         let kernel = if tuning.block_forward(shape, 1) {
-            block_lengths.push(s.to_string());
             "block"
         } else {
             "rows"
         };
+        let bwd_rows = tuning.backward_rows_for(shape, 1);
+        builds.push(format!("{s}: {kernel} / {bwd_rows}"));
         rows.push(serde_json::json!({
-            "length": s, "forward_kernel": kernel, "e2llm_fwd_ms": fwd.json(), "e2llm_fwd_bwd_ms": fwd_bwd.json(),
+            "length": s, "forward_kernel": kernel, "backward_rows": bwd_rows, "e2llm_fwd_ms": fwd.json(), "e2llm_fwd_bwd_ms": fwd_bwd.json(),
             "e2llm_mib": ours_mib, "plain_fwd_ms": plain.json(), "plain_fwd_bwd_ms": plain_bwd.json(),
             "plain_matrix_mib": matrix_mib, "burn_attention_fwd_ms": burn_attn.json(),
         }));
     }
-    if !block_lengths.is_empty() {
+    if !builds.is_empty() {
         println!(
-            "\nForward by the block kernel at: {}.",
-            block_lengths.join(", ")
+            "\nForward kernel / backward rows per invocation by length: {}.",
+            builds.join(", ")
         );
     }
     println!(
