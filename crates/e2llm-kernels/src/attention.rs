@@ -75,13 +75,14 @@ impl Tuning {
     }
 
     /// Rows per invocation of the backward of `batch` sequences of shape `s`: the width rule
-    /// ([`Self::backward_rows`]), halved on GPUs (rows by width) while dq would launch fewer
-    /// than [`BLOCK_BELOW_GROUPS`] workgroups — fewer rows, more invocations. On the H100, 4
-    /// heads of 32: backward 1.1 vs 1.5 ms at 1k tokens, 3.2 vs 4.6 at 4k (QB 1 vs 2), equal
-    /// at 8k (9.3 vs 9.2).
+    /// ([`Self::backward_rows`]), halved on GPUs (rows by width) for sequences of 1,024 tokens
+    /// and more while dq would launch fewer than [`BLOCK_BELOW_GROUPS`] workgroups — fewer
+    /// rows, more invocations. On the H100, 4 heads of 32: backward 1.1 vs 1.5 ms at 1k tokens,
+    /// 3.2 vs 4.6 at 4k (QB 1 vs 2), equal at 8k (9.3 vs 9.2); the 8 × 256 training step with
+    /// QB 1 once ran 0.90× the reference (1.11–1.16× with QB 2), hence the length floor.
     pub fn backward_rows_for(self, s: AttentionShape, batch: usize) -> usize {
         let mut rows = self.backward_rows(s.head_dim);
-        if self.rows == 0 && self.by_width == ByWidth::Gpu {
+        if self.rows == 0 && self.by_width == ByWidth::Gpu && s.sq >= 1024 {
             while rows > 1 && s.sq.div_ceil(64 * rows) * s.hq * batch < BLOCK_BELOW_GROUPS {
                 rows /= 2;
             }

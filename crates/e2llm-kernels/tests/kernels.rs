@@ -229,6 +229,7 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     // nor with rows fixed).
     assert_eq!(Tuning::GPU.backward_rows_for(shape(4096, 4, 32), 1), 1);
     assert_eq!(Tuning::GPU.backward_rows_for(shape(65536, 4, 32), 1), 2);
+    assert_eq!(Tuning::GPU.backward_rows_for(shape(256, 4, 32), 8), 2);
     assert_eq!(
         Tuning::CPU_RASTER.backward_rows_for(shape(4096, 4, 32), 1),
         8
