@@ -49,6 +49,25 @@ pub enum Method {
     },
 }
 
+impl std::fmt::Display for Method {
+    /// The method in words, as run headers print it (`E²-LLM (g ~ U{1..5}, per row)`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Method::None => write!(f, "none (train at L, no scaling)"),
+            Method::Pi { g } => write!(f, "PI (g = {g})"),
+            Method::Pose { s } => write!(f, "PoSE (s = {s})"),
+            Method::Yarn { factor } => write!(f, "YaRN (factor {factor})"),
+            Method::E2llm { g_max, per_batch } => write!(
+                f,
+                "E²-LLM (g ~ U{{1..{g_max}}}, per {})",
+                if per_batch { "batch" } else { "row" }
+            ),
+            Method::E2llmNoT { g_max } => write!(f, "E²-LLM without t (g ~ U{{1..{g_max}}})"),
+            Method::E2llmNoG { g } => write!(f, "E²-LLM without g (g = {g})"),
+        }
+    }
+}
+
 /// Model shape of a run started from scratch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

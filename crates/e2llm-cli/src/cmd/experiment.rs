@@ -298,11 +298,20 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         ),
     };
     println!(
-        "quickstart: {base}, extend it with E²-LLM ({} steps, {:?}), then find passkeys at \
-         {:?}× L. Output: {}",
+        "quickstart: {base}, extend it with {} for {} steps, then find passkeys at {}× L. \
+         Output: {}",
+        plan.arms
+            .iter()
+            .map(|a| a.method.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         plan.extend.steps,
-        plan.arms.iter().map(|a| a.method).collect::<Vec<_>>(),
-        plan.eval.passkey_multiples,
+        plan.eval
+            .passkey_multiples
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         a.out.display()
     );
     execute(&plan, &a.out, 1, "E²-LLM quickstart")?;
