@@ -195,6 +195,24 @@ pub struct AttentionShape {
     pub factor: f32,
 }
 
+impl AttentionShape {
+    /// `sq` queries over `skv` keys with `hq` query and `hkv` key/value heads of `head_dim`,
+    /// positions divided by `g`: the usual score scale `1 / sqrt(head_dim)` and no attention
+    /// factor (1). Set `scale` or `factor` after it where a call differs.
+    pub fn new(sq: usize, skv: usize, hq: usize, hkv: usize, head_dim: usize, g: f32) -> Self {
+        Self {
+            sq,
+            skv,
+            hq,
+            hkv,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            g,
+            factor: 1.0,
+        }
+    }
+}
+
 /// RoPE at every token's position / g, rotating q (`dir` 1) or undoing it (`dir` -1) on a
 /// `[tokens, heads, d]` array, as the attention kernels do to q and k.
 pub fn rotate(

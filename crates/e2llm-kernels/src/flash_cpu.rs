@@ -491,16 +491,7 @@ mod tests {
         let inv_freq: Vec<f32> = (0..d / 2)
             .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / d as f32))
             .collect();
-        let s = AttentionShape {
-            sq,
-            skv,
-            hq,
-            hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            g: 3.0,
-            factor: 1.0,
-        };
+        let s = AttentionShape::new(sq, skv, hq, hkv, d, 3.0);
         let args = Args {
             q: &q,
             k: &k,

@@ -81,16 +81,7 @@ fn attention_case(
         v: rand_vec(rng, skv * hkv * d, 1.0),
         qpos: kpos[skv - sq..].to_vec(),
         kpos,
-        s: AttentionShape {
-            sq,
-            skv,
-            hq,
-            hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            g,
-            factor: 1.0,
-        },
+        s: AttentionShape::new(sq, skv, hq, hkv, d, g),
         f: inv_freq(d, 10000.0),
     }
 }
@@ -208,16 +199,8 @@ fn attention_tuning_is_chosen_by_adapter_and_parsed_with_clear_errors() {
     assert_eq!(Tuning::for_adapter("", false), Tuning::CPU_RASTER);
     assert_eq!(Tuning::parse("gpu"), Ok(Tuning::GPU));
     // The block forward: GPUs, head width 32, few rows-kernel workgroups.
-    let shape = |sq: usize, hq: usize, head_dim: usize| AttentionShape {
-        sq,
-        skv: sq,
-        hq,
-        hkv: 1,
-        head_dim,
-        scale: 1.0,
-        g: 1.0,
-        factor: 1.0,
-    };
+    let shape =
+        |sq: usize, hq: usize, head_dim: usize| AttentionShape::new(sq, sq, hq, 1, head_dim, 1.0);
     assert!(Tuning::GPU.block_forward(shape(4096, 4, 32), 1));
     assert!(!Tuning::GPU.block_forward(shape(4096, 4, 48), 1));
     assert!(!Tuning::GPU.block_forward(shape(65536, 4, 32), 1));
@@ -765,16 +748,7 @@ fn attention_map_pools_the_weights_like_its_twin() {
         let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
         let kpos: Vec<f32> = (0..skv).map(|i| i as f32).collect();
         let qpos = kpos[skv - sq..].to_vec();
-        let s = AttentionShape {
-            sq,
-            skv,
-            hq,
-            hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            g,
-            factor: 1.0,
-        };
+        let s = AttentionShape::new(sq, skv, hq, hkv, d, g);
         let f = inv_freq(d, 10000.0);
         let want = cpu::attention_map(&q, &k, &qpos, &kpos, &f, s, w);
         let got = e2llm_kernels::attention::attention_map(&gpu, &q, &k, &v, &qpos, &kpos, &f, s, w)
@@ -806,16 +780,7 @@ fn long_context_prefill_runs_in_linear_memory() {
     let v = rand_vec(&mut rng, s * h * d, 1.0);
     let pos: Vec<f32> = (0..s).map(|i| i as f32).collect();
     let g = 64.0;
-    let shape = AttentionShape {
-        sq: s,
-        skv: s,
-        hq: h,
-        hkv: h,
-        head_dim: d,
-        scale: 1.0 / (d as f32).sqrt(),
-        g,
-        factor: 1.0,
-    };
+    let shape = AttentionShape::new(s, s, h, h, d, g);
     let f = inv_freq(d, 10000.0);
     let bufs = e2llm_kernels::attention::AttentionBuffers::new(
         &gpu,

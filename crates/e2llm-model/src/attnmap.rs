@@ -232,14 +232,15 @@ impl Llama {
             .rope
             .frequencies(cfg.head_dim(), cfg.max_position_embeddings, span);
         let shape = AttentionShape {
-            sq: n,
-            skv: n,
-            hq: cfg.num_attention_heads,
-            hkv: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim(),
-            scale: 1.0 / (cfg.head_dim() as f32).sqrt(),
-            g,
             factor: freqs.attention_scaling,
+            ..AttentionShape::new(
+                n,
+                n,
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim(),
+                g,
+            )
         };
         let window = MapWindow {
             head: spec.head,

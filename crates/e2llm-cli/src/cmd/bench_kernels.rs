@@ -212,16 +212,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
             rand(s * h * d),
         );
         let pos: Vec<f32> = (0..s).map(|i| i as f32).collect();
-        let shape = AttentionShape {
-            sq: s,
-            skv: s,
-            hq: h,
-            hkv,
-            head_dim: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            g: 1.0,
-            factor: 1.0,
-        };
+        let shape = AttentionShape::new(s, s, h, hkv, d, 1.0);
         let ours_mib = AttentionBuffers::bytes_for(shape, 1, true) as f64 / (1 << 20) as f64;
         let t = |data: &[f32], heads: usize| {
             Tensor::<4>::from_data(TensorData::new(data.to_vec(), [1, s, heads, d]), &device)
