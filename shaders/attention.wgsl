@@ -12,7 +12,8 @@
 //
 // Bindings (8 storage buffers at most per entry point: WebGPU's default limit). B sequences
 // (Params.batch, grid z) lie one after another in every buffer:
-//   0 q [B·Sq·Hq·D]  1 k [B·Skv·Hkv·D]  2 v [B·Skv·Hkv·D]
+//   0 q [B·Sq·Hq·D]  1 k [B·Skv·Hkv·D]  2 v [B·Skv·Hkv·D]   (k, v: f32, or f16 in the forward
+//   built for a half-precision KV cache — `kv_t` below; the backward is f32 only)
 //   3 aux = qpos [B·Sq] ++ kpos [B·Skv] ++ inv_freq [D/2]
 //   4 o [B·Sq·Hq·D]  5 stats = per sequence lse [Hq·Sq] ++ δ [Hq·Sq] ++ l [Hq·Sq]
 //   6 uniform Params  7 dO [B·Sq·Hq·D]
@@ -81,10 +82,15 @@ const TILE_FLOATS: u32 = 2048u;
 // writes the launch's head_dim here (Params.head_dim carries it too), so loops over a row run a
 // constant trip count and GPU compilers can keep the rows in registers. As written: 128.
 const HD: u32 = 128u;
+// The element type of the k and v buffers. e2llm_kernels::shaders::specialize rewrites this line
+// to f16 (and puts `enable f16;` first) for keys and values stored in half precision — an
+// inference option (a KV cache half the size, half the bytes read per key); every read goes
+// through k_at / v_at, so scores, softmax and sums stay f32 either way. As written: f32.
+alias kv_t = f32;
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> k: array<f32>;
-@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> k: array<kv_t>;
+@group(0) @binding(2) var<storage, read> v: array<kv_t>;
 @group(0) @binding(3) var<storage, read> aux: array<f32>;
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
@@ -106,6 +112,15 @@ fn set_batch(bi: u32) {
     qo = bi * p.sq * p.hq * HD;
     ko = bi * p.skv * p.hkv * HD;
     so = bi * 3u * p.hq * p.sq;
+}
+
+// Element i of k / v as f32 (a no-op for f32 buffers; f16 is widened exactly).
+fn k_at(i: u32) -> f32 {
+    return f32(k[i]);
+}
+
+fn v_at(i: u32) -> f32 {
+    return f32(v[i]);
 }
 
 // dv's offset in dkv: it follows every sequence's dk.
@@ -166,8 +181,8 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
         if (kj < p.skv) {
             let base = (kj * p.hkv + kvh) * d;
             let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[ko + base + j];
-            let x1 = k[ko + base + j + half];
+            let x0 = k_at(ko + base + j);
+            let x1 = k_at(ko + base + j + half);
             k0 = x0 * cs.x - x1 * cs.y;
             k1 = x1 * cs.x + x0 * cs.y;
         }
@@ -178,7 +193,7 @@ fn load_kv_tile(t0: u32, tile: u32, kvh: u32, lid: u32) {
         let kj = t0 + e / d;
         var val = 0.0;
         if (kj < p.skv) {
-            val = v[ko + (kj * p.hkv + kvh) * d + e % d];
+            val = v_at(ko + (kj * p.hkv + kvh) * d + e % d);
         }
         us[e] = val;
     }
@@ -390,8 +405,8 @@ fn load_k_chunk(t0: u32, dc: u32, kvh: u32, lid: u32) {
             let j = dim % HALF_D;
             let base = ko + (kj * p.hkv + kvh) * HD;
             let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[base + j];
-            let x1 = k[base + j + HALF_D];
+            let x0 = k_at(base + j);
+            let x1 = k_at(base + j + HALF_D);
             x = select(x0 * cs.x - x1 * cs.y, x1 * cs.x + x0 * cs.y, dim >= HALF_D);
         }
         ts[ks_at(dd, kk)] = x;
@@ -404,7 +419,7 @@ fn load_v_chunk(t0: u32, dc: u32, kvh: u32, lid: u32) {
         let kj = t0 + e / 32u;
         var x = 0.0;
         if (kj < p.skv) {
-            x = v[ko + (kj * p.hkv + kvh) * HD + dc + e % 32u];
+            x = v_at(ko + (kj * p.hkv + kvh) * HD + dc + e % 32u);
         }
         us[e] = x;
     }
@@ -555,8 +570,8 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         var s = 0.0;
         for (var j = 0u; j < half; j = j + 1u) {
             let cs = rot(kpos(kj), j, 1.0);
-            let x0 = k[ko + kb + j];
-            let x1 = k[ko + kb + j + half];
+            let x0 = k_at(ko + kb + j);
+            let x1 = k_at(ko + kb + j + half);
             s = s + qr[j] * (x0 * cs.x - x1 * cs.y) + qr[j + half] * (x1 * cs.x + x0 * cs.y);
         }
         let m_new = max(m, s);
@@ -564,7 +579,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let w = exp(s - m_new);
         l = l * corr + w;
         for (var j = 0u; j < d; j = j + 1u) {
-            acc[j] = acc[j] * corr + w * v[ko + kb + j];
+            acc[j] = acc[j] * corr + w * v_at(ko + kb + j);
         }
         m = m_new;
     }
@@ -780,13 +795,13 @@ fn dkv_begin(kr: ptr<function, array<RV, HD>>, vr: ptr<function, array<RV, HD>>,
     let base = (kj * p.hkv + kvh) * HD;
     for (var j = 0u; j < half; j = j + 1u) {
         let cs = rot(kpos(kj), j, 1.0);
-        let x0 = k[ko + base + j];
-        let x1 = k[ko + base + j + half];
+        let x0 = k_at(ko + base + j);
+        let x1 = k_at(ko + base + j + half);
         (*kr)[j] = rv_set((*kr)[j], c, x0 * cs.x - x1 * cs.y);
         (*kr)[j + half] = rv_set((*kr)[j + half], c, x1 * cs.x + x0 * cs.y);
     }
     for (var j = 0u; j < HD; j = j + 1u) {
-        (*vr)[j] = rv_set((*vr)[j], c, v[ko + base + j]);
+        (*vr)[j] = rv_set((*vr)[j], c, v_at(ko + base + j));
     }
     if (p.c_begin > 0u) {
         for (var j = 0u; j < HD; j = j + 1u) {

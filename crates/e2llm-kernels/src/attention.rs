@@ -177,6 +177,7 @@ fn spec(s: AttentionShape, rows: usize) -> Spec {
     Spec {
         rows: rows as u32,
         head_dim: s.head_dim as u32,
+        kv_f16: false,
     }
 }
 

@@ -41,14 +41,18 @@ pub const ATTENTION: Shader = Shader {
 };
 
 /// How a shader's source is built before it is compiled ([`crate::shaders::specialize`]): the
-/// attention kernels' rows per invocation (1, 2, 4 or 8; 0 = as written, 4) and head width (0 = as
-/// written, 128). The default leaves the source as written; the pipeline caches key on it.
+/// attention kernels' rows per invocation (1, 2, 4 or 8; 0 = as written, 4), head width (0 = as
+/// written, 128) and key/value element type. The default leaves the source as written; the
+/// pipeline caches key on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Spec {
     /// Rows per invocation of the tiled attention kernels (`QB`).
     pub rows: u32,
     /// The head width the attention kernels are built for (`HD`).
     pub head_dim: u32,
+    /// Keys and values in f16 (`kv_t`; needs the adapter's `shader-f16`): the forward and
+    /// decode of a half-precision KV cache. Sums stay f32.
+    pub kv_f16: bool,
 }
 
 /// One dispatch: the entry point, its storage buffers (by their binding numbers in the source,

@@ -29,14 +29,18 @@ pub const ALL: &[(&str, &str)] = &[
 /// `source` built for `spec` (see [`crate::launch::Spec`]): the head width written into
 /// `const HD`, and the rows-per-invocation lines of `shaders/attention.wgsl` chosen for
 /// `spec.rows` (1, 2, 4 or 8; 0 = 4, as written): a line ending `// QB<digits>` is kept only
-/// when its digits name the build's rows, and a line starting `//QB<rows> ` is uncommented. A
-/// default spec returns `source` unchanged.
+/// when its digits name the build's rows, and a line starting `//QB<rows> ` is uncommented; with
+/// `spec.kv_f16` the line `alias kv_t = f32;` becomes `alias kv_t = f16;` and `enable f16;`
+/// goes first. A default spec returns `source` unchanged.
 pub fn specialize(source: &str, spec: crate::launch::Spec) -> std::borrow::Cow<'_, str> {
     if spec == crate::launch::Spec::default() {
         return source.into();
     }
     let rows = if spec.rows == 0 { 4 } else { spec.rows };
-    let mut out = String::with_capacity(source.len());
+    let mut out = String::with_capacity(source.len() + 16);
+    if spec.kv_f16 {
+        out.push_str("enable f16;\n");
+    }
     let tag = format!("//QB{rows} ");
     let digit = char::from_digit(rows, 10);
     for line in source.lines() {
@@ -51,6 +55,8 @@ pub fn specialize(source: &str, spec: crate::launch::Spec) -> std::borrow::Cow<'
         let body = body.strip_prefix(tag.as_str()).unwrap_or(body);
         if spec.head_dim > 0 && body.starts_with("const HD: u32 = ") {
             out.push_str(&format!("const HD: u32 = {}u;\n", spec.head_dim));
+        } else if spec.kv_f16 && body == "alias kv_t = f32;" {
+            out.push_str("alias kv_t = f16;\n");
         } else {
             out.push_str(indent);
             out.push_str(body);

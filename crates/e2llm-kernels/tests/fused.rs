@@ -311,6 +311,104 @@ fn fused_attention_on_wgpu_equals_the_flex_twins() {
     set_tuning(own);
 }
 
+/// Keys and values stored in f16 (a half-precision KV cache), queries f32: the forward on
+/// `device` against the plain-ops reference on the same keys and values rounded to f16 and
+/// widened back (burn's own casts, on flex) — the kernel must read f16 and sum in f32. Cases:
+/// a prefill past one launch chunk with GQA 2 (width 64), a block-forward shape (width 32, the
+/// GPU tuning's kernel: three rows of E²-LLM positions), a decode step (split-key path, 3
+/// queries after 700 keys), and a cached prefix at width 128.
+fn check_kv_f16(device: &Device, tol: f32) {
+    use burn::tensor::DType;
+    let cases = [
+        Case {
+            b: 2,
+            sq: 300,
+            skv: 300,
+            hq: 4,
+            hkv: 2,
+            d: 64,
+        },
+        Case {
+            b: 3,
+            sq: 130,
+            skv: 130,
+            hq: 2,
+            hkv: 1,
+            d: 32,
+        },
+        Case {
+            b: 2,
+            sq: 3,
+            skv: 700,
+            hq: 4,
+            hkv: 1,
+            d: 32,
+        },
+        Case {
+            b: 1,
+            sq: 9,
+            skv: 75,
+            hq: 2,
+            hkv: 2,
+            d: 128,
+        },
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        let x = inputs(c, 300 + i as u64);
+        let (qs, ks) = ([c.b, c.sq, c.hq, c.d], [c.b, c.skv, c.hkv, c.d]);
+        let t = |d: &[f32], s: [usize; 4], device: &Device| {
+            Tensor::<4>::from_data(TensorData::new(d.to_vec(), s), device)
+        };
+        let flex = Device::flex();
+        let rounded = |d: &[f32]| t(d, ks, &flex).cast(DType::F16).cast(DType::F32);
+        let want = host(reference(
+            c,
+            &x,
+            t(&x.q, qs, &flex),
+            rounded(&x.k),
+            rounded(&x.v),
+        ));
+        let (k, v) = (
+            t(&x.k, ks, device).cast(DType::F16),
+            t(&x.v, ks, device).cast(DType::F16),
+        );
+        assert_eq!(k.dtype(), DType::F16);
+        let scale = 1.0 / (c.d as f32).sqrt();
+        let o = rope_attention(t(&x.q, qs, device), k, v, aux(c, &x, device), scale, 1.0);
+        assert_close(&format!("o (k, v in f16) {c:?}"), &host(o), &want, tol);
+    }
+}
+
+#[test]
+fn fused_attention_reads_f16_keys_and_values_on_flex() {
+    check_kv_f16(&Device::flex(), 2e-5);
+}
+
+#[test]
+fn fused_attention_reads_f16_keys_and_values_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    if !gpu.supports_dtype(burn::tensor::DType::F16) {
+        eprintln!("skipped: this wgpu adapter has no shader-f16 (f16 keys and values need it)");
+        return;
+    }
+    // The adapter's own tuning, then the GPU tuning (block forward, one tile per dispatch);
+    // process-wide, as in the test above.
+    use e2llm_kernels::attention::{set_tuning, tuning, Tuning};
+    let own = tuning();
+    for t in [
+        own,
+        Tuning {
+            tiles_per_dispatch: 1,
+            ..Tuning::GPU
+        },
+    ] {
+        eprintln!("{t:?}");
+        set_tuning(t);
+        check_kv_f16(&gpu, 1e-4);
+    }
+    set_tuning(own);
+}
+
 #[test]
 fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
     use e2llm_kernels::attention::{backward_plan, forward_plan};

@@ -134,22 +134,47 @@ fn every_attention_build_validates_and_has_the_rows_and_width_the_host_plans_for
     use e2llm_kernels::launch::Spec;
     // The host sizes the tiled kernels' grids by the tuning's rows; the shader's QB must agree
     // or rows would be skipped (or computed twice). Every build must validate.
-    for rows in [1u32, 2, 4, 8] {
-        for head_dim in [2u32, 32, 64, 96, 128] {
-            let spec = Spec { rows, head_dim };
-            let src = shaders::specialize(shaders::ATTENTION, spec);
-            // Every line meant for this build is uncommented, indented ones included.
-            assert!(!src.contains(&format!("//QB{rows} ")), "{spec:?}");
-            let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("{spec:?}: {}", e.emit_to_string(&src)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{spec:?}: {e:?}"));
-            assert_eq!(const_u32(&module, "QB"), rows as usize, "{spec:?}");
-            assert_eq!(const_u32(&module, "HD"), head_dim as usize, "{spec:?}");
+    // The half-precision K/V build must declare k and v as f16 arrays (and needs naga's f16
+    // capability, as the adapter needs shader-f16).
+    for kv_f16 in [false, true] {
+        for rows in [1u32, 2, 4, 8] {
+            for head_dim in [2u32, 32, 64, 96, 128] {
+                let spec = Spec {
+                    rows,
+                    head_dim,
+                    kv_f16,
+                };
+                let src = shaders::specialize(shaders::ATTENTION, spec);
+                // Every line meant for this build is uncommented, indented ones included.
+                assert!(!src.contains(&format!("//QB{rows} ")), "{spec:?}");
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{spec:?}: {}", e.emit_to_string(&src)));
+                let caps = if kv_f16 {
+                    naga::valid::Capabilities::SHADER_FLOAT16
+                } else {
+                    naga::valid::Capabilities::empty()
+                };
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{spec:?}: {e:?}"));
+                assert_eq!(const_u32(&module, "QB"), rows as usize, "{spec:?}");
+                assert_eq!(const_u32(&module, "HD"), head_dim as usize, "{spec:?}");
+                for name in ["k", "v"] {
+                    let (_, var) = module
+                        .global_variables
+                        .iter()
+                        .find(|(_, g)| g.name.as_deref() == Some(name))
+                        .unwrap_or_else(|| panic!("no binding {name}"));
+                    let width = match module.types[var.ty].inner {
+                        naga::TypeInner::Array { base, .. } => match module.types[base].inner {
+                            naga::TypeInner::Scalar(s) => s.width,
+                            ref t => panic!("{name}: array of {t:?}"),
+                        },
+                        ref t => panic!("{name} is {t:?}"),
+                    };
+                    assert_eq!(width, if kv_f16 { 2 } else { 4 }, "{name} {spec:?}");
+                }
+            }
         }
     }
     // As written: four rows, width 128 (what CPU rasterisers build at that width).

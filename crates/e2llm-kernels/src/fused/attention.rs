@@ -22,8 +22,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata};
-use burn::tensor::{Shape, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 
 use super::{empty, f32_only, host, launch};
@@ -185,10 +186,13 @@ impl FusedAttention for CubeBackend {
         let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
         let [q, k, v, aux] = [q, k, v, aux].map(into_contiguous);
         f32_only("rope_attention", &q);
+        f32_only("rope_attention (positions)", &aux);
+        let kv_f16 = kv_f16(&k, &v);
         let o = empty(&q, q.shape());
         let stats = empty(&q, Shape::new([batch * 3 * s.hq * s.sq]));
         let part = empty(&q, Shape::new([part_len(s, batch).max(1)]));
-        for l in forward_plan(s, batch) {
+        for mut l in forward_plan(s, batch) {
+            l.spec.kv_f16 = kv_f16;
             let bufs = l.storage.iter().map(|&b| match Slot::at(b) {
                 Slot::Q => &q,
                 Slot::K => &k,
@@ -216,6 +220,10 @@ impl FusedAttention for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
         let [q, k, v, aux, o, stats, d_o] = [q, k, v, aux, o, stats, d_o].map(into_contiguous);
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v), ("dO", &d_o)] {
+            // f16 keys and values are an inference option (a half-precision KV cache).
+            f32_only(&format!("rope_attention's backward ({name})"), t);
+        }
         let k_shape = k.shape();
         let dq = empty(&q, q.shape());
         let nk = k_shape.num_elements();
@@ -242,6 +250,18 @@ impl FusedAttention for CubeBackend {
         };
         let (dk, dv) = (half(0..nk), half(nk..2 * nk));
         (dq, dk, dv)
+    }
+}
+
+/// Whether k and v are stored in f16 (both; the forward reads them as f32): panics, as burn's
+/// own ops do on bad input, for another dtype or a mix.
+fn kv_f16(k: &CubeTensor, v: &CubeTensor) -> bool {
+    match (k.dtype, v.dtype) {
+        (DType::F32, DType::F32) => false,
+        (DType::F16, DType::F16) => true,
+        (a, b) => {
+            panic!("rope_attention: k and v must both be f32 or both f16; got {a:?} and {b:?}")
+        }
     }
 }
 

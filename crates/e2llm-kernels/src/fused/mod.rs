@@ -109,6 +109,7 @@ impl KernelMetadata for WgslKernel {
                 self.entry,
                 self.spec.rows,
                 self.spec.head_dim,
+                self.spec.kv_f16,
             ))
             .mode(execution_mode())
     }
