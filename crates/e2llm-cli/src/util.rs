@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use e2llm_model::{checkpoint, Device, Kernels, Llama};
+use e2llm_model::{checkpoint, Device, Kernels, KvDtype, Llama};
 
 /// Parses a comma-separated list like `5,17,3`; `what` names the flag in errors.
 pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
@@ -50,6 +50,12 @@ pub struct Compute {
     /// default.
     #[arg(long)]
     pub logn: bool,
+    /// How the KV cache stores keys and values: `f32`, or `f16` (half the memory; the fused
+    /// attention reads half the bytes per cached key and sums in f32). f16 needs a device with
+    /// f16 (on wgpu the adapter's shader-f16; lavapipe has it). Used where prompts go through
+    /// the cache (generate, passkey); ppl and logits run without one.
+    #[arg(long, default_value = "f32", value_name = "f32|f16")]
+    pub kv_cache: KvDtype,
 }
 
 impl Compute {
@@ -71,13 +77,17 @@ impl Compute {
         Ok((self.setup(model, dir)?, tok))
     }
 
-    /// `", log-n attention scaling"` with `--logn`, else nothing: for report headers.
-    pub fn logn_note(&self) -> &'static str {
+    /// `", log-n attention scaling"` with `--logn`, `", f16 KV cache"` with `--kv-cache f16`,
+    /// else nothing: for report headers.
+    pub fn notes(&self) -> String {
+        let mut s = String::new();
         if self.logn {
-            ", log-n attention scaling"
-        } else {
-            ""
+            s.push_str(", log-n attention scaling");
         }
+        if self.kv_cache != KvDtype::F32 {
+            s.push_str(&format!(", {} KV cache", self.kv_cache));
+        }
+        s
     }
 
     /// Applies `--kernels` and `--logn` to a loaded model.
@@ -90,7 +100,11 @@ impl Compute {
                 dir.display()
             );
         }
-        Ok(model.with_kernels(self.kernels).with_logn(self.logn))
+        model
+            .with_kernels(self.kernels)
+            .with_logn(self.logn)
+            .with_kv_cache(self.kv_cache)
+            .with_context(|| format!("--kv-cache {} on backend `{}`", self.kv_cache, self.backend))
     }
 }
 
@@ -101,7 +115,7 @@ impl fmt::Display for Compute {
             "{}, {} attention{}",
             self.backend,
             self.kernels,
-            self.logn_note()
+            self.notes()
         )
     }
 }

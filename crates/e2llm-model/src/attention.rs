@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::module::Module;
-use burn::tensor::{activation, Bool, Device, Tensor, TensorData};
+use burn::tensor::{activation, Bool, DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::Linear;
@@ -44,7 +44,7 @@ impl Kernels {
             }
             Kernels::Auto => Paths {
                 attention: head_dim.is_multiple_of(2),
-                layers: false,
+                ..Paths::all(false)
             },
         }
     }
@@ -75,11 +75,74 @@ impl fmt::Display for Kernels {
     }
 }
 
+/// How a KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    /// Full precision, as computed.
+    #[default]
+    F32,
+    /// Half precision: half the memory, and on the fused path half the bytes the attention
+    /// kernel reads per key (it widens them and sums in f32). Keys and values are rounded to
+    /// f16 once, when they enter the cache. Needs a device with f16 (wgpu: `shader-f16`).
+    F16,
+}
+
+impl KvDtype {
+    /// Every spelling [`FromStr`] accepts.
+    pub const NAMES: &'static [&'static str] = &["f32", "f16"];
+
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// burn's dtype for it.
+    pub fn dtype(self) -> DType {
+        match self {
+            KvDtype::F32 => DType::F32,
+            KvDtype::F16 => DType::F16,
+        }
+    }
+}
+
+impl FromStr for KvDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            other => Err(format!(
+                "unknown KV cache type `{other}`; choose one of {}",
+                KvDtype::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(KvDtype::NAMES[*self as usize])
+    }
+}
+
+/// `t` stored as `kv` (a no-op for f32).
+fn store(t: Tensor<4>, kv: KvDtype) -> Tensor<4> {
+    match kv {
+        KvDtype::F32 => t,
+        KvDtype::F16 => t.cast(DType::F16),
+    }
+}
+
 /// Keys and values of one layer for the tokens seen so far.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     /// Reference path: rotated, `[batch, kv_heads, past, head_dim]`. Fused path: unrotated,
-    /// `[batch, past, kv_heads, head_dim]` (the kernel rotates from `kpos`).
+    /// `[batch, past, kv_heads, head_dim]` (the kernel rotates from `kpos`). In the model's
+    /// [`KvDtype`] (f32 or f16).
     pub k: Tensor<4>,
     /// Laid out as `k`.
     pub v: Tensor<4>,
@@ -136,11 +199,12 @@ impl Attention {
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut Option<LayerCache>>,
-        fused: bool,
+        paths: Paths,
     ) -> Tensor<3> {
-        if fused {
-            return self.forward_fused(x, rope, cache);
+        if paths.attention {
+            return self.forward_fused(x, rope, cache, paths.kv);
         }
+        let kv = paths.kv;
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self
@@ -167,6 +231,7 @@ impl Attention {
 
         let (k, v, past) = match cache {
             Some(slot) => {
+                let (k, v) = (store(k, kv), store(v, kv));
                 let (k, v, past) = match slot.take() {
                     Some(c) => {
                         let past = c.k.dims()[2];
@@ -183,7 +248,9 @@ impl Attention {
                     v: v.clone(),
                     kpos: None,
                 });
-                (k, v, past)
+                // Plain ops compute in f32: an f16 cache is widened here (memory saved, not
+                // bandwidth; the fused kernel reads f16 itself).
+                (k.cast(DType::F32), v.cast(DType::F32), past)
             }
             None => (k, v, 0),
         };
@@ -199,6 +266,7 @@ impl Attention {
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut Option<LayerCache>>,
+        kv: KvDtype,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -211,6 +279,7 @@ impl Attention {
         let v = self.v_proj.forward(x).reshape([b, s, kvh, d]);
         let (k, v, kpos) = match cache {
             Some(slot) => {
+                let (k, v) = (store(k, kv), store(v, kv));
                 let (k, v, kpos) = match slot.take() {
                     Some(LayerCache {
                         k: ck,

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use e2llm_core::{LlamaConfig, RopeScaling};
 
-use crate::attention::{Attention, Kernels, LayerCache};
+use crate::attention::{Attention, Kernels, KvDtype, LayerCache};
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::rope::{Positions, RopeTables};
@@ -33,7 +33,7 @@ impl DecoderLayer {
         paths: Paths,
     ) -> Tensor<3> {
         let normed = self.input_layernorm.forward_with(x.clone(), paths.layers);
-        let h = x + self.self_attn.forward(normed, rope, cache, paths.attention);
+        let h = x + self.self_attn.forward(normed, rope, cache, paths);
         let normed = self
             .post_attention_layernorm
             .forward_with(h.clone(), paths.layers);
@@ -49,14 +49,17 @@ pub struct Paths {
     /// RMSNorm and the SwiGLU gate (`rmsnorm.wgsl`, `swiglu.wgsl`) and, in training, the loss
     /// and the AdamW update (`cross_entropy.wgsl`, `adamw.wgsl`).
     pub layers: bool,
+    /// How a KV cache stores keys and values (the model's [`Llama::with_kv_cache`]).
+    pub kv: KvDtype,
 }
 
 impl Paths {
-    /// Everything fused or nothing.
+    /// Everything fused or nothing (an f32 cache).
     pub fn all(fused: bool) -> Self {
         Self {
             attention: fused,
             layers: fused,
+            kv: KvDtype::F32,
         }
     }
 }
@@ -82,6 +85,9 @@ pub struct Llama {
     /// Log-n attention scaling at inference (off: plain attention, as the paper reads PI).
     #[module(skip)]
     pub logn: bool,
+    /// How a KV cache stores keys and values (f32 unless [`Llama::with_kv_cache`] says f16).
+    #[module(skip)]
+    pub kv_cache: KvDtype,
 }
 
 /// Keys and values of every layer for the tokens processed so far.
@@ -109,6 +115,18 @@ impl KvCache {
     /// Layer `i`'s slot (the cache was made with more than `i` layers).
     pub(crate) fn slot(&mut self, i: usize) -> &mut Option<LayerCache> {
         &mut self.layers[i]
+    }
+
+    /// Bytes the cached keys and values take on the device (every layer; positions aside).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|c| {
+                c.k.shape().num_elements() * c.k.dtype().size()
+                    + c.v.shape().num_elements() * c.v.dtype().size()
+            })
+            .sum()
     }
 
     /// True before the first forward.
@@ -316,6 +334,20 @@ impl Llama {
         self
     }
 
+    /// This model with its KV caches stored as `kv`: f16 halves their memory (and the bytes
+    /// the fused attention reads per cached key); an error when the device has no f16 (a wgpu
+    /// adapter without `shader-f16`).
+    pub fn with_kv_cache(mut self, kv: KvDtype) -> Result<Self> {
+        if kv != KvDtype::F32 && !self.device().supports_dtype(kv.dtype()) {
+            return Err(ModelError::Input(format!(
+                "this device cannot store a {kv} KV cache (a wgpu adapter needs the shader-f16 \
+                 feature); use an f32 cache"
+            )));
+        }
+        self.kv_cache = kv;
+        Ok(self)
+    }
+
     /// Whether this model's attention runs the fused kernel on its device.
     pub fn fused_attention(&self) -> bool {
         self.kernel_paths().attention
@@ -339,6 +371,7 @@ impl Llama {
         let dynamic = matches!(self.config.rope.scaling, RopeScaling::Dynamic { .. });
         Paths {
             attention: paths.attention && !(dynamic && cached),
+            kv: self.kv_cache,
             ..paths
         }
     }

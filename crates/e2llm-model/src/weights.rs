@@ -227,6 +227,7 @@ fn assemble(config: LlamaConfig, t: HashMap<String, TensorData>, device: &Device
         config,
         kernels: Kernels::Auto,
         logn: false,
+        kv_cache: Default::default(),
     }
 }
 

@@ -584,3 +584,64 @@ fn a_refused_allocation_reads_as_one_line() {
         "{other}"
     );
 }
+
+/// An f16 KV cache (`Llama::with_kv_cache`): half the bytes, and logits within f16 rounding of
+/// the f32 cache's through a chunked prefill and decode steps — on both attention paths, on flex
+/// and (when there is an adapter with shader-f16) on wgpu, where the fused kernel reads the f16
+/// keys and values itself. The difference must also be non-zero: the cache really is rounded.
+#[test]
+fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
+    use e2llm_model::{Kernels, KvDtype};
+    let cfg = small_config();
+    let n = 40;
+    let ids = ids(n);
+    let pos: Vec<f32> = (0..n).map(|i| i as f32 * 2.0).collect();
+    let g = 2.0;
+    let mut devices = vec![("flex", Device::flex())];
+    match e2llm_model::backend::open("wgpu") {
+        Ok(d) if d.supports_dtype(burn::tensor::DType::F16) => devices.push(("wgpu", d)),
+        Ok(_) => eprintln!("wgpu part skipped: the adapter has no shader-f16"),
+        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
+    }
+    for (name, device) in devices {
+        for kernels in [Kernels::Reference, Kernels::Fused] {
+            let run = |kv: KvDtype| {
+                let m = weights::init_random(cfg.clone(), 0.2, 7, &device)
+                    .with_kernels(kernels)
+                    .with_kv_cache(kv)
+                    .expect("device has f16");
+                let mut cache = KvCache::new(m.layers.len());
+                let mut out = to_vec(
+                    m.prefill(&ids[..30], &pos[..30], g, &mut cache, 7, |_, _| {})
+                        .expect("prefill"),
+                );
+                for i in 30..n {
+                    let l = m
+                        .forward(
+                            &ids[i..=i],
+                            &Positions::row(vec![pos[i]], g),
+                            Some(&mut cache),
+                        )
+                        .expect("step");
+                    out.extend(to_vec(l));
+                }
+                (out, cache.bytes())
+            };
+            let (full, full_bytes) = run(KvDtype::F32);
+            let (half, half_bytes) = run(KvDtype::F16);
+            // 2 layers × (k + v) × 40 tokens × 2 kv heads × 8 dims × 4 bytes.
+            assert_eq!(full_bytes, 2 * 2 * n * 2 * 8 * 4, "{name} {kernels}");
+            assert_eq!(half_bytes * 2, full_bytes, "{name} {kernels}");
+            let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let d = max_diff(&full, &half);
+            eprintln!(
+                "{name} {kernels}: f16 cache logits differ by {d:.2e} (|logits| ≤ {scale:.2})"
+            );
+            assert!(d > 0.0, "{name} {kernels}: the f16 cache changed nothing");
+            assert!(
+                d < 2e-3 * scale.max(1.0),
+                "{name} {kernels}: differs by {d}"
+            );
+        }
+    }
+}

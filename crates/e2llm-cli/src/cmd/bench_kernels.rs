@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use e2llm_kernels::attention::AttentionBuffers;
 use e2llm_kernels::cpu::AttentionShape;
 use e2llm_kernels::{fused, Gpu};
@@ -94,6 +94,7 @@ impl Measured {
 impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Measured::Ms(v) if *v < 10.0 => write!(f, "{v:.2}"),
             Measured::Ms(v) => write!(f, "{v:.1}"),
             Measured::Failed(why) => write!(f, "failed: {why}"),
             Measured::Skipped(why) => write!(f, "skipped: {why}"),
@@ -343,8 +344,21 @@ pub fn run(a: KernelArgs) -> Result<()> {
     );
 
     // A decode step: one new query against a cache of `s` keys (the split-key decode path).
-    println!("\ndecode step (1 query, causal against the whole cache)\n");
-    println!("| cache length | e2llm ms | plain ms | plain ÷ e2llm |\n|---:|---:|---:|---:|");
+    // With the adapter's f16, also the cache in f16 (`--kv-cache f16`: the kernel reads half
+    // the bytes per key and sums in f32).
+    let f16 = device.supports_dtype(DType::F16);
+    println!(
+        "\ndecode step (1 query, causal against the whole cache){}\n",
+        if f16 {
+            ""
+        } else {
+            "; no f16 K/V column: this adapter has no shader-f16"
+        }
+    );
+    println!(
+        "| cache length | cache MiB f32 / f16 | e2llm ms | e2llm f16 K/V ms | plain ms | plain ÷ e2llm | f32 ÷ f16 K/V |\n\
+         |---:|---:|---:|---:|---:|---:|---:|"
+    );
     let mut decode = Vec::new();
     for &s in &lengths {
         let rand = |shape: [usize; 4]| {
@@ -360,17 +374,26 @@ pub fn run(a: KernelArgs) -> Result<()> {
         let n = aux.len();
         let aux = Tensor::<1>::from_data(TensorData::new(aux, [n]), &device);
         let scale = 1.0 / (d as f32).sqrt();
-        let ours = measure(timing, || {
-            let (o, _) = fused::rope_attention_forward(
-                q1.clone(),
-                kc.clone(),
-                vc.clone(),
-                aux.clone(),
-                scale,
-                1.0,
-            );
-            read(o.sum())
-        });
+        let step = |k: &Tensor<4>, v: &Tensor<4>| {
+            measure(timing, || {
+                let (o, _) = fused::rope_attention_forward(
+                    q1.clone(),
+                    k.clone(),
+                    v.clone(),
+                    aux.clone(),
+                    scale,
+                    1.0,
+                );
+                read(o.sum())
+            })
+        };
+        let ours = step(&kc, &vc);
+        let ours16 = if f16 {
+            step(&kc.clone().cast(DType::F16), &vc.clone().cast(DType::F16))
+        } else {
+            Measured::Skipped("no shader-f16".into())
+        };
+        let cache_mib = (2 * s * hkv * d * 4) as f64 / (1 << 20) as f64;
         let (pq, pk, pv) = (
             q1.clone().swap_dims(1, 2),
             kc.clone().swap_dims(1, 2),
@@ -385,9 +408,15 @@ pub fn run(a: KernelArgs) -> Result<()> {
             );
             read(o.sum())
         });
-        println!("| {s} | {ours} | {plain} | {} |", plain.ratio(&ours));
+        println!(
+            "| {s} | {cache_mib:.1} / {:.1} | {ours} | {ours16} | {plain} | {} | {} |",
+            cache_mib / 2.0,
+            plain.ratio(&ours),
+            ours.ratio(&ours16)
+        );
         decode.push(serde_json::json!({
-            "cache_length": s, "e2llm_ms": ours.json(), "plain_ms": plain.json(),
+            "cache_length": s, "cache_mib_f32": cache_mib, "e2llm_ms": ours.json(),
+            "e2llm_f16_kv_ms": ours16.json(), "plain_ms": plain.json(),
         }));
     }
     if let Some(path) = &a.json {

@@ -108,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.max_position_embeddings,
         eval.trials,
         eval.scale,
-        a.compute.logn_note()
+        a.compute.notes()
     );
     print!("{}", markdown_table(&cells));
     if let Some(path) = &a.json {
@@ -118,6 +118,7 @@ pub fn run(a: Args) -> Result<()> {
             "trials": eval.trials,
             "rope_scale": format!("{:?}", eval.scale),
             "logn": a.compute.logn,
+            "kv_cache": a.compute.kv_cache.to_string(),
             "cells": cells.iter().map(|c| serde_json::json!({
                 "length": c.length, "depth": c.depth, "g": c.g,
                 "correct": c.correct, "trials": c.trials, "accuracy": c.accuracy(),

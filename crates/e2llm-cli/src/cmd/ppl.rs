@@ -83,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
         a.model.display(),
         cfg.max_position_embeddings,
         a.rope_scale,
-        a.compute.logn_note()
+        a.compute.notes()
     );
     for p in &points {
         println!(
