@@ -42,16 +42,22 @@
 //                      tiles (as the forward); writes dq.
 //   attention_bwd_dkv  grid (⌈Skv/(64·QB)⌉, Hkv, B): 64·QB keys; loops over query tiles of each head of
 //                      the group; writes dk, dv.
-//   attention_decode   grid (splits, Hq, B·Sq): the forward for few queries (a KV-cache step):
+//   attention_decode   grid (splits of the bound page, Hq, B·Sq): the forward for few queries
+//                      (a KV-cache step):
 //                      each workgroup takes c_end keys of one query, 64 keys at a time, and
 //                      writes one partial (m, l, acc) to part; attention_decode_combine, grid
-//                      (⌈B·Sq·Hq/64⌉) with c_begin = splits, merges them into o and lse.
+//                      (⌈B·Sq·Hq·D/64⌉, split over y past 65,535) with c_begin = splits, one
+//                      invocation per output value, merges them into o and lse.
 // D ≤ 128 and even.
 // Long loops are split across dispatches (c_begin/c_end; the host's tuning says how many tiles
 // each: 8 on CPU rasterisers, ~2·2048 inner iterations per tile): llvmpipe (lavapipe) ends every
 // loop of a shader once the invocation has run 65,535 loop iterations in all
 // (LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop) — past that a workgroup's output was
 // silently lost. GPUs take far longer chunks (fewer passes over the running state).
+// Paged keys (a KV cache larger than one binding, 128 MiB in WebGPU and on lavapipe): the
+// forward and decode may bind k and v one page at a time — Params.k_base/k_len say which rows
+// the bound buffers hold; every dispatch's chunk of keys (or decode splits) lies inside its page,
+// so a page is a whole number of tiles and of decode splits. The backward binds all keys.
 // Between chunks the running state lives in the output buffers: the forward keeps the
 // unnormalised accumulator in o and (m, l) in stats[2·Hq·Sq..]; dq and dk keep the unrotated
 // sums in dq and dkv, dv its sum in dkv.
@@ -74,6 +80,13 @@ struct Params {
     last: u32,
     // Sequences in the batch (grid z); each has its own q/k/v/o block, positions and stats.
     batch: u32,
+    // The keys the bound k and v buffers hold: rows [k_base, k_base + k_len) of every
+    // sequence (a page of a paged KV cache: the forward and decode bind one page per dispatch,
+    // whose chunk of keys lies inside it). Unpaged: 0 and Skv.
+    k_base: u32,
+    k_len: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 const WG: u32 = 64u;
@@ -110,7 +123,9 @@ var<private> so: u32;
 fn set_batch(bi: u32) {
     b = bi;
     qo = bi * p.sq * p.hq * HD;
-    ko = bi * p.skv * p.hkv * HD;
+    // Key row kj of sequence bi is at ko + kj·Hkv·D in the bound page: u32 arithmetic wraps,
+    // so subtracting the page's first row here is exact for every kj ≥ k_base.
+    ko = bi * p.k_len * p.hkv * HD - p.k_base * p.hkv * HD;
     so = bi * 3u * p.hq * p.sq;
 }
 
@@ -544,8 +559,7 @@ fn attention_fwd_block(@builtin(workgroup_id) wid: vec3<u32>,
 // writes one partial state to part[((b·Sq + i)·Hq + h)·splits + split] (d + 2 floats: m, l, acc).
 // attention_decode_combine merges the splits of each (b, i, h) into o and lse.
 @compute @workgroup_size(64)
-fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
+fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bi = wid.z / p.sq;
     let qi = wid.z % p.sq;
     set_batch(bi);
@@ -563,7 +577,10 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     var m = -3.0e38;
     var l = 0.0;
-    let k0 = wid.x * p.c_end;
+    // Split wid.x of the bound page: split `split` of all `splits` (pages start on a split).
+    let splits = (p.skv + p.c_end - 1u) / p.c_end;
+    let split = p.k_base / p.c_end + wid.x;
+    let k0 = split * p.c_end;
     let k1 = min(k0 + p.c_end, past + qi + 1u);
     for (var kj = k0 + lid; kj < k1; kj = kj + WG) {
         let kb = (kj * p.hkv + kvh) * d;
@@ -595,7 +612,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let mx = ts[0];
     workgroupBarrier();
     let scale = exp(m - mx);
-    let out = ((wid.z * p.hq + h) * nwg.x + wid.x) * (d + 2u);
+    let out = ((wid.z * p.hq + h) * splits + split) * (d + 2u);
     us[lid] = l * scale;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
@@ -634,14 +651,21 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
-// Merges the c_begin splits of each (b, i, h) — invocation (b·Sq + i)·Hq + h — into o and lse.
+// Merges the c_begin splits of each (b, i, h) into o and lse: invocation ((b·Sq + i)·Hq + h)·D + j
+// (x + y·64·nwg.x: the host splits a grid over 65,535 workgroups) writes dimension j of o, and
+// j = 0 the lse. Each invocation recomputes its row's max and sum: 3·splits loop steps, so up to
+// ~21,000 splits (5M keys) stay within llvmpipe's 65,535 loop iterations per invocation (one
+// invocation looping over every dimension and split lost its output past ~130k keys at D 128).
 @compute @workgroup_size(64)
-fn attention_decode_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let idx = gid.x;
+fn attention_decode_combine(@builtin(global_invocation_id) gid: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let d = HD;
+    let at_j = gid.x + gid.y * nwg.x * WG;
+    let idx = at_j / d;
+    let j = at_j % d;
     if (idx >= p.batch * p.sq * p.hq) {
         return;
     }
-    let d = HD;
     let splits = p.c_begin;
     let row = idx / p.hq;           // b · Sq + i
     let h = idx % p.hq;
@@ -653,20 +677,17 @@ fn attention_decode_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
         mx = max(mx, part[first + s * (d + 2u)]);
     }
     var lsum = 0.0;
+    var x = 0.0;
     for (var s = 0u; s < splits; s = s + 1u) {
         let at = first + s * (d + 2u);
-        lsum = lsum + part[at + 1u] * exp(part[at] - mx);
+        let w = exp(part[at] - mx);
+        lsum = lsum + part[at + 1u] * w;
+        x = x + part[at + 2u + j] * w;
     }
-    let base_q = (qi * p.hq + h) * d;
-    for (var j = 0u; j < d; j = j + 1u) {
-        var x = 0.0;
-        for (var s = 0u; s < splits; s = s + 1u) {
-            let at = first + s * (d + 2u);
-            x = x + part[at + 2u + j] * exp(part[at] - mx);
-        }
-        o[qo + base_q + j] = x / lsum;
+    o[qo + (qi * p.hq + h) * d + j] = x / lsum;
+    if (j == 0u) {
+        stats[so + h * p.sq + qi] = mx + log(lsum);
     }
-    stats[so + h * p.sq + qi] = mx + log(lsum);
 }
 
 @compute @workgroup_size(64)

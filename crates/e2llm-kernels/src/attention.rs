@@ -367,7 +367,7 @@ pub fn part_len(s: AttentionShape, batch: usize) -> usize {
 fn launch(
     entry: &'static str,
     slots: &[Slot],
-    params: [u32; 12],
+    params: [u32; 16],
     groups: (u32, u32, u32),
     spec: Spec,
 ) -> Launch {
@@ -383,7 +383,9 @@ fn launch(
     }
 }
 
-fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool) -> [u32; 12] {
+/// `Params` of a launch whose k and v buffers hold every key (`k_base` 0, `k_len` Skv; see
+/// [`set_page`] for a page of them).
+fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool) -> [u32; 16] {
     [
         s.sq as u32,
         s.skv as u32,
@@ -397,7 +399,30 @@ fn params(s: AttentionShape, batch: usize, begin: usize, end: usize, last: bool)
         end as u32,
         u32::from(last),
         batch as u32,
+        0,
+        s.skv as u32,
+        0,
+        0,
     ]
+}
+
+/// Has `l` read its keys from a page holding rows `[base, base + len)` of every sequence.
+fn set_page(l: &mut Launch, base: usize, len: usize) {
+    l.params[12] = base as u32;
+    l.params[13] = len as u32;
+}
+
+/// Keys per page of a paged forward ([`forward_plan_paged`]) are a multiple of this at head
+/// width `d`: whole tiles of `attention_fwd`, of `attention_fwd_block` and decode splits.
+pub fn page_multiple(d: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let lcm = |a: usize, b: usize| a / gcd(a, b) * b;
+    lcm(lcm(tile_rows(d), DECODE_SPLIT), BLOCK_KEYS)
 }
 
 /// Below this many workgroups of `attention_fwd` a GPU tuning runs `attention_fwd_block`.
@@ -439,66 +464,156 @@ pub fn forward_plan(s: AttentionShape, batch: usize) -> Vec<Launch> {
 /// KV-cache step) take the split-key decode (keys spread over workgroups, then merged);
 /// otherwise the tiled forward, its key loop chunked over dispatches.
 pub fn forward_plan_with(s: AttentionShape, batch: usize, t: Tuning) -> Vec<Launch> {
-    let rows = t.forward_rows(s.head_dim);
-    let spec = spec(s, rows);
     let splits = decode_splits(s);
     if splits > 0 {
-        let rows = (batch * s.sq) as u32;
         return vec![
-            launch(
-                "attention_decode",
-                DECODE,
-                params(s, batch, 0, DECODE_SPLIT, true),
-                (splits as u32, s.hq as u32, rows),
-                spec,
-            ),
-            launch(
-                "attention_decode_combine",
-                COMBINE,
-                params(s, batch, splits, 0, true),
-                ((rows * s.hq as u32).div_ceil(64), 1, 1),
-                spec,
-            ),
+            decode_launch(s, batch, t, 0, s.skv),
+            combine_launch(s, batch, t),
         ];
     }
-    if t.block_forward(s, batch) {
-        // As many keys per dispatch as the rows-per-invocation forward's chunks hold, in whole
-        // tiles of BLOCK_KEYS.
-        let per = (tile_rows(s.head_dim) * t.tiles_per_dispatch).div_ceil(BLOCK_KEYS);
-        return chunks(s.skv, BLOCK_KEYS, per)
+    let (step, per) = forward_chunking(s, batch, t);
+    chunks(s.skv, step, per)
+        .into_iter()
+        .map(|(begin, end, last)| forward_launch(s, batch, t, begin, end, last))
+        .collect()
+}
+
+/// [`forward_plan_with`] for keys and values bound `page` rows at a time (a paged KV cache:
+/// pages `0, 1, …` hold rows `[i·page, (i + 1)·page)` of every sequence, the last one the
+/// rest): each launch with the index of the page it binds (the combine of a decode binds none:
+/// 0). `page` must be a multiple of [`page_multiple`] unless it covers every key (then this is
+/// [`forward_plan_with`]).
+pub fn forward_plan_paged(
+    s: AttentionShape,
+    batch: usize,
+    t: Tuning,
+    page: usize,
+) -> Vec<(Launch, usize)> {
+    if page >= s.skv {
+        return forward_plan_with(s, batch, t)
             .into_iter()
-            .map(|(begin, end, last)| Launch {
-                workgroup: 128,
-                ..launch(
-                    "attention_fwd_block",
-                    FWD,
-                    params(s, batch, begin, end, last),
-                    (
-                        query_blocks(s, BLOCK_QUERIES, begin, last),
-                        s.hq as u32,
-                        batch as u32,
-                    ),
-                    spec,
-                )
-            })
+            .map(|l| (l, 0))
             .collect();
     }
-    chunks(s.skv, tile_rows(s.head_dim), t.tiles_per_dispatch)
-        .into_iter()
-        .map(|(begin, end, last)| {
-            launch(
-                "attention_fwd",
+    assert!(
+        page > 0 && page.is_multiple_of(page_multiple(s.head_dim)),
+        "pages of {page} keys: not a multiple of {} (head width {})",
+        page_multiple(s.head_dim),
+        s.head_dim
+    );
+    let pages = s.skv.div_ceil(page);
+    let keys = |i: usize| page.min(s.skv - i * page);
+    let paged = |mut l: Launch, i: usize| {
+        set_page(&mut l, i * page, keys(i));
+        (l, i)
+    };
+    if decode_splits(s) > 0 {
+        let mut plan: Vec<(Launch, usize)> = (0..pages)
+            .map(|i| paged(decode_launch(s, batch, t, i * page, keys(i)), i))
+            .collect();
+        plan.push((combine_launch(s, batch, t), 0));
+        return plan;
+    }
+    let (step, per) = forward_chunking(s, batch, t);
+    let mut plan = Vec::new();
+    for i in 0..pages {
+        let (base, n) = (i * page, keys(i));
+        for (begin, end, last) in chunks(n, step, per) {
+            let l = forward_launch(
+                s,
+                batch,
+                t,
+                base + begin,
+                base + end.min(n),
+                last && i + 1 == pages,
+            );
+            plan.push(paged(l, i));
+        }
+    }
+    plan
+}
+
+/// `(step, steps per dispatch)` of the tiled forward's key loop: tiles of `attention_fwd`, or
+/// of `attention_fwd_block` ([`Tuning::block_forward`]), as many keys per dispatch as the
+/// former's chunks hold, in whole tiles of [`BLOCK_KEYS`].
+fn forward_chunking(s: AttentionShape, batch: usize, t: Tuning) -> (usize, usize) {
+    if t.block_forward(s, batch) {
+        (
+            BLOCK_KEYS,
+            (tile_rows(s.head_dim) * t.tiles_per_dispatch).div_ceil(BLOCK_KEYS),
+        )
+    } else {
+        (tile_rows(s.head_dim), t.tiles_per_dispatch)
+    }
+}
+
+/// The tiled forward over keys `[begin, end)`.
+fn forward_launch(
+    s: AttentionShape,
+    batch: usize,
+    t: Tuning,
+    begin: usize,
+    end: usize,
+    last: bool,
+) -> Launch {
+    let rows = t.forward_rows(s.head_dim);
+    let spec = spec(s, rows);
+    if t.block_forward(s, batch) {
+        return Launch {
+            workgroup: 128,
+            ..launch(
+                "attention_fwd_block",
                 FWD,
                 params(s, batch, begin, end, last),
                 (
-                    query_blocks(s, 64 * rows, begin, last),
+                    query_blocks(s, BLOCK_QUERIES, begin, last),
                     s.hq as u32,
                     batch as u32,
                 ),
                 spec,
             )
-        })
-        .collect()
+        };
+    }
+    launch(
+        "attention_fwd",
+        FWD,
+        params(s, batch, begin, end, last),
+        (
+            query_blocks(s, 64 * rows, begin, last),
+            s.hq as u32,
+            batch as u32,
+        ),
+        spec,
+    )
+}
+
+/// The split-key decode over `n` keys from `base` (splits of [`DECODE_SPLIT`]; `base` is on one).
+fn decode_launch(s: AttentionShape, batch: usize, t: Tuning, base: usize, n: usize) -> Launch {
+    debug_assert!(base.is_multiple_of(DECODE_SPLIT));
+    launch(
+        "attention_decode",
+        DECODE,
+        params(s, batch, 0, DECODE_SPLIT, true),
+        (
+            n.div_ceil(DECODE_SPLIT).max(1) as u32,
+            s.hq as u32,
+            (batch * s.sq) as u32,
+        ),
+        spec(s, t.forward_rows(s.head_dim)),
+    )
+}
+
+/// Merges every decode split into o and lse: one invocation per output value.
+fn combine_launch(s: AttentionShape, batch: usize, t: Tuning) -> Launch {
+    let values = (batch * s.sq * s.hq * s.head_dim) as u32;
+    let (x, y) = crate::gpu::grid(values.div_ceil(64));
+    launch(
+        "attention_decode_combine",
+        COMBINE,
+        params(s, batch, decode_splits(s), 0, true),
+        (x, y, 1),
+        spec(s, t.forward_rows(s.head_dim)),
+    )
 }
 
 /// The backward after [`forward_plan`] with the process's [`tuning`].

@@ -409,6 +409,172 @@ fn fused_attention_reads_f16_keys_and_values_on_wgpu() {
     set_tuning(own);
 }
 
+/// Keys and values in pages (a paged KV cache): `rope_attention_paged` on `device` against the
+/// plain-ops reference over all keys at once. Pages of 256 keys (`page_multiple` at these
+/// widths) with a shorter last page: the tiled forward (width 64, GQA 2, a cached prefix), the
+/// block-forward shape (width 32) and a decode step (split-key path), in f32 and with f16 pages.
+fn check_paged(device: &Device, f16: bool, tol: f32) {
+    use burn::tensor::DType;
+    use e2llm_kernels::attention::page_multiple;
+    use e2llm_kernels::fused::rope_attention_paged;
+    let cases = [
+        Case {
+            b: 2,
+            sq: 300,
+            skv: 700,
+            hq: 4,
+            hkv: 2,
+            d: 64,
+        },
+        Case {
+            b: 3,
+            sq: 130,
+            skv: 600,
+            hq: 2,
+            hkv: 1,
+            d: 32,
+        },
+        Case {
+            b: 2,
+            sq: 3,
+            skv: 700,
+            hq: 4,
+            hkv: 1,
+            d: 32,
+        },
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        let page = page_multiple(c.d);
+        assert_eq!(page, 256, "{c:?}");
+        let x = inputs(c, 400 + i as u64);
+        let (qs, ks) = ([c.b, c.sq, c.hq, c.d], [c.b, c.skv, c.hkv, c.d]);
+        let t = |d: &[f32], s: [usize; 4], device: &Device| {
+            Tensor::<4>::from_data(TensorData::new(d.to_vec(), s), device)
+        };
+        let flex = Device::flex();
+        let stored = |d: &[f32]| {
+            let t = t(d, ks, &flex);
+            if f16 {
+                t.cast(DType::F16).cast(DType::F32)
+            } else {
+                t
+            }
+        };
+        let want = host(reference(
+            c,
+            &x,
+            t(&x.q, qs, &flex),
+            stored(&x.k),
+            stored(&x.v),
+        ));
+        let pages: Vec<(Tensor<4>, Tensor<4>)> = (0..c.skv)
+            .step_by(page)
+            .map(|p0| {
+                let n = page.min(c.skv - p0);
+                let cut = |d: &[f32]| {
+                    let all = t(d, ks, device).narrow(1, p0, n);
+                    if f16 {
+                        all.cast(DType::F16)
+                    } else {
+                        all
+                    }
+                };
+                (cut(&x.k), cut(&x.v))
+            })
+            .collect();
+        assert_eq!(pages.len(), 3);
+        let scale = 1.0 / (c.d as f32).sqrt();
+        let o = rope_attention_paged(t(&x.q, qs, device), pages, aux(c, &x, device), scale, 1.0);
+        assert_close(&format!("o (paged, f16 {f16}) {c:?}"), &host(o), &want, tol);
+    }
+}
+
+#[test]
+fn paged_attention_on_flex_matches_plain_ops() {
+    check_paged(&Device::flex(), false, 2e-5);
+}
+
+#[test]
+fn paged_attention_on_wgpu_matches_plain_ops() {
+    let Some(gpu) = wgpu() else { return };
+    let f16 = gpu.supports_dtype(burn::tensor::DType::F16);
+    if !f16 {
+        eprintln!("f16 pages skipped: this wgpu adapter has no shader-f16");
+    }
+    use e2llm_kernels::attention::{set_tuning, tuning, Tuning};
+    let own = tuning();
+    for t in [
+        own,
+        Tuning {
+            tiles_per_dispatch: 1,
+            ..Tuning::GPU
+        },
+    ] {
+        eprintln!("{t:?}");
+        set_tuning(t);
+        check_paged(&gpu, false, 1e-4);
+        if f16 {
+            check_paged(&gpu, true, 1e-4);
+        }
+    }
+    set_tuning(own);
+}
+
+/// A KV cache larger than the device's largest binding (lavapipe, WebGPU: 128 MiB): a decode
+/// step over 300,000 keys of width 128 — k and v 146 MiB each, f32 — in pages of 64 MiB,
+/// against the plain-ops reference on the CPU. On an adapter with a larger binding limit the
+/// same pages run (the check that the cache exceeds it is then skipped).
+#[test]
+fn paged_attention_reads_a_cache_larger_than_one_binding() {
+    use e2llm_kernels::fused::{max_binding_bytes, rope_attention_paged};
+    let Some(gpu) = wgpu() else { return };
+    let c = Case {
+        b: 1,
+        sq: 1,
+        skv: 300_000,
+        hq: 2,
+        hkv: 1,
+        d: 128,
+    };
+    let bytes = (c.skv * c.hkv * c.d * 4) as u64;
+    match max_binding_bytes(&gpu) {
+        Some(cap) if cap < bytes => {
+            eprintln!(
+                "k and v: {} MiB each; the adapter binds at most {} MiB",
+                bytes >> 20,
+                cap >> 20
+            )
+        }
+        cap => eprintln!("this adapter binds {cap:?} bytes: the cache fits one binding here"),
+    }
+    let x = inputs(c, 500);
+    let (qs, ks) = ([c.b, c.sq, c.hq, c.d], [c.b, c.skv, c.hkv, c.d]);
+    let flex = Device::flex();
+    let t = |d: &[f32], s: [usize; 4], device: &Device| {
+        Tensor::<4>::from_data(TensorData::new(d.to_vec(), s), device)
+    };
+    let want = host(reference(
+        c,
+        &x,
+        t(&x.q, qs, &flex),
+        t(&x.k, ks, &flex),
+        t(&x.v, ks, &flex),
+    ));
+    let page = 131_072; // 64 MiB of k per page.
+    let row = c.hkv * c.d;
+    let pages: Vec<(Tensor<4>, Tensor<4>)> = (0..c.skv)
+        .step_by(page)
+        .map(|p0| {
+            let n = page.min(c.skv - p0);
+            let cut = |d: &[f32]| t(&d[p0 * row..(p0 + n) * row], [1, n, c.hkv, c.d], &gpu);
+            (cut(&x.k), cut(&x.v))
+        })
+        .collect();
+    let scale = 1.0 / (c.d as f32).sqrt();
+    let o = rope_attention_paged(t(&x.q, qs, &gpu), pages, aux(c, &x, &gpu), scale, 1.0);
+    assert_close("o (300,000 keys in 3 pages)", &host(o), &want, 1e-4);
+}
+
 #[test]
 fn every_entry_point_binds_0_to_n_in_group_0_after_renumbering() {
     use e2llm_kernels::attention::{backward_plan, forward_plan};

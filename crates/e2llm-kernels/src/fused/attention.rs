@@ -21,14 +21,19 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::backend::{
+    backend_extension, Autodiff, Backend, BackendTensor, Dispatch, DispatchAutodiffContext,
+    DispatchTensorKind, Flex, Slice, TensorMetadata,
+};
+use burn::tensor::{DType, DispatchTensor, Shape, Tensor, TensorData};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 
 use super::{empty, f32_only, host, launch};
-use crate::attention::{backward_plan, check_batch, forward_plan, part_len, Slot};
+use crate::attention::{
+    backward_plan, check_batch, forward_plan, forward_plan_paged, part_len, tuning, Slot,
+};
 use crate::cpu::AttentionShape;
 use crate::flash_cpu;
 
@@ -95,6 +100,99 @@ pub fn rope_attention(
         scale,
         factor,
     ))
+}
+
+/// [`rope_attention`] over keys and values in pages — a paged KV cache, for a cache larger
+/// than one binding (128 MiB in WebGPU and on lavapipe). Page `i` is `(k, v)`, each
+/// `[B, P_i, Hkv, D]`: the keys that follow the previous pages'; every page but the last has
+/// the same length, a multiple of [`crate::attention::page_multiple`] when there are several.
+/// `aux` as for one k (positions of every key). Inference: no autodiff graph.
+///
+/// On a cubecl device each dispatch binds one page (`attention.wgsl`'s `k_base`/`k_len`); on
+/// the CPU, or for autodiff tensors, the pages are joined and run as [`rope_attention`].
+pub fn rope_attention_paged(
+    q: Tensor<4>,
+    pages: Vec<(Tensor<4>, Tensor<4>)>,
+    aux: Tensor<1>,
+    scale: f32,
+    factor: f32,
+) -> Tensor<4> {
+    let shapes: Vec<Shape> = pages.iter().map(|(k, _)| k.shape()).collect();
+    page_shape(&shapes);
+    if pages.len() > 1 && super::is_gpu(&q.device()) && !q.device().is_autodiff() {
+        let (k, v): (Vec<_>, Vec<_>) = pages
+            .into_iter()
+            .map(|(k, v)| (cube(k.into_dispatch()), cube(v.into_dispatch())))
+            .unzip();
+        let o = paged_on_cube(
+            cube(q.into_dispatch()),
+            k,
+            v,
+            cube(aux.into_dispatch()),
+            scale,
+            factor,
+        );
+        return Tensor::from_dispatch(DispatchTensor {
+            kind: DispatchTensorKind::Cube(BackendTensor::Float(o)),
+            autodiff: DispatchAutodiffContext::Disabled,
+        });
+    }
+    let (k, v): (Vec<_>, Vec<_>) = pages.into_iter().unzip();
+    rope_attention(q, Tensor::cat(k, 1), Tensor::cat(v, 1), aux, scale, factor)
+}
+
+/// The cubecl tensor of a plain float tensor on a cubecl device.
+fn cube(t: DispatchTensor) -> CubeTensor {
+    match t.kind {
+        DispatchTensorKind::Cube(BackendTensor::Float(c)) => c,
+        _ => panic!("rope_attention_paged: every tensor must be a float tensor on the device of q"),
+    }
+}
+
+/// [`rope_attention_paged`] on a cubecl device: [`forward_plan_paged`], each launch binding the
+/// page it reads.
+fn paged_on_cube(
+    q: CubeTensor,
+    k_pages: Vec<CubeTensor>,
+    v_pages: Vec<CubeTensor>,
+    aux: CubeTensor,
+    scale: f32,
+    factor: f32,
+) -> CubeTensor {
+    let shapes: Vec<Shape> = k_pages.iter().map(|k| k.shape()).collect();
+    let (page, all) = page_shape(&shapes);
+    assert!(
+        v_pages.iter().map(|v| v.shape()).eq(shapes.iter().cloned()),
+        "rope_attention_paged: v pages must match the k pages"
+    );
+    let (s, batch) = shape_of(&q.shape(), &all, &aux.shape(), scale, factor);
+    let [q, aux] = [q, aux].map(into_contiguous);
+    let k: Vec<CubeTensor> = k_pages.into_iter().map(into_contiguous).collect();
+    let v: Vec<CubeTensor> = v_pages.into_iter().map(into_contiguous).collect();
+    f32_only("rope_attention", &q);
+    f32_only("rope_attention (positions)", &aux);
+    let f16: Vec<bool> = k.iter().zip(&v).map(|(k, v)| kv_f16(k, v)).collect();
+    assert!(
+        f16.iter().all(|&x| x == f16[0]),
+        "rope_attention_paged: pages mix f16 and f32"
+    );
+    let o = empty(&q, q.shape());
+    let stats = empty(&q, Shape::new([batch * 3 * s.hq * s.sq]));
+    let part = empty(&q, Shape::new([part_len(s, batch).max(1)]));
+    for (mut l, i) in forward_plan_paged(s, batch, tuning(), page) {
+        l.spec.kv_f16 = f16[0];
+        let bufs = l.storage.iter().map(|&b| match Slot::at(b) {
+            Slot::Q => &q,
+            Slot::K => &k[i],
+            Slot::V => &v[i],
+            Slot::Aux => &aux,
+            Slot::O => &o,
+            Slot::Part => &part,
+            _ => &stats,
+        });
+        launch(&q.client, &l, bufs);
+    }
+    o
 }
 
 /// `(o, stats)` of [`rope_attention`] (no autodiff graph): for tests and benchmarks.
@@ -251,6 +349,38 @@ impl FusedAttention for CubeBackend {
         let (dk, dv) = (half(0..nk), half(nk..2 * nk));
         (dq, dk, dv)
     }
+}
+
+/// The page length of `pages` (`[B, P_i, Hkv, D]` each) and the shape of all their keys at
+/// once; panics with the reason when they are not pages of one cache.
+fn page_shape(pages: &[Shape]) -> (usize, Shape) {
+    let first = pages
+        .first()
+        .expect("rope_attention_paged: no pages")
+        .as_slice();
+    assert_eq!(
+        first.len(),
+        4,
+        "rope_attention_paged: pages are [batch, tokens, heads, head_dim]"
+    );
+    let page = first[1];
+    let mut total = 0;
+    for (i, p) in pages.iter().enumerate() {
+        let p = p.as_slice();
+        let last = i + 1 == pages.len();
+        assert!(
+            p.len() == 4
+                && (p[0], p[2], p[3]) == (first[0], first[2], first[3])
+                && (p[1] == page || (last && p[1] <= page)),
+            "rope_attention_paged: page {i} is {p:?}; pages must be [{}, {page}, {}, {}] (the \
+             last one may be shorter)",
+            first[0],
+            first[2],
+            first[3]
+        );
+        total += p[1];
+    }
+    (page, Shape::new([first[0], total, first[2], first[3]]))
 }
 
 /// Whether k and v are stored in f16 (both; the forward reads them as f32): panics, as burn's

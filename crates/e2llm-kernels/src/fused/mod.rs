@@ -39,7 +39,8 @@ pub mod norm;
 pub mod optim;
 
 pub use attention::{
-    rope_attention, rope_attention_backward, rope_attention_forward, FusedAttention,
+    rope_attention, rope_attention_backward, rope_attention_forward, rope_attention_paged,
+    FusedAttention,
 };
 pub use loss::{cross_entropy, FusedLoss};
 pub use norm::{rmsnorm, swiglu, FusedNorm};
@@ -52,6 +53,17 @@ pub fn is_gpu(device: &burn::tensor::Device) -> bool {
         device.clone().inner().as_dispatch(),
         burn::backend::DispatchDevice::Cube(_)
     )
+}
+
+/// The largest buffer `device` binds (and allocates), in bytes, when it is a cubecl device:
+/// 128 MiB on lavapipe and in WebGPU by default; `None` on the CPU (no such limit).
+pub fn max_binding_bytes(device: &burn::tensor::Device) -> Option<u64> {
+    match device.clone().inner().as_dispatch() {
+        burn::backend::DispatchDevice::Cube(d) => {
+            Some(d.client().properties().memory.max_page_size)
+        }
+        _ => None,
+    }
 }
 
 /// One entry point of a WGSL file as a cubecl kernel.
