@@ -311,22 +311,26 @@ fn layer_kv_bytes(c: &LlamaConfig, n: usize) -> u64 {
     4 * (c.num_key_value_heads * c.head_dim()) as u64 * n as u64
 }
 
-/// The largest single buffer a prefill chunk binds: one layer's cached keys, and with the
-/// reference attention the `[heads, chunk, n]` score matrix if larger (the fused kernel has
-/// no score matrix).
+/// The largest single buffer a prefill chunk binds. Reference attention: one layer's cached
+/// keys or the `[heads, chunk, n]` score matrix, whichever is larger. Fused: no score matrix,
+/// and the model keeps its KV cache in pages of at most one binding, so the chunk's widest
+/// activation (the MLP's; prefill takes logits of its last token only) or the embedding
+/// matrix, whichever is larger — neither grows with the context.
 pub fn binding_bytes(c: &LlamaConfig, n: usize, chunk: usize, fused: bool) -> u64 {
-    let scores = 4 * (c.num_attention_heads * chunk.min(n).max(1)) as u64 * n as u64;
+    let rows = chunk.min(n).max(1) as u64;
     if fused {
-        layer_kv_bytes(c, n)
+        let widest = c.intermediate_size.max(c.hidden_size) as u64;
+        (4 * rows * widest).max(4 * (c.vocab_size * c.hidden_size) as u64)
     } else {
+        let scores = 4 * c.num_attention_heads as u64 * rows * n as u64;
         scores.max(layer_kv_bytes(c, n))
     }
 }
 
 /// A rough peak of a run of `n` tokens prefilled `chunk` at a time: weights, the KV cache
 /// (keys and values of every layer), the attention temporaries (reference: three score-sized
-/// ones — scores, softmax, mask; fused: the copy of one layer's keys and values the cache
-/// append makes) and the chunk's activations.
+/// ones — scores, softmax, mask; fused: at most the copy of one layer's keys and values the
+/// cache append makes — of its open page, once the cache is paged) and the chunk's activations.
 pub fn memory_estimate(c: &LlamaConfig, n: usize, chunk: usize, fused: bool) -> u64 {
     let weights = 4 * param_count(c) as u64;
     let kv = 2 * c.num_hidden_layers as u64 * layer_kv_bytes(c, n);

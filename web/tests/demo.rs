@@ -190,13 +190,14 @@ fn memory_check_refuses_what_cannot_fit() {
     assert!(plan_chunk(cfg, 65_536, 1 << 20, false) < 8);
     let fit = max_length(cfg, 1 << 20, 64 << 20, false);
     assert!(fit > 1000 && fit < 1 << 20, "fits {fit}");
-    // The fused kernel has no score matrix: full chunks, and a longer context in the same
-    // budget (bounded by the KV cache).
+    // The fused kernel has no score matrix and pages its KV cache: full chunks, and a longer
+    // context in the same budget (bounded by the KV cache's memory, not by one binding).
     assert_eq!(plan_chunk(cfg, 65_536, 1 << 20, true), 256);
     let (fused_fit, plain_fit) = (
         max_length(cfg, 0, 64 << 20, true),
         max_length(cfg, 0, 64 << 20, false),
     );
+    assert_eq!(max_length(cfg, 1 << 20, 64 << 20, true), fused_fit);
     assert!(
         fused_fit > 2 * plain_fit,
         "fused fits {fused_fit}, reference {plain_fit}"

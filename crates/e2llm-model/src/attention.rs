@@ -146,6 +146,10 @@ pub struct LayerCache {
     pub k: Tensor<4>,
     /// Laid out as `k`.
     pub v: Tensor<4>,
+    /// Fused path, once the cache outgrows one page (one device binding: 128 MiB on lavapipe
+    /// and in WebGPU; [`Paths::kv_page_bytes`]): the full pages of keys and values before `k`
+    /// and `v`, which then hold the open, last page. Empty otherwise.
+    pub pages: Vec<(Tensor<4>, Tensor<4>)>,
     /// Fused path: the cached keys' positions ÷ g, `[batch * past]` row-major.
     pub kpos: Option<Vec<f32>>,
 }
@@ -154,7 +158,9 @@ impl LayerCache {
     /// Tokens cached (the sequence axis differs between the two layouts).
     pub fn len(&self) -> usize {
         match self.kpos {
-            Some(_) => self.k.dims()[1],
+            Some(_) => {
+                self.pages.iter().map(|(k, _)| k.dims()[1]).sum::<usize>() + self.k.dims()[1]
+            }
             None => self.k.dims()[2],
         }
     }
@@ -202,7 +208,7 @@ impl Attention {
         paths: Paths,
     ) -> Tensor<3> {
         if paths.attention {
-            return self.forward_fused(x, rope, cache, paths.kv);
+            return self.forward_fused(x, rope, cache, paths);
         }
         let kv = paths.kv;
         let [b, s, _] = x.dims();
@@ -247,6 +253,7 @@ impl Attention {
                     k: k.clone(),
                     v: v.clone(),
                     kpos: None,
+                    pages: Vec::new(),
                 });
                 // Plain ops compute in f32: an f16 cache is widened here (memory saved, not
                 // bandwidth; the fused kernel reads f16 itself).
@@ -266,7 +273,7 @@ impl Attention {
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut Option<LayerCache>>,
-        kv: KvDtype,
+        paths: Paths,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -277,16 +284,18 @@ impl Attention {
         };
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]);
         let v = self.v_proj.forward(x).reshape([b, s, kvh, d]);
-        let (k, v, kpos) = match cache {
+        let (pages, kpos) = match cache {
             Some(slot) => {
-                let (k, v) = (store(k, kv), store(v, kv));
-                let (k, v, kpos) = match slot.take() {
+                let (k, v) = (store(k, paths.kv), store(v, paths.kv));
+                let page = page_keys(paths.kv_page_bytes, b * kvh * d * paths.kv.bytes(), d);
+                let (pages, open, kpos) = match slot.take() {
                     Some(LayerCache {
                         k: ck,
                         v: cv,
                         kpos: Some(cpos),
+                        pages,
                     }) => {
-                        let past = ck.dims()[1];
+                        let past = cpos.len() / b;
                         let kpos: Vec<f32> = (0..b)
                             .flat_map(|r| {
                                 let old = &cpos[r * past..(r + 1) * past];
@@ -294,37 +303,79 @@ impl Attention {
                                 old.iter().chain(new).copied().collect::<Vec<_>>()
                             })
                             .collect();
-                        (
-                            Tensor::cat(vec![ck, k], 1),
-                            Tensor::cat(vec![cv, v], 1),
-                            kpos,
-                        )
+                        (pages, Some((ck, cv)), kpos)
                     }
-                    _ => (k, v, rope.scaled_pos.clone()),
+                    _ => (Vec::new(), None, rope.scaled_pos.clone()),
                 };
+                let (pages, (k, v)) = append_paged(pages, open, (k, v), page);
                 *slot = Some(LayerCache {
                     k: k.clone(),
                     v: v.clone(),
                     kpos: Some(kpos.clone()),
+                    pages: pages.clone(),
                 });
-                (k, v, kpos)
+                let mut all = pages;
+                all.push((k, v));
+                (all, kpos)
             }
-            None => (k, v, rope.scaled_pos.clone()),
+            None => (vec![(k, v)], rope.scaled_pos.clone()),
         };
         let mut aux = rope.scaled_pos.clone();
         aux.extend(kpos);
         aux.extend(&rope.inv_freq);
         let n = aux.len();
         let aux = Tensor::from_data(TensorData::new(aux, [n]), &q.device());
-        let out = e2llm_kernels::fused::rope_attention(
-            q,
-            k,
-            v,
-            aux,
-            1.0 / (d as f32).sqrt(),
-            rope.factor,
-        );
+        let scale = 1.0 / (d as f32).sqrt();
+        let out = if pages.len() == 1 {
+            let (k, v) = pages.into_iter().next().expect("one page");
+            e2llm_kernels::fused::rope_attention(q, k, v, aux, scale, rope.factor)
+        } else {
+            e2llm_kernels::fused::rope_attention_paged(q, pages, aux, scale, rope.factor)
+        };
         self.o_proj.forward(out.reshape([b, s, h * d]))
+    }
+}
+
+/// Keys per page of a fused KV cache whose pages may take `page_bytes` (`None`: one page,
+/// unbounded) at `key_bytes` per key (all rows, heads and widths of one token) and head width
+/// `d`: the most that fit, in whole [`e2llm_kernels::attention::page_multiple`]s (unbounded
+/// when not even one fits: the allocation then fails with the device's own error).
+pub fn page_keys(page_bytes: Option<u64>, key_bytes: usize, d: usize) -> usize {
+    let m = e2llm_kernels::attention::page_multiple(d);
+    match page_bytes {
+        Some(cap) => match (cap / key_bytes.max(1) as u64) as usize / m * m {
+            0 => usize::MAX,
+            keys => keys,
+        },
+        None => usize::MAX,
+    }
+}
+
+/// `pages` (full, `page` keys each) and the `open` last page with `new` keys appended
+/// (`[batch, tokens, kv_heads, head_dim]`, along tokens): the pages it fills, and the open page
+/// after it (never empty, at most `page` keys).
+fn append_paged(
+    mut pages: Vec<(Tensor<4>, Tensor<4>)>,
+    mut open: Option<(Tensor<4>, Tensor<4>)>,
+    new: (Tensor<4>, Tensor<4>),
+    page: usize,
+) -> (Vec<(Tensor<4>, Tensor<4>)>, (Tensor<4>, Tensor<4>)) {
+    let cat = |open: Option<(Tensor<4>, Tensor<4>)>, (k, v): (Tensor<4>, Tensor<4>)| match open {
+        Some((ok, ov)) => (Tensor::cat(vec![ok, k], 1), Tensor::cat(vec![ov, v], 1)),
+        None => (k, v),
+    };
+    let mut rest = new;
+    loop {
+        let held = open.as_ref().map_or(0, |(k, _)| k.dims()[1]);
+        let n = rest.0.dims()[1];
+        if held + n <= page {
+            return (pages, cat(open, rest));
+        }
+        let room = page - held;
+        let (k, v) = rest;
+        let head = (k.clone().narrow(1, 0, room), v.clone().narrow(1, 0, room));
+        rest = (k.narrow(1, room, n - room), v.narrow(1, room, n - room));
+        pages.push(cat(open.take(), head));
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Paths {
     pub layers: bool,
     /// How a KV cache stores keys and values (the model's [`Llama::with_kv_cache`]).
     pub kv: KvDtype,
+    /// Bytes one page of a fused KV cache may take (`None`: one tensor per layer): the
+    /// device's largest binding, or [`Llama::with_kv_page_bytes`].
+    pub kv_page_bytes: Option<u64>,
 }
 
 impl Paths {
@@ -60,6 +63,7 @@ impl Paths {
             attention: fused,
             layers: fused,
             kv: KvDtype::F32,
+            kv_page_bytes: None,
         }
     }
 }
@@ -88,6 +92,10 @@ pub struct Llama {
     /// How a KV cache stores keys and values (f32 unless [`Llama::with_kv_cache`] says f16).
     #[module(skip)]
     pub kv_cache: KvDtype,
+    /// Bytes per page of the fused KV cache ([`Llama::with_kv_page_bytes`]); `None`: the
+    /// device's largest binding.
+    #[module(skip)]
+    pub kv_page_bytes: Option<u64>,
 }
 
 /// Keys and values of every layer for the tokens processed so far.
@@ -119,14 +127,24 @@ impl KvCache {
 
     /// Bytes the cached keys and values take on the device (every layer; positions aside).
     pub fn bytes(&self) -> usize {
+        let size = |t: &Tensor<4>| t.shape().num_elements() * t.dtype().size();
         self.layers
             .iter()
             .flatten()
             .map(|c| {
-                c.k.shape().num_elements() * c.k.dtype().size()
-                    + c.v.shape().num_elements() * c.v.dtype().size()
+                let pages: usize = c.pages.iter().map(|(k, v)| size(k) + size(v)).sum();
+                pages + size(&c.k) + size(&c.v)
             })
             .sum()
+    }
+
+    /// Full pages the fused cache holds per layer (besides its open page): 0 until the cache
+    /// outgrows one page ([`Llama::with_kv_page_bytes`]).
+    pub fn pages(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |c| c.pages.len())
     }
 
     /// True before the first forward.
@@ -348,6 +366,15 @@ impl Llama {
         Ok(self)
     }
 
+    /// This model with the fused path's KV cache kept in pages of at most `bytes` (in whole
+    /// multiples of `e2llm_kernels::attention::page_multiple` keys) instead of the device's
+    /// largest binding (128 MiB on lavapipe and in WebGPU, which is what a cache longer than
+    /// one binding needs anyway; smaller pages are for tests and tight memory).
+    pub fn with_kv_page_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.kv_page_bytes = bytes;
+        self
+    }
+
     /// Whether this model's attention runs the fused kernel on its device.
     pub fn fused_attention(&self) -> bool {
         self.kernel_paths().attention
@@ -372,6 +399,9 @@ impl Llama {
         Paths {
             attention: paths.attention && !(dynamic && cached),
             kv: self.kv_cache,
+            kv_page_bytes: self
+                .kv_page_bytes
+                .or_else(|| e2llm_kernels::fused::max_binding_bytes(&self.device())),
             ..paths
         }
     }

@@ -228,6 +228,7 @@ fn assemble(config: LlamaConfig, t: HashMap<String, TensorData>, device: &Device
         kernels: Kernels::Auto,
         logn: false,
         kv_cache: Default::default(),
+        kv_page_bytes: None,
     }
 }
 

@@ -645,3 +645,67 @@ fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
         }
     }
 }
+
+/// A fused KV cache in pages (`Llama::with_kv_page_bytes`: 256-key pages here, as a cache past
+/// the device's largest binding is kept) gives the logits of one unpaged cache: a chunked
+/// prefill of 700 tokens (chunks of 100, so chunks straddle pages) and decode steps, f32 and
+/// f16, on flex (pages joined) and on wgpu (each dispatch binds one page).
+#[test]
+fn a_paged_kv_cache_equals_one_tensor() {
+    use e2llm_model::{Kernels, KvDtype};
+    let cfg = small_config();
+    let n = 700;
+    let ids = ids(n);
+    let pos: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+    let g = 8.0;
+    let mut devices = vec![("flex", Device::flex())];
+    match e2llm_model::backend::open("wgpu") {
+        Ok(d) => devices.push(("wgpu", d)),
+        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
+    }
+    for (name, device) in devices {
+        for kv in [KvDtype::F32, KvDtype::F16] {
+            if !device.supports_dtype(kv.dtype()) {
+                eprintln!("{name} {kv} skipped: the device has no {kv}");
+                continue;
+            }
+            let run = |page_bytes: Option<u64>| {
+                let m = weights::init_random(cfg.clone(), 0.2, 7, &device)
+                    .with_kernels(Kernels::Fused)
+                    .with_kv_cache(kv)
+                    .expect("device has the dtype")
+                    .with_kv_page_bytes(page_bytes);
+                let mut cache = KvCache::new(m.layers.len());
+                let mut out = to_vec(
+                    m.prefill(&ids[..695], &pos[..695], g, &mut cache, 100, |_, _| {})
+                        .expect("prefill"),
+                );
+                for i in 695..n {
+                    let l = m
+                        .forward(
+                            &ids[i..=i],
+                            &Positions::row(vec![pos[i]], g),
+                            Some(&mut cache),
+                        )
+                        .expect("step");
+                    out.extend(to_vec(l));
+                }
+                assert_eq!(cache.len(), n);
+                (out, cache.pages(), cache.bytes())
+            };
+            // One key: 2 kv heads × 8 dims × (4 or 2) bytes; pages of 256 keys.
+            let key_bytes = (2 * 8 * kv.bytes()) as u64;
+            let (one, one_pages, one_bytes) = run(Some(1 << 30));
+            let (paged, pages, bytes) = run(Some(256 * key_bytes));
+            assert_eq!(
+                (one_pages, pages),
+                (0, 2),
+                "{name} {kv}: 700 keys are 2 full pages + 188"
+            );
+            assert_eq!(one_bytes, bytes, "{name} {kv}");
+            let d = max_diff(&one, &paged);
+            eprintln!("{name} {kv}: paged cache logits differ by {d:.2e}");
+            assert!(d < 1e-5, "{name} {kv}: paged differs by {d}");
+        }
+    }
+}
