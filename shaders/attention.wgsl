@@ -481,7 +481,14 @@ fn attention_fwd_block(@builtin(workgroup_id) wid: vec3<u32>,
     let kn = past + min(q_first + BR, p.sq);
     let t_end = min(p.c_end, kn);
     for (var t0 = p.c_begin; t0 < t_end; t0 = t0 + BC) {
+        // Zeroed explicitly: WGSL zero-initialises a `var` each time its declaration runs, but
+        // in Chromium (Tint → SwiftShader) this loop-body array kept the previous tile's scores,
+        // so every row that sees more than one tile came out wrong (lse off by ~1.2; found by the
+        // browser test's in-browser kernel check, web/src/selfcheck.rs).
         var s: array<f32, 8>;
+        for (var c = 0u; c < 8u; c = c + 1u) {
+            s[c] = 0.0;
+        }
         for (var dc = 0u; dc < HD; dc = dc + 32u) {
             workgroupBarrier();
             load_k_chunk(t0, dc, kvh, lid);

@@ -11,8 +11,12 @@
 //!   burn's wgpu runtime on the browser's WebGPU (asynchronously, as the browser requires),
 //!   `open_cpu()` gives burn's flex backend compiled to WASM, and `Session` holds a loaded
 //!   model and the trial in progress. The page (`web/static/`) runs it in a Web Worker.
+//! - [`selfcheck`] runs the attention kernel against its CPU twin on the page's device (the
+//!   browser test's in-browser kernel check).
 
 pub mod demo;
+pub mod logged;
+pub mod selfcheck;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 

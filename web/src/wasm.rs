@@ -29,11 +29,19 @@ thread_local! {
 /// Installs the panic hook (called once when the module starts).
 #[wasm_bindgen(start)]
 pub fn start() {
+    crate::logged::install();
     std::panic::set_hook(Box::new(|info| {
         let msg = format!("e2llm-web panicked: {info}");
         console_error(&msg);
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(msg));
     }));
+}
+
+/// The warnings and errors burn's runtime logged since the last call (a kernel WebGPU refused
+/// to compile, above all), one per line; empty when none.
+#[wasm_bindgen]
+pub fn take_logged() -> String {
+    crate::logged::take().join("\n")
 }
 
 /// The message of the last panic, if any (a panic aborts the call that hit it; the worker
@@ -51,6 +59,8 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
 #[wasm_bindgen]
 pub struct Backend {
     device: Device,
+    /// The WebGPU device under it (none on the CPU): error scopes for the kernel check.
+    wgpu: Option<wgpu::Device>,
     label: String,
     gpu: bool,
     max_binding_bytes: u64,
@@ -75,6 +85,42 @@ impl Backend {
     pub fn max_binding_bytes(&self) -> f64 {
         self.max_binding_bytes as f64
     }
+
+    /// The attention kernel in the build and shape `request` (JSON of
+    /// [`crate::selfcheck::CheckRequest`]) against its CPU twin on this device; resolves to the
+    /// JSON of [`crate::selfcheck::CheckReport`]. For the browser test (any build, the block
+    /// forward included, whatever the page itself runs).
+    pub fn attention_check(&self, request: &str) -> Promise {
+        let device = self.device.clone();
+        let gpu = self.wgpu.clone();
+        let request = serde_json::from_str::<crate::selfcheck::CheckRequest>(request);
+        future_to_promise(async move {
+            let request = request.map_err(|e| js_err(format!("attention check request: {e}")))?;
+            // Errors WebGPU reports for the check's own objects (a kernel it refuses).
+            let scopes = gpu.as_ref().map(|d| {
+                (
+                    d.push_error_scope(wgpu::ErrorFilter::Validation),
+                    d.push_error_scope(wgpu::ErrorFilter::Internal),
+                )
+            });
+            let result = crate::selfcheck::attention_check(&device, &request).await;
+            let mut refused = Vec::new();
+            if let Some((validation, internal)) = scopes {
+                let (i, v) = (internal.pop(), validation.pop());
+                refused.extend(i.await.map(|e| format!("WebGPU internal error: {e}")));
+                refused.extend(v.await.map(|e| format!("WebGPU validation error: {e}")));
+            }
+            let mut report = result.map_err(js_err)?;
+            report.logged.extend(refused);
+            // A refused pipeline surfaces as an uncaptured device error: wgpu's handler panics.
+            report
+                .logged
+                .extend(LAST_PANIC.with(|p| p.borrow_mut().take()));
+            serde_json::to_string(&report)
+                .map(|s| JsValue::from_str(&s))
+                .map_err(js_err)
+        })
+    }
 }
 
 /// burn's flex CPU backend, compiled to WASM.
@@ -82,6 +128,7 @@ impl Backend {
 pub fn open_cpu() -> Backend {
     Backend {
         device: Device::flex(),
+        wgpu: None,
         label: "CPU (WASM)".into(),
         gpu: false,
         max_binding_bytes: 0,
@@ -113,7 +160,7 @@ pub async fn open_gpu() -> Result<Backend, JsValue> {
     }
     // The attention kernels' build: the GPU one only where the browser says it is GPU hardware
     // (SwiftShader, or an adapter that does not say, keeps the CPU rasteriser's).
-    e2llm_kernels::attention::set_tuning(browser(e2llm_kernels::gpu::tuning_for(&info)));
+    e2llm_kernels::attention::set_tuning(e2llm_kernels::gpu::tuning_for(&info));
     let name = if info.name.is_empty() {
         String::new()
     } else {
@@ -121,18 +168,11 @@ pub async fn open_gpu() -> Result<Backend, JsValue> {
     };
     Ok(Backend {
         device,
+        wgpu: Some(setup.device.clone()),
         label: format!("wgpu: {name}{:?}, {:?}", info.backend, info.device_type),
         gpu: true,
         max_binding_bytes: limits.max_storage_buffer_binding_size,
     })
-}
-
-/// `t` as browsers run it: without the block forward. In Chromium (Tint, SwiftShader) it gave
-/// logits 2.4e-3 off the native ones on the browser test's model (heads of 32), where native
-/// lavapipe and an H100 match the CPU twins to 1e-6 — unexplained, so browsers keep the rows
-/// forward until it is.
-fn browser(t: e2llm_kernels::attention::Tuning) -> e2llm_kernels::attention::Tuning {
-    e2llm_kernels::attention::Tuning { block: false, ..t }
 }
 
 /// Builds the attention kernels with `text` instead of the adapter's choice (`cpu`, `gpu` or
@@ -143,7 +183,6 @@ fn browser(t: e2llm_kernels::attention::Tuning) -> e2llm_kernels::attention::Tun
 pub fn set_attention_tuning(text: &str) -> Result<String, JsValue> {
     let t = e2llm_kernels::attention::Tuning::parse(text)
         .map_err(|e| js_err(format!("attention build `{text}`: {e}")))?;
-    let t = browser(t);
     e2llm_kernels::attention::set_tuning(t);
     let rows = if t.rows == 0 {
         "by head width".to_string()
@@ -151,8 +190,13 @@ pub fn set_attention_tuning(text: &str) -> Result<String, JsValue> {
         t.rows.to_string()
     };
     Ok(format!(
-        "attention build: rows {rows}, {} tiles per dispatch",
-        t.tiles_per_dispatch
+        "attention build: rows {rows}, {} tiles per dispatch{}",
+        t.tiles_per_dispatch,
+        if t.block {
+            ", block forward for short prefills at head width 32"
+        } else {
+            ""
+        }
     ))
 }
 

@@ -16,6 +16,8 @@ const state = {
   status: "starting", // starting | ready | no-model | loading | running | error
 };
 window.e2llm = state;
+// The browser test's kernel check: resolves to {report} (web/src/selfcheck.rs).
+state.attentionCheck = (request) => call({ type: "attention_check", request });
 
 let worker = null;
 let nextId = 1;

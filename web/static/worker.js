@@ -5,7 +5,7 @@
 // keeps running; a Rust panic also comes back as an error with `fatal: true`, and the page then
 // starts a fresh worker (a wasm instance is not usable after a panic).
 
-import init, { open_gpu, open_cpu, set_attention_tuning, Session, last_panic } from "./pkg/e2llm_web.js";
+import init, { open_gpu, open_cpu, set_attention_tuning, take_logged, Session, last_panic } from "./pkg/e2llm_web.js";
 
 const ready = init();
 let backend = null;
@@ -89,6 +89,9 @@ async function trial(m) {
   const answer = JSON.parse(await session.answer(m.top || 5));
   const answerMs = performance.now() - t2;
   post({ type: "answer", id: m.id, answer, prefill_ms: prefillMs, answer_ms: answerMs, n });
+  // What burn's runtime logged meanwhile (on wasm a kernel WebGPU refuses is only logged).
+  const logged = take_logged();
+  if (logged) trace(`runtime log: ${logged}`);
   if (m.strip) {
     const s = m.strip;
     const data = await session.attention_strip(s.layer, s.head, Math.min(s.width, n));
@@ -120,6 +123,13 @@ onmessage = async (ev) => {
       case "stop":
         stopRequested = true;
         break;
+      case "attention_check": {
+        // The browser test's kernel check (web/src/selfcheck.rs): one build and shape.
+        if (!backend) throw new Error("backend not ready");
+        const report = JSON.parse(await backend.attention_check(JSON.stringify(m.request)));
+        post({ type: "done", id: m.id, report });
+        break;
+      }
       case "trial":
         if (!session) throw new Error("load a model first");
         await trial(m);

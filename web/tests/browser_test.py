@@ -222,6 +222,37 @@ def sweep_check(driver):
           f"sweep: 2 lengths x 2 depths filled ({s['cells']}, errors {s['errors']})")
 
 
+KERNEL_CASES = [
+    # (attention build, sq, skv, hq, hkv, head width, kernel it runs)
+    ("gpu,block=0", 256, 256, 2, 2, 32, "rows"),
+    ("gpu,block=1", 256, 256, 2, 2, 32, "block"),
+    ("gpu,block=1", 44, 300, 2, 1, 32, "block"),
+    ("cpu", 44, 300, 4, 2, 64, "rows"),
+    ("gpu", 3, 700, 4, 1, 32, "decode"),
+]
+
+
+def kernel_checks(driver, tag):
+    """The attention kernel in each build against its CPU twin, on the page's WebGPU device
+    (web/src/selfcheck.rs): the block forward included, which the page itself does not run."""
+    driver.set_script_timeout(300)
+    for tuning, sq, skv, hq, hkv, d, kernel in KERNEL_CASES:
+        # SwiftShader's exp/sin are less precise than a GPU's (the rows kernel is ~5e-5 off).
+        req = {"tuning": tuning, "sq": sq, "skv": skv, "hq": hq, "hkv": hkv, "d": d, "tol": 5e-4}
+        r = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "e2llm.attentionCheck(arguments[0]).then((m) => done(m.report), (e) => done({error: String(e)}));",
+            req)
+        log(f"{tag}: attention check {req}: {r}")
+        if "error" in r:
+            check(False, f"{tag}: attention check {tuning} ran ({r['error']})")
+            continue
+        check(r["kernel"] == kernel and r["bad_count"] == 0 and r["lse_max_abs"] < 5e-4 and not r["logged"],
+              f"{tag}: {kernel} attention ({tuning}, {sq} queries after {skv - sq} keys, {hq}/{hkv} heads "
+              f"of {d}) matches its CPU twin on WebGPU (max |Δ| {r['max_abs']:.1e}, lse {r['lse_max_abs']:.1e}, "
+              f"{r['bad_count']} rows off: {r['bad_rows']}; runtime log: {r['logged']})")
+
+
 def drop_files(driver, paths):
     inp = driver.find_element(By.ID, "file-input")
     inp.send_keys("\n".join(paths))
@@ -306,6 +337,8 @@ def session(cli, url, model, work, out, webgpu, length, tag, extra):
         driver.save_screenshot(shot)
         log(f"{tag}: screenshot {shot}")
         compare_native(cli, model, r, work, tag)
+        if webgpu and tag == "webgpu":
+            kernel_checks(driver, tag)
         if not webgpu:
             sweep_check(driver)
         if extra:

@@ -224,3 +224,43 @@ fn requests_parse_as_the_page_sends_them() {
     .expect("manual g");
     assert_eq!((r.scale, r.key), (ScaleChoice::Manual(2.5), Some(42)));
 }
+
+/// The in-browser kernel check (`selfcheck`, what the browser test runs on WebGPU) natively:
+/// every build on the adapter (lavapipe in CI) matches the CPU twin, and a broken input is
+/// reported, not hidden. Skipped without an adapter.
+#[test]
+fn the_attention_self_check_passes_on_the_adapter_in_every_build() {
+    use e2llm_web::selfcheck::{attention_check, CheckRequest};
+    let device = match e2llm_model::backend::open("wgpu") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipped: no wgpu adapter ({e})");
+            return;
+        }
+    };
+    let req = |tuning: &str, sq, skv, hq, hkv, d| CheckRequest {
+        tuning: tuning.into(),
+        sq,
+        skv,
+        hq,
+        hkv,
+        d,
+        tol: 1e-4,
+    };
+    for (r, kernel) in [
+        (req("gpu,block=0", 256, 256, 2, 2, 32), "rows"),
+        (req("gpu,block=1", 256, 256, 2, 2, 32), "block"),
+        (req("gpu,block=1", 44, 300, 2, 1, 32), "block"),
+        (req("cpu", 44, 300, 4, 2, 64), "rows"),
+        (req("gpu", 3, 700, 4, 1, 32), "decode"),
+    ] {
+        let rep = block_on(attention_check(&device, &r)).expect("check runs");
+        eprintln!("{r:?}: {rep:?}");
+        assert_eq!(rep.kernel, kernel, "{r:?}");
+        assert_eq!(rep.bad_count, 0, "{r:?}: {rep:?}");
+        assert!(rep.max_abs < 1e-4, "{r:?}: {rep:?}");
+        assert!(rep.lse_max_abs < 1e-4, "{r:?}: {rep:?}");
+        assert!(rep.logged.is_empty(), "{r:?}: {rep:?}");
+    }
+    assert!(block_on(attention_check(&device, &req("gpu", 5, 3, 2, 2, 32))).is_err());
+}
