@@ -4,15 +4,15 @@
 //! The browser test runs it on WebGPU (SwiftShader in CI), so every build a browser could be
 //! given is checked in a browser, not only natively; `cargo test` runs it on lavapipe.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use e2llm_kernels::attention::{set_tuning, tuning, Tuning};
 use e2llm_kernels::cpu::{self, AttentionShape};
 use serde::{Deserialize, Serialize};
 
 use crate::demo::WebError;
 
-/// What to check: the kernels' build (`Tuning::parse` text: `cpu`, `gpu`, `gpu,block=1`, …)
-/// and the shape — `sq` new queries after `skv − sq` cached keys, heads, head width.
+/// What to check: the kernels' build (`Tuning::parse` text: `cpu`, `gpu`, `gpu,block=1`, …,
+/// and f32 or f16 keys and values) and the shape — `sq` new queries after `skv − sq` cached keys, heads, head width.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CheckRequest {
     /// The attention build, as `E2LLM_ATTENTION` natively.
@@ -30,6 +30,10 @@ pub struct CheckRequest {
     /// A row is off when some value misses the twin by more than `tol · (1 + |want|)`.
     #[serde(default = "default_tol")]
     pub tol: f32,
+    /// Keys and values in f16 (the `--kv-cache f16` build; the twin gets them rounded to f16).
+    /// Where the device has no f16 the report says so (`skipped`) instead of running.
+    #[serde(default)]
+    pub kv_f16: bool,
 }
 
 fn default_tol() -> f32 {
@@ -56,6 +60,8 @@ pub struct CheckReport {
     pub bad_count: usize,
     /// What the runtime logged meanwhile (a kernel the device refused to compile).
     pub logged: Vec<String>,
+    /// Why nothing ran (an f16 build on a device without f16); `None` when the check ran.
+    pub skipped: Option<String>,
 }
 
 /// Runs the check on `device` (the process's attention build is restored afterwards).
@@ -84,7 +90,29 @@ pub async fn attention_check(
             })
             .collect()
     };
-    let (q, k, v) = (rand(sq * hq * d), rand(skv * hkv * d), rand(skv * hkv * d));
+    let (q, mut k, mut v) = (rand(sq * hq * d), rand(skv * hkv * d), rand(skv * hkv * d));
+    if req.kv_f16 {
+        if !device.supports_dtype(DType::F16) {
+            return Ok(CheckReport {
+                build: format!("{t:?}"),
+                kernel: "none",
+                max_abs: 0.0,
+                lse_max_abs: 0.0,
+                worst_row: 0,
+                bad_rows: Vec::new(),
+                bad_count: 0,
+                logged: crate::logged::take(),
+                skipped: Some("the device has no f16 (WebGPU: shader-f16)".into()),
+            });
+        }
+        // The twin reads what the kernel reads: the values rounded to f16 (burn's own cast).
+        let flex = burn::tensor::Device::flex();
+        for x in [&mut k, &mut v] {
+            let n = x.len();
+            let t = Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &flex);
+            *x = e2llm_model::backend::read_f32(t.cast(DType::F16).cast(DType::F32))?;
+        }
+    }
     // E²-LLM-like positions: 4 sinks, then an offset, divided by g = 3.
     let kpos: Vec<f32> = (0..skv)
         .map(|i| if i < 4 { i as f32 } else { (i + 37) as f32 } / 3.0)
@@ -103,10 +131,18 @@ pub async fn attention_check(
     };
     let aux = [qpos.as_slice(), &kpos, &inv_freq].concat();
     let n_aux = aux.len();
+    let stored = |x: &[f32]| {
+        let t = tensor(x, shape4(skv, hkv));
+        if req.kv_f16 {
+            t.cast(DType::F16)
+        } else {
+            t
+        }
+    };
     let (o, stats) = e2llm_kernels::fused::rope_attention_forward(
         tensor(&q, shape4(sq, hq)),
-        tensor(&k, shape4(skv, hkv)),
-        tensor(&v, shape4(skv, hkv)),
+        stored(&k),
+        stored(&v),
         Tensor::<1>::from_data(TensorData::new(aux, [n_aux]), device),
         s.scale,
         1.0,
@@ -163,5 +199,6 @@ pub async fn attention_check(
         bad_count: bad.len(),
         logged: crate::logged::take(),
         bad_rows: bad.into_iter().take(16).collect(),
+        skipped: None,
     })
 }

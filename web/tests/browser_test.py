@@ -229,6 +229,9 @@ KERNEL_CASES = [
     ("gpu,block=1", 44, 300, 2, 1, 32, "block"),
     ("cpu", 44, 300, 4, 2, 64, "rows"),
     ("gpu", 3, 700, 4, 1, 32, "decode"),
+    # f16 keys and values (--kv-cache f16), where the adapter has shader-f16:
+    ("gpu,block=1,f16", 44, 300, 2, 1, 32, "block"),
+    ("gpu,f16", 3, 700, 4, 1, 32, "decode"),
 ]
 
 
@@ -238,7 +241,9 @@ def kernel_checks(driver, tag):
     driver.set_script_timeout(300)
     for tuning, sq, skv, hq, hkv, d, kernel in KERNEL_CASES:
         # SwiftShader's exp/sin are less precise than a GPU's (the rows kernel is ~5e-5 off).
-        req = {"tuning": tuning, "sq": sq, "skv": skv, "hq": hq, "hkv": hkv, "d": d, "tol": 5e-4}
+        f16 = tuning.endswith(",f16")
+        tuning = tuning.removesuffix(",f16")
+        req = {"tuning": tuning, "sq": sq, "skv": skv, "hq": hq, "hkv": hkv, "d": d, "tol": 5e-4, "kv_f16": f16}
         r = driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             "e2llm.attentionCheck(arguments[0]).then((m) => done(m.report), (e) => done({error: String(e)}));",
@@ -247,8 +252,11 @@ def kernel_checks(driver, tag):
         if "error" in r:
             check(False, f"{tag}: attention check {tuning} ran ({r['error']})")
             continue
+        if r.get("skipped"):
+            log(f"{tag}: attention check {tuning} (f16 K/V) skipped: {r['skipped']}")
+            continue
         check(r["kernel"] == kernel and r["bad_count"] == 0 and r["lse_max_abs"] < 5e-4 and not r["logged"],
-              f"{tag}: {kernel} attention ({tuning}, {sq} queries after {skv - sq} keys, {hq}/{hkv} heads "
+              f"{tag}: {kernel} attention ({tuning}{', f16 K/V' if f16 else ''}, {sq} queries after {skv - sq} keys, {hq}/{hkv} heads "
               f"of {d}) matches its CPU twin on WebGPU (max |Δ| {r['max_abs']:.1e}, lse {r['lse_max_abs']:.1e}, "
               f"{r['bad_count']} rows off: {r['bad_rows']}; runtime log: {r['logged']})")
 

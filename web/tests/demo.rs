@@ -246,6 +246,11 @@ fn the_attention_self_check_passes_on_the_adapter_in_every_build() {
         hkv,
         d,
         tol: 1e-4,
+        kv_f16: false,
+    };
+    let f16 = |mut r: CheckRequest| {
+        r.kv_f16 = true;
+        r
     };
     for (r, kernel) in [
         (req("gpu,block=0", 256, 256, 2, 2, 32), "rows"),
@@ -253,7 +258,13 @@ fn the_attention_self_check_passes_on_the_adapter_in_every_build() {
         (req("gpu,block=1", 44, 300, 2, 1, 32), "block"),
         (req("cpu", 44, 300, 4, 2, 64), "rows"),
         (req("gpu", 3, 700, 4, 1, 32), "decode"),
+        (f16(req("gpu,block=1", 44, 300, 2, 1, 32)), "block"),
+        (f16(req("gpu", 3, 700, 4, 1, 32)), "decode"),
     ] {
+        if r.kv_f16 && !device.supports_dtype(burn::tensor::DType::F16) {
+            eprintln!("{r:?} skipped: the adapter has no shader-f16");
+            continue;
+        }
         let rep = block_on(attention_check(&device, &r)).expect("check runs");
         eprintln!("{r:?}: {rep:?}");
         assert_eq!(rep.kernel, kernel, "{r:?}");
