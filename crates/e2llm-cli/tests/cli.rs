@@ -76,6 +76,25 @@ fn info_summarises_the_config() {
     for want in ["parameters", "llama3", "rope_theta", "head_dim"] {
         assert!(s.contains(want), "info output lacks `{want}`:\n{s}");
     }
+    // 2 layers × (k + v) × 2 kv heads × 32 dims.
+    assert!(s.contains("1024 B per token f32, 512 B f16"), "{s}");
+}
+
+#[test]
+fn an_unknown_kv_cache_type_is_one_clear_error() {
+    let model = case("llama3");
+    let o = e2llm(&[
+        "generate",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--prompt",
+        "hi",
+        "--kv-cache",
+        "f8",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("f8") && e.contains("f32, f16"), "{e}");
 }
 
 #[test]

@@ -35,6 +35,16 @@ pub fn run(a: Args) -> Result<()> {
         cfg.head_dim()
     );
     println!("context (L)      {}", cfg.max_position_embeddings);
+    // Keys and values of every layer for one token (--kv-cache f32 | f16).
+    let per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim();
+    let mib = |bytes: usize, tokens: usize| (bytes * tokens) as f64 / (1 << 20) as f64;
+    println!(
+        "KV cache         {} B per token f32, {} B f16 ({:.0} / {:.0} MiB at 64k tokens)",
+        4 * per_token,
+        2 * per_token,
+        mib(4 * per_token, 65536),
+        mib(2 * per_token, 65536)
+    );
     println!("rope_theta       {}", cfg.rope.theta);
     match cfg.rope.scaling.factor() {
         Some(f) => println!(
