@@ -11,13 +11,12 @@ const state = {
   source: null, // "model/" or "dropped files"
   last: null, // last trial: {prompt, answer, prefill_ms, tokens_per_s, ...}
   sweep: null, // {lengths, depths, cells}
+  kernelCheck: null, // {done, rows: [{request, report, ok, skipped}]} after "Check kernels"
   errors: [], // every error shown on the page
   trace: [], // the worker's progress notes
   status: "starting", // starting | ready | no-model | loading | running | error
 };
 window.e2llm = state;
-// The browser test's kernel check: resolves to {report} (web/src/selfcheck.rs).
-state.attentionCheck = (request) => call({ type: "attention_check", request });
 
 let worker = null;
 let nextId = 1;
@@ -42,6 +41,7 @@ function setStatus(s) {
   const busy = s === "running" || s === "loading" || s === "starting";
   $("run").disabled = busy || !state.info;
   $("sweep").disabled = busy || !state.info;
+  $("kernel-check").disabled = busy || !state.backend;
   $("stop").disabled = s !== "running";
 }
 
@@ -445,12 +445,66 @@ function drawHeatmap(s) {
   });
 }
 
+// ------------------------------------------------------------------------- kernel check --
+
+// Builds and shapes (sq queries after skv − sq cached keys, hq/hkv heads of width d): the rows
+// forward in the GPU and CPU-rasteriser builds, the block forward, the split-key decode, and the
+// f16 K/V builds (skipped where the adapter has no shader-f16). Tolerance 5e-4 (SwiftShader's
+// exp/sin are less precise than a GPU's).
+const KERNEL_CHECKS = [
+  { tuning: "gpu,block=0", sq: 256, skv: 256, hq: 2, hkv: 2, d: 32 },
+  { tuning: "gpu,block=1", sq: 256, skv: 256, hq: 2, hkv: 2, d: 32 },
+  { tuning: "gpu,block=1", sq: 44, skv: 300, hq: 2, hkv: 1, d: 32 },
+  { tuning: "cpu", sq: 44, skv: 300, hq: 4, hkv: 2, d: 64 },
+  { tuning: "gpu", sq: 3, skv: 700, hq: 4, hkv: 1, d: 32 },
+  { tuning: "gpu,block=1", sq: 44, skv: 300, hq: 2, hkv: 1, d: 32, kv_f16: true },
+  { tuning: "gpu", sq: 3, skv: 700, hq: 4, hkv: 1, d: 32, kv_f16: true },
+];
+const KERNEL_TOL = 5e-4;
+
+async function onKernelCheck() {
+  clearError();
+  const body = $("kernel-table").querySelector("tbody");
+  body.textContent = "";
+  state.kernelCheck = { done: false, rows: [] };
+  setStatus("running");
+  try {
+    for (const c of KERNEL_CHECKS) {
+      const req = { ...c, tol: KERNEL_TOL, kv_f16: !!c.kv_f16 };
+      const { report: r } = await call({ type: "attention_check", request: req });
+      const ok = !r.skipped && r.bad_count === 0 && r.lse_max_abs < KERNEL_TOL && r.logged.length === 0;
+      const verdict = r.skipped ? `skipped: ${r.skipped}` : ok ? "✓ matches the CPU twin"
+        : `✗ ${r.bad_count} rows off${r.logged.length ? `; ${r.logged.join(" ")}` : ""}`;
+      state.kernelCheck.rows.push({ request: req, report: r, ok, skipped: !!r.skipped });
+      const tr = document.createElement("tr");
+      const cells = [
+        `${c.tuning}${c.kv_f16 ? ", f16 K/V" : ""}`, r.skipped ? "–" : r.kernel,
+        `${c.sq} after ${c.skv - c.sq}, ${c.hq}/${c.hkv} heads of ${c.d}`,
+        r.skipped ? "–" : r.max_abs.toExponential(1), r.skipped ? "–" : r.lse_max_abs.toExponential(1), verdict,
+      ];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      tr.className = r.skipped ? "kc-skip" : ok ? "kc-ok" : "kc-bad";
+      body.appendChild(tr);
+    }
+  } catch (e) {
+    showError(`kernel check stopped: ${e.message}`);
+  } finally {
+    state.kernelCheck.done = true;
+    if (state.status === "running") setStatus(state.info ? "ready" : "no-model");
+  }
+}
+
 // --------------------------------------------------------------------------------- wire --
 
 $("depth").addEventListener("input", () => ($("depth-out").value = Number($("depth").value).toFixed(2)));
 $("scale").addEventListener("change", () => ($("g").disabled = $("scale").value !== "manual"));
 $("run").addEventListener("click", onRun);
 $("sweep").addEventListener("click", onSweep);
+$("kernel-check").addEventListener("click", onKernelCheck);
 $("stop").addEventListener("click", () => worker && worker.postMessage({ type: "stop" }));
 $("backend-choice").addEventListener("change", () => boot(true));
 $("file-input").addEventListener("change", (e) => onFiles(e.target.files));
