@@ -235,7 +235,8 @@ impl Demo {
         }
         .g(n, req.max_new_tokens, orig_len);
         let total = n + req.max_new_tokens;
-        let fused = self.model.fused_attention();
+        // What the prefill runs: the cached path (dynamic NTK keeps reference attention there).
+        let fused = self.model.fused_cached_attention();
         let chunk = if req.chunk > 0 {
             req.chunk
         } else {

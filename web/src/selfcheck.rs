@@ -125,6 +125,9 @@ pub async fn attention_check(
 
     let previous = tuning();
     set_tuning(t);
+    // What runs (natively `E2LLM_ATTENTION` overrides `set_tuning`), and nothing logged before.
+    let t = tuning();
+    crate::logged::take();
     let shape4 = |n: usize, h: usize| [1, n, h, d];
     let tensor = |x: &[f32], shape: [usize; 4]| {
         Tensor::<4>::from_data(TensorData::new(x.to_vec(), shape), device)
@@ -186,7 +189,9 @@ pub async fn attention_check(
         .collect();
     Ok(CheckReport {
         build: format!("{t:?}"),
-        kernel: if e2llm_kernels::attention::decode_splits(s) > 0 {
+        kernel: if !e2llm_kernels::fused::is_gpu(device) {
+            "cpu"
+        } else if e2llm_kernels::attention::decode_splits(s) > 0 {
             "decode"
         } else if t.block_forward(s, 1) {
             "block"

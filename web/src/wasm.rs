@@ -112,10 +112,12 @@ impl Backend {
             }
             let mut report = result.map_err(js_err)?;
             report.logged.extend(refused);
-            // A refused pipeline surfaces as an uncaptured device error: wgpu's handler panics.
-            report
-                .logged
-                .extend(LAST_PANIC.with(|p| p.borrow_mut().take()));
+            // A refused pipeline surfaces as an uncaptured device error, and wgpu's handler
+            // panics: the instance is then unusable — reject (the worker reads `last_panic`,
+            // reports it and restarts).
+            if let Some(panic) = LAST_PANIC.with(|p| p.borrow().clone()) {
+                return Err(js_err(panic));
+            }
             serde_json::to_string(&report)
                 .map(|s| JsValue::from_str(&s))
                 .map_err(js_err)

@@ -287,7 +287,12 @@ impl Attention {
         let (pages, kpos) = match cache {
             Some(slot) => {
                 let (k, v) = (store(k, paths.kv), store(v, paths.kv));
-                let page = page_keys(paths.kv_page_bytes, b * kvh * d * paths.kv.bytes(), d);
+                let page = page_keys(
+                    paths.kv_page_bytes,
+                    b * kvh * d * paths.kv.bytes(),
+                    b * kvh * d,
+                    d,
+                );
                 let (pages, open, kpos) = match slot.take() {
                     Some(LayerCache {
                         k: ck,
@@ -337,16 +342,21 @@ impl Attention {
 }
 
 /// Keys per page of a fused KV cache whose pages may take `page_bytes` (`None`: one page,
-/// unbounded) at `key_bytes` per key (all rows, heads and widths of one token) and head width
-/// `d`: the most that fit, in whole [`e2llm_kernels::attention::page_multiple`]s (unbounded
+/// unbounded) at `key_bytes` (`key_values` values) per key — all rows, heads and widths of one
+/// token — and head width `d`: the most that fit, in whole [`e2llm_kernels::attention::page_multiple`]s (unbounded
 /// when not even one fits: the allocation then fails with the device's own error).
-pub fn page_keys(page_bytes: Option<u64>, key_bytes: usize, d: usize) -> usize {
+pub fn page_keys(page_bytes: Option<u64>, key_bytes: usize, key_values: usize, d: usize) -> usize {
     let m = e2llm_kernels::attention::page_multiple(d);
     match page_bytes {
-        Some(cap) => match (cap / key_bytes.max(1) as u64) as usize / m * m {
-            0 => usize::MAX,
-            keys => keys,
-        },
+        // At most 2^32 values per page too: the kernels index a binding with u32.
+        Some(cap) => {
+            let keys =
+                (cap / key_bytes.max(1) as u64).min(u64::from(u32::MAX) / key_values.max(1) as u64);
+            match keys as usize / m * m {
+                0 => usize::MAX,
+                keys => keys,
+            }
+        }
         None => usize::MAX,
     }
 }
@@ -370,6 +380,11 @@ fn append_paged(
         let n = rest.0.dims()[1];
         if held + n <= page {
             return (pages, cat(open, rest));
+        }
+        if held == page {
+            // The open page is full: it becomes a page (burn refuses an empty narrow).
+            pages.extend(open.take());
+            continue;
         }
         let room = page - held;
         let (k, v) = rest;

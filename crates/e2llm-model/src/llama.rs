@@ -380,6 +380,12 @@ impl Llama {
         self.kernel_paths().attention
     }
 
+    /// Whether attention through a KV cache runs the fused kernel (not with dynamic NTK, whose
+    /// cached keys keep the rotation of their own step: [`Self::fused_attention`] otherwise).
+    pub fn fused_cached_attention(&self) -> bool {
+        self.paths(true).attention
+    }
+
     /// Whether this model's RMSNorm, SwiGLU, loss and AdamW run the fused kernels.
     pub fn fused_layers(&self) -> bool {
         self.kernel_paths().layers

@@ -674,43 +674,56 @@ fn a_paged_kv_cache_equals_one_tensor() {
                 eprintln!("{name} {kv} skipped: the device has no {kv}");
                 continue;
             }
-            let run = |page_bytes: Option<u64>| {
-                let m = weights::init_random(cfg.clone(), 0.2, 7, &device)
-                    .with_kernels(Kernels::Fused)
-                    .with_kv_cache(kv)
-                    .expect("device has the dtype")
-                    .with_kv_page_bytes(page_bytes);
-                let mut cache = KvCache::new(m.layers.len());
-                let mut out = to_vec(
-                    m.prefill(&ids[..695], &pos[..695], g, &mut cache, 100, |_, _| {})
-                        .expect("prefill"),
-                );
-                for i in 695..n {
-                    let l = m
-                        .forward(
-                            &ids[i..=i],
-                            &Positions::row(vec![pos[i]], g),
-                            Some(&mut cache),
+            // (prefill chunk, tokens prefilled before the decode steps): chunks straddling pages;
+            // and chunks of exactly one page, then decode steps across a page boundary (the open
+            // page full when the next token comes).
+            for (chunk, prefilled, full_pages) in [(100, 695, 2), (256, 511, 2)] {
+                let steps = if chunk == 100 { n } else { 520 };
+                let run = |page_bytes: Option<u64>| {
+                    let m = weights::init_random(cfg.clone(), 0.2, 7, &device)
+                        .with_kernels(Kernels::Fused)
+                        .with_kv_cache(kv)
+                        .expect("device has the dtype")
+                        .with_kv_page_bytes(page_bytes);
+                    let mut cache = KvCache::new(m.layers.len());
+                    let mut out = to_vec(
+                        m.prefill(
+                            &ids[..prefilled],
+                            &pos[..prefilled],
+                            g,
+                            &mut cache,
+                            chunk,
+                            |_, _| {},
                         )
-                        .expect("step");
-                    out.extend(to_vec(l));
-                }
-                assert_eq!(cache.len(), n);
-                (out, cache.pages(), cache.bytes())
-            };
-            // One key: 2 kv heads × 8 dims × (4 or 2) bytes; pages of 256 keys.
-            let key_bytes = (2 * 8 * kv.bytes()) as u64;
-            let (one, one_pages, one_bytes) = run(Some(1 << 30));
-            let (paged, pages, bytes) = run(Some(256 * key_bytes));
-            assert_eq!(
-                (one_pages, pages),
-                (0, 2),
-                "{name} {kv}: 700 keys are 2 full pages + 188"
-            );
-            assert_eq!(one_bytes, bytes, "{name} {kv}");
-            let d = max_diff(&one, &paged);
-            eprintln!("{name} {kv}: paged cache logits differ by {d:.2e}");
-            assert!(d < 1e-5, "{name} {kv}: paged differs by {d}");
+                        .expect("prefill"),
+                    );
+                    for i in prefilled..steps {
+                        let l = m
+                            .forward(
+                                &ids[i..=i],
+                                &Positions::row(vec![pos[i]], g),
+                                Some(&mut cache),
+                            )
+                            .expect("step");
+                        out.extend(to_vec(l));
+                    }
+                    assert_eq!(cache.len(), steps);
+                    (out, cache.pages(), cache.bytes())
+                };
+                // One key: 2 kv heads × 8 dims × (4 or 2) bytes; pages of 256 keys.
+                let key_bytes = (2 * 8 * kv.bytes()) as u64;
+                let (one, one_pages, one_bytes) = run(Some(1 << 30));
+                let (paged, pages, bytes) = run(Some(256 * key_bytes));
+                assert_eq!(
+                    (one_pages, pages),
+                    (0, full_pages),
+                    "{name} {kv}: {steps} keys in pages of 256"
+                );
+                assert_eq!(one_bytes, bytes, "{name} {kv}");
+                let d = max_diff(&one, &paged);
+                eprintln!("{name} {kv} chunk {chunk}: paged cache logits differ by {d:.2e}");
+                assert!(d < 1e-5, "{name} {kv} chunk {chunk}: paged differs by {d}");
+            }
         }
     }
 }
