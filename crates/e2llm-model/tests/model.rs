@@ -38,6 +38,26 @@ fn ids(n: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 37 + 11) % 64) as u32).collect()
 }
 
+/// Logits of one decode step per token `ids[i]`, `i` in `range`, at `pos[i] / g`, through
+/// `cache` (each step appends to it).
+fn decode_steps(
+    m: &Llama,
+    ids: &[u32],
+    pos: &[f32],
+    g: f32,
+    range: std::ops::Range<usize>,
+    cache: &mut KvCache,
+) -> Vec<f32> {
+    range
+        .flat_map(|i| {
+            let l = m
+                .forward(&ids[i..=i], &Positions::row(vec![pos[i]], g), Some(cache))
+                .expect("step");
+            to_vec(l)
+        })
+        .collect()
+}
+
 #[test]
 fn kv_cache_decode_equals_full_forward() {
     let m = model(small_config());
@@ -471,16 +491,7 @@ fn logn_scaling_through_the_cache_equals_the_full_forward() {
             )
             .expect("prefill"),
         );
-        for i in 10..n {
-            let l = m
-                .forward(
-                    &ids[i..=i],
-                    &Positions::row(vec![pos[i]], g),
-                    Some(&mut cache),
-                )
-                .expect("step");
-            stepwise.extend(to_vec(l));
-        }
+        stepwise.extend(decode_steps(&m, &ids, &pos, g, 10..n, &mut cache));
         assert_eq!(cache.len(), n, "{kernels}: the cache holds every token");
         let d = max_diff(&full, &stepwise);
         assert!(d < 1e-4, "{kernels}: cached decode differs by {d}");
@@ -623,16 +634,7 @@ fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
                     m.prefill(&ids[..30], &pos[..30], g, &mut cache, 7, |_, _| {})
                         .expect("prefill"),
                 );
-                for i in 30..n {
-                    let l = m
-                        .forward(
-                            &ids[i..=i],
-                            &Positions::row(vec![pos[i]], g),
-                            Some(&mut cache),
-                        )
-                        .expect("step");
-                    out.extend(to_vec(l));
-                }
+                out.extend(decode_steps(&m, &ids, &pos, g, 30..n, &mut cache));
                 (out, cache.bytes())
             };
             let (full, full_bytes) = run(KvDtype::F32);
@@ -697,16 +699,14 @@ fn a_paged_kv_cache_equals_one_tensor() {
                         )
                         .expect("prefill"),
                     );
-                    for i in prefilled..steps {
-                        let l = m
-                            .forward(
-                                &ids[i..=i],
-                                &Positions::row(vec![pos[i]], g),
-                                Some(&mut cache),
-                            )
-                            .expect("step");
-                        out.extend(to_vec(l));
-                    }
+                    out.extend(decode_steps(
+                        &m,
+                        &ids,
+                        &pos,
+                        g,
+                        prefilled..steps,
+                        &mut cache,
+                    ));
                     assert_eq!(cache.len(), steps);
                     (out, cache.pages(), cache.bytes())
                 };
