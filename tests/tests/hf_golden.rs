@@ -102,6 +102,47 @@ fn cpu_logits_match_transformers_for_every_case() {
     println!("{}", report.join("\n"));
 }
 
+/// Weights stored in f16 on the device (`checkpoint::load_dir_as`, `--weights f16`): the
+/// `f16_weights` case ships f16 weights, so storing them in f16 loses nothing and the logits
+/// still match transformers (which computed in f32 from the same values) — on the CPU and, with
+/// an adapter that has shader-f16, on wgpu, with both attention paths; every parameter really
+/// is f16 on the device.
+#[test]
+fn f16_weights_match_transformers() {
+    use burn::tensor::DType;
+    use e2llm_model::Precision;
+    let dir = hf_cases()
+        .into_iter()
+        .find(|d| name(d) == "f16_weights")
+        .expect("the f16_weights case");
+    let g = golden(&dir);
+    let mut devices = vec![(Device::flex(), CPU_TOL)];
+    match backend::open("wgpu") {
+        Ok(d) if d.supports_dtype(DType::F16) => devices.push((d, WGPU_TOL)),
+        Ok(_) => eprintln!("wgpu part skipped: the adapter has no shader-f16"),
+        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
+    }
+    for (device, tol) in devices {
+        for kernels in [Kernels::Reference, Kernels::Fused] {
+            let model = checkpoint::load_dir_as(&dir, &device, Precision::F16)
+                .expect("load as f16")
+                .with_kernels(kernels);
+            assert_eq!(model.embed_tokens.val().dtype(), DType::F16);
+            assert_eq!(
+                model.layers[0].self_attn.q_proj.weight.val().dtype(),
+                DType::F16
+            );
+            assert_eq!(model.norm.weight.val().dtype(), DType::F16);
+            let err = max_abs_diff(&logits(&model, &g), &g.t["logits"].values);
+            println!("{device:?} {kernels}: f16 weights max|Δ| = {err:.2e}");
+            assert!(
+                err <= tol,
+                "{device:?} {kernels}: f16 weights vs HF {err:.3e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn cpu_fused_attention_matches_transformers_for_every_case() {
     // The fused op on the CPU runs the kernels' CPU twins (what the WGSL is tested against).

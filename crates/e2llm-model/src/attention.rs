@@ -75,65 +75,67 @@ impl fmt::Display for Kernels {
     }
 }
 
-/// How a KV cache stores keys and values.
+/// How tensors the model keeps are stored — its KV cache ([`crate::Llama::with_kv_cache`]),
+/// its weights (`checkpoint::load_dir_as`). Computation is f32 either way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum KvDtype {
-    /// Full precision, as computed.
+pub enum Precision {
+    /// Full precision.
     #[default]
     F32,
-    /// Half precision: half the memory, and on the fused path half the bytes the attention
-    /// kernel reads per key (it widens them and sums in f32). Keys and values are rounded to
-    /// f16 once, when they enter the cache. Needs a device with f16 (wgpu: `shader-f16`).
+    /// Half precision: half the memory. A KV cache rounds keys and values to f16 once, as they
+    /// enter it, and the fused attention kernel reads them as f16 (half the bytes per key) and
+    /// sums in f32; weights are rounded once at load and widened where they are used. Needs a
+    /// device with f16 (wgpu: `shader-f16`).
     F16,
 }
 
-impl KvDtype {
+impl Precision {
     /// Every spelling [`FromStr`] accepts.
     pub const NAMES: &'static [&'static str] = &["f32", "f16"];
 
     /// Bytes per cached value.
     pub fn bytes(self) -> usize {
         match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
+            Precision::F32 => 4,
+            Precision::F16 => 2,
         }
     }
 
     /// burn's dtype for it.
     pub fn dtype(self) -> DType {
         match self {
-            KvDtype::F32 => DType::F32,
-            KvDtype::F16 => DType::F16,
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
         }
     }
 }
 
-impl FromStr for KvDtype {
+impl FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "f32" => Ok(KvDtype::F32),
-            "f16" => Ok(KvDtype::F16),
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
             other => Err(format!(
-                "unknown KV cache type `{other}`; choose one of {}",
-                KvDtype::NAMES.join(", ")
+                "unknown precision `{other}`; choose one of {}",
+                Precision::NAMES.join(", ")
             )),
         }
     }
 }
 
-impl fmt::Display for KvDtype {
+impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(KvDtype::NAMES[*self as usize])
+        f.write_str(Precision::NAMES[*self as usize])
     }
 }
 
 /// `t` stored as `kv` (a no-op for f32).
-fn store(t: Tensor<4>, kv: KvDtype) -> Tensor<4> {
+fn store(t: Tensor<4>, kv: Precision) -> Tensor<4> {
     match kv {
-        KvDtype::F32 => t,
-        KvDtype::F16 => t.cast(DType::F16),
+        Precision::F32 => t,
+        Precision::F16 => t.cast(DType::F16),
     }
 }
 
@@ -142,7 +144,7 @@ fn store(t: Tensor<4>, kv: KvDtype) -> Tensor<4> {
 pub struct LayerCache {
     /// Reference path: rotated, `[batch, kv_heads, past, head_dim]`. Fused path: unrotated,
     /// `[batch, past, kv_heads, head_dim]` (the kernel rotates from `kpos`). In the model's
-    /// [`KvDtype`] (f32 or f16).
+    /// [`Precision`] (f32 or f16).
     pub k: Tensor<4>,
     /// Laid out as `k`.
     pub v: Tensor<4>,

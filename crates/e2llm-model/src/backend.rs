@@ -49,6 +49,7 @@ fn host_f32<E: std::fmt::Debug>(
     data: std::result::Result<burn::tensor::TensorData, E>,
 ) -> Result<Vec<f32>> {
     data.map_err(|e| ModelError::Backend(describe_failure(&e)))?
+        .convert::<f32>()
         .try_to_vec::<f32>()
         .map_err(|e| ModelError::Backend(format!("reading a tensor back: {e:?}")))
 }

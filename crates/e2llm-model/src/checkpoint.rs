@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use e2llm_core::LlamaConfig;
 
+use crate::attention::Precision;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::weights::{self, HostWeights};
@@ -49,7 +50,16 @@ pub fn load_tokenizer(dir: &Path, vocab_size: usize) -> Result<crate::Tokenizer>
 /// Loads the model in `dir` and its `tokenizer.json` (checked against the model's vocabulary),
 /// reading `config.json` once.
 pub fn load_with_tokenizer(dir: &Path, device: &Device) -> Result<(Llama, crate::Tokenizer)> {
-    let model = load_dir(dir, device)?;
+    load_with_tokenizer_as(dir, device, Precision::F32)
+}
+
+/// [`load_with_tokenizer`] with the weights stored as `precision` ([`load_dir_as`]).
+pub fn load_with_tokenizer_as(
+    dir: &Path,
+    device: &Device,
+    precision: Precision,
+) -> Result<(Llama, crate::Tokenizer)> {
+    let model = load_dir_as(dir, device, precision)?;
     let tok = load_tokenizer(dir, model.config.vocab_size)?;
     Ok((model, tok))
 }
@@ -77,6 +87,13 @@ pub fn load_from_bytes(
 /// Loads `dir` (an HF model directory) onto `device`: `model.safetensors`, or the shards
 /// listed in `model.safetensors.index.json`.
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Llama> {
+    load_dir_as(dir, device, Precision::F32)
+}
+
+/// [`load_dir`] with the weights stored on the device as `precision`: f16 halves their memory
+/// (rounded once at load; checkpoints in f16 or bf16 lose nothing or little), the forward widens
+/// each weight where it is used and computes in f32.
+pub fn load_dir_as(dir: &Path, device: &Device, precision: Precision) -> Result<Llama> {
     let config = load_config(dir)?;
     let single = dir.join(WEIGHTS_FILE);
     let index = dir.join(INDEX_FILE);
@@ -106,7 +123,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Llama> {
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    weights::from_host(config, host, &source, device)
+    weights::from_host_as(config, host, &source, device, precision)
 }
 
 /// Writes `model` as an HF directory (`config.json`, `model.safetensors`), each file

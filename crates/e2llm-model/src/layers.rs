@@ -4,7 +4,17 @@
 //! straight copy under the same tensor name.
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation, Tensor};
+use burn::tensor::{activation, DType, Tensor};
+
+/// `t` in f32: weights stored in f16 (`checkpoint::load_dir_as`) are widened where they are
+/// used, so every computation stays f32; f32 weights pass through untouched.
+pub fn f32_of<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(DType::F32)
+    }
+}
 
 /// A dense layer `y = x · Wᵀ + b` with `W` in HF layout `[out, in]`.
 #[derive(Module, Debug)]
@@ -25,11 +35,11 @@ impl Linear {
         let mut dims = x.dims();
         let n_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
-        let w = self.weight.val();
+        let w = f32_of(self.weight.val());
         let n_out = w.dims()[0];
         let mut y = x.reshape([rows, n_in]).matmul(w.transpose());
         if let Some(b) = &self.bias {
-            y = y + b.val().unsqueeze_dim::<2>(0);
+            y = y + f32_of(b.val()).unsqueeze_dim::<2>(0);
         }
         dims[D - 1] = n_out;
         y.reshape(dims)
@@ -56,11 +66,11 @@ impl RmsNorm {
     /// [`Self::forward`] through `shaders/rmsnorm.wgsl` (its CPU twin on the CPU) when `fused`.
     pub fn forward_with(&self, x: Tensor<3>, fused: bool) -> Tensor<3> {
         if fused {
-            return e2llm_kernels::fused::rmsnorm(x, self.weight.val(), self.eps as f32);
+            return e2llm_kernels::fused::rmsnorm(x, f32_of(self.weight.val()), self.eps as f32);
         }
         let ms = x.clone().powi_scalar(2).mean_dim(2);
         let inv = (ms + self.eps).sqrt().recip();
-        x * inv * self.weight.val().unsqueeze_dims::<3>(&[0, 1])
+        x * inv * f32_of(self.weight.val()).unsqueeze_dims::<3>(&[0, 1])
     }
 }
 

@@ -24,7 +24,7 @@ pub mod rope;
 pub mod tokenizer;
 pub mod weights;
 
-pub use attention::{Kernels, KvDtype};
+pub use attention::{Kernels, Precision};
 pub use attnmap::{AttentionImage, MapBackend, MapSpec};
 /// The burn device type (re-exported so callers need no direct burn dependency).
 pub use burn::tensor::Device;

@@ -4,9 +4,9 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use e2llm_core::{LlamaConfig, RopeScaling};
 
-use crate::attention::{Attention, Kernels, KvDtype, LayerCache};
+use crate::attention::{Attention, Kernels, LayerCache, Precision};
 use crate::error::{ModelError, Result};
-use crate::layers::{Linear, Mlp, RmsNorm};
+use crate::layers::{f32_of, Linear, Mlp, RmsNorm};
 use crate::rope::{Positions, RopeTables};
 
 /// `model.layers.{i}`.
@@ -50,7 +50,7 @@ pub struct Paths {
     /// and the AdamW update (`cross_entropy.wgsl`, `adamw.wgsl`).
     pub layers: bool,
     /// How a KV cache stores keys and values (the model's [`Llama::with_kv_cache`]).
-    pub kv: KvDtype,
+    pub kv: Precision,
     /// Bytes one page of a fused KV cache may take (`None`: one tensor per layer): the
     /// device's largest binding, or [`Llama::with_kv_page_bytes`].
     pub kv_page_bytes: Option<u64>,
@@ -62,7 +62,7 @@ impl Paths {
         Self {
             attention: fused,
             layers: fused,
-            kv: KvDtype::F32,
+            kv: Precision::F32,
             kv_page_bytes: None,
         }
     }
@@ -91,7 +91,7 @@ pub struct Llama {
     pub logn: bool,
     /// How a KV cache stores keys and values (f32 unless [`Llama::with_kv_cache`] says f16).
     #[module(skip)]
-    pub kv_cache: KvDtype,
+    pub kv_cache: Precision,
     /// Bytes per page of the fused KV cache ([`Llama::with_kv_page_bytes`]); `None`: the
     /// device's largest binding.
     #[module(skip)]
@@ -205,11 +205,9 @@ impl Llama {
             ),
             &device,
         );
-        let x = self
-            .embed_tokens
-            .val()
-            .select(0, ids_t)
-            .reshape([batch, seq, cfg.hidden_size]);
+        // Only the selected rows are widened when the weights are stored in f16.
+        let x =
+            f32_of(self.embed_tokens.val().select(0, ids_t)).reshape([batch, seq, cfg.hidden_size]);
         let mut rope = RopeTables::new(
             &cfg.rope,
             cfg.head_dim(),
@@ -280,7 +278,7 @@ impl Llama {
                 let [b, s, hd] = hidden.dims();
                 hidden
                     .reshape([b * s, hd])
-                    .matmul(self.embed_tokens.val().transpose())
+                    .matmul(f32_of(self.embed_tokens.val()).transpose())
                     .reshape([b, s, self.config.vocab_size])
             }
         }
@@ -355,8 +353,8 @@ impl Llama {
     /// This model with its KV caches stored as `kv`: f16 halves their memory (and the bytes
     /// the fused attention reads per cached key); an error when the device has no f16 (a wgpu
     /// adapter without `shader-f16`).
-    pub fn with_kv_cache(mut self, kv: KvDtype) -> Result<Self> {
-        if kv != KvDtype::F32 && !self.device().supports_dtype(kv.dtype()) {
+    pub fn with_kv_cache(mut self, kv: Precision) -> Result<Self> {
+        if kv != Precision::F32 && !self.device().supports_dtype(kv.dtype()) {
             return Err(ModelError::Input(format!(
                 "this device cannot store a {kv} KV cache (a wgpu adapter needs the shader-f16 \
                  feature); use an f32 cache"

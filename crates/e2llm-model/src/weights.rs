@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::attention::{Attention, Kernels};
+use crate::attention::{Attention, Kernels, Precision};
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::llama::{DecoderLayer, Llama};
@@ -123,10 +123,29 @@ pub fn shard_files(index_file: &str, index_json: &str) -> Result<Vec<String>> {
 /// Builds the model from host weights, checking every name and shape against the config.
 pub fn from_host(
     config: LlamaConfig,
-    mut weights: HostWeights,
+    weights: HostWeights,
     source: &str,
     device: &Device,
 ) -> Result<Llama> {
+    from_host_as(config, weights, source, device, Precision::F32)
+}
+
+/// [`from_host`] with the weights stored on the device as `precision` (f16: rounded once here,
+/// half the device memory; the forward widens each where it is used). An error when the device
+/// has no f16.
+pub fn from_host_as(
+    config: LlamaConfig,
+    mut weights: HostWeights,
+    source: &str,
+    device: &Device,
+    precision: Precision,
+) -> Result<Llama> {
+    if precision != Precision::F32 && !device.supports_dtype(precision.dtype()) {
+        return Err(ModelError::Input(format!(
+            "this device cannot hold {precision} weights (a wgpu adapter needs the shader-f16 \
+             feature); load them as f32"
+        )));
+    }
     let specs = tensor_specs(&config);
     let mut take = |name: &str, shape: &[usize]| -> Result<TensorData> {
         let (found, values) = weights
@@ -155,13 +174,14 @@ pub fn from_host(
             name: name.clone(),
         });
     }
-    Ok(assemble(config, tensors, device))
+    Ok(assemble(config, tensors, device, precision))
 }
 
 /// Moves checked host tensors onto the device as parameters.
 struct Take<'a> {
     t: HashMap<String, TensorData>,
     device: &'a Device,
+    precision: Precision,
 }
 
 impl Take<'_> {
@@ -169,13 +189,14 @@ impl Take<'_> {
     fn data(&mut self, n: &str) -> TensorData {
         self.t.remove(n).expect("tensor checked against specs")
     }
+    // Created in the storage precision directly (no f32 copy on the device first).
     fn p1(&mut self, n: &str) -> Param<Tensor<1>> {
         let d = self.data(n);
-        Param::from_tensor(Tensor::from_data(d, self.device))
+        Param::from_tensor(Tensor::from_data(d, (self.device, self.precision.dtype())))
     }
     fn p2(&mut self, n: &str) -> Param<Tensor<2>> {
         let d = self.data(n);
-        Param::from_tensor(Tensor::from_data(d, self.device))
+        Param::from_tensor(Tensor::from_data(d, (self.device, self.precision.dtype())))
     }
     fn lin(&mut self, n: &str) -> Linear {
         let bias = format!("{n}.bias");
@@ -192,8 +213,17 @@ impl Take<'_> {
     }
 }
 
-fn assemble(config: LlamaConfig, t: HashMap<String, TensorData>, device: &Device) -> Llama {
-    let mut t = Take { t, device };
+fn assemble(
+    config: LlamaConfig,
+    t: HashMap<String, TensorData>,
+    device: &Device,
+    precision: Precision,
+) -> Llama {
+    let mut t = Take {
+        t,
+        device,
+        precision,
+    };
     let eps = config.rms_norm_eps;
     let layers = (0..config.num_hidden_layers)
         .map(|i| {

@@ -612,7 +612,7 @@ fn flex_and_wgpu() -> Vec<(&'static str, Device)> {
 /// keys and values itself. The difference must also be non-zero: the cache really is rounded.
 #[test]
 fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
-    use e2llm_model::{Kernels, KvDtype};
+    use e2llm_model::{Kernels, Precision};
     let cfg = small_config();
     let n = 40;
     let ids = ids(n);
@@ -624,7 +624,7 @@ fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
             continue;
         }
         for kernels in [Kernels::Reference, Kernels::Fused] {
-            let run = |kv: KvDtype| {
+            let run = |kv: Precision| {
                 let m = weights::init_random(cfg.clone(), 0.2, 7, &device)
                     .with_kernels(kernels)
                     .with_kv_cache(kv)
@@ -637,8 +637,8 @@ fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
                 out.extend(decode_steps(&m, &ids, &pos, g, 30..n, &mut cache));
                 (out, cache.bytes())
             };
-            let (full, full_bytes) = run(KvDtype::F32);
-            let (half, half_bytes) = run(KvDtype::F16);
+            let (full, full_bytes) = run(Precision::F32);
+            let (half, half_bytes) = run(Precision::F16);
             // 2 layers × (k + v) × 40 tokens × 2 kv heads × 8 dims × 4 bytes.
             assert_eq!(full_bytes, 2 * 2 * n * 2 * 8 * 4, "{name} {kernels}");
             assert_eq!(half_bytes * 2, full_bytes, "{name} {kernels}");
@@ -664,14 +664,14 @@ fn an_f16_kv_cache_halves_the_bytes_and_keeps_the_logits() {
 /// f16, on flex (pages joined) and on wgpu (each dispatch binds one page).
 #[test]
 fn a_paged_kv_cache_equals_one_tensor() {
-    use e2llm_model::{Kernels, KvDtype};
+    use e2llm_model::{Kernels, Precision};
     let cfg = small_config();
     let n = 700;
     let ids = ids(n);
     let pos: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
     let g = 8.0;
     for (name, device) in flex_and_wgpu() {
-        for kv in [KvDtype::F32, KvDtype::F16] {
+        for kv in [Precision::F32, Precision::F16] {
             if !device.supports_dtype(kv.dtype()) {
                 eprintln!("{name} {kv} skipped: the device has no {kv}");
                 continue;

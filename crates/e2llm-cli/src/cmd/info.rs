@@ -23,6 +23,12 @@ pub fn run(a: Args) -> Result<()> {
         cfg.num_parameters(),
         cfg.num_parameters() as f64 / 1e6
     );
+    let params = cfg.num_parameters() as f64;
+    println!(
+        "weights          {:.1} MiB f32, {:.1} MiB f16 (--weights f16)",
+        4.0 * params / (1 << 20) as f64,
+        2.0 * params / (1 << 20) as f64
+    );
     println!("vocab_size       {}", cfg.vocab_size);
     println!(
         "layers           {} (hidden {}, intermediate {})",
@@ -39,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
     let per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim();
     let mib = |bytes: usize, tokens: usize| (bytes * tokens) as f64 / (1 << 20) as f64;
     println!(
-        "KV cache         {} B per token f32, {} B f16 ({:.0} / {:.0} MiB at 64k tokens)",
+        "KV cache         {} B per token f32, {} B f16 ({:.0} / {:.0} MiB at 64k tokens; --kv-cache f16)",
         4 * per_token,
         2 * per_token,
         mib(4 * per_token, 65536),

@@ -119,6 +119,7 @@ pub fn run(a: Args) -> Result<()> {
             "rope_scale": format!("{:?}", eval.scale),
             "logn": a.compute.logn,
             "kv_cache": a.compute.kv_cache.to_string(),
+            "weights": a.compute.weights.to_string(),
             "cells": cells.iter().map(|c| serde_json::json!({
                 "length": c.length, "depth": c.depth, "g": c.g,
                 "correct": c.correct, "trials": c.trials, "accuracy": c.accuracy(),

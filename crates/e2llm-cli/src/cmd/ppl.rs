@@ -98,6 +98,7 @@ pub fn run(a: Args) -> Result<()> {
             "rope_scale": format!("{:?}", a.rope_scale),
             "stride": a.stride,
             "logn": a.compute.logn,
+            "weights": a.compute.weights.to_string(),
             "points": points,
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
