@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::{activation, Bool, DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::Linear;
+use crate::layers::{f32_of, Linear};
 use crate::llama::Paths;
 use crate::rope::RopeTables;
 
@@ -94,12 +94,9 @@ impl Precision {
     /// Every spelling [`FromStr`] accepts.
     pub const NAMES: &'static [&'static str] = &["f32", "f16"];
 
-    /// Bytes per cached value.
+    /// Bytes per value.
     pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::F16 => 2,
-        }
+        self.dtype().size()
     }
 
     /// burn's dtype for it.
@@ -108,6 +105,18 @@ impl Precision {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
         }
+    }
+
+    /// Ok when `device` can keep `what` (e.g. "a KV cache", "weights") in this precision; else
+    /// the error saying so (f16 on a wgpu adapter without `shader-f16`).
+    pub fn check_on(self, device: &Device, what: &str) -> crate::error::Result<()> {
+        if self == Precision::F32 || device.supports_dtype(self.dtype()) {
+            return Ok(());
+        }
+        Err(crate::error::ModelError::Input(format!(
+            "this device cannot keep {what} in {self} (a wgpu adapter needs the shader-f16 \
+             feature); use f32"
+        )))
     }
 }
 
@@ -259,7 +268,7 @@ impl Attention {
                 });
                 // Plain ops compute in f32: an f16 cache is widened here (memory saved, not
                 // bandwidth; the fused kernel reads f16 itself).
-                (k.cast(DType::F32), v.cast(DType::F32), past)
+                (f32_of(k), f32_of(v), past)
             }
             None => (k, v, 0),
         };
@@ -333,12 +342,7 @@ impl Attention {
         let n = aux.len();
         let aux = Tensor::from_data(TensorData::new(aux, [n]), &q.device());
         let scale = 1.0 / (d as f32).sqrt();
-        let out = if pages.len() == 1 {
-            let (k, v) = pages.into_iter().next().expect("one page");
-            e2llm_kernels::fused::rope_attention(q, k, v, aux, scale, rope.factor)
-        } else {
-            e2llm_kernels::fused::rope_attention_paged(q, pages, aux, scale, rope.factor)
-        };
+        let out = e2llm_kernels::fused::rope_attention_paged(q, pages, aux, scale, rope.factor);
         self.o_proj.forward(out.reshape([b, s, h * d]))
     }
 }

@@ -354,12 +354,7 @@ impl Llama {
     /// the fused attention reads per cached key); an error when the device has no f16 (a wgpu
     /// adapter without `shader-f16`).
     pub fn with_kv_cache(mut self, kv: Precision) -> Result<Self> {
-        if kv != Precision::F32 && !self.device().supports_dtype(kv.dtype()) {
-            return Err(ModelError::Input(format!(
-                "this device cannot store a {kv} KV cache (a wgpu adapter needs the shader-f16 \
-                 feature); use an f32 cache"
-            )));
-        }
+        kv.check_on(&self.device(), "a KV cache")?;
         self.kv_cache = kv;
         Ok(self)
     }

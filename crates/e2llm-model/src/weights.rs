@@ -140,12 +140,7 @@ pub fn from_host_as(
     device: &Device,
     precision: Precision,
 ) -> Result<Llama> {
-    if precision != Precision::F32 && !device.supports_dtype(precision.dtype()) {
-        return Err(ModelError::Input(format!(
-            "this device cannot hold {precision} weights (a wgpu adapter needs the shader-f16 \
-             feature); load them as f32"
-        )));
-    }
+    precision.check_on(device, "weights")?;
     let specs = tensor_specs(&config);
     let mut take = |name: &str, shape: &[usize]| -> Result<TensorData> {
         let (found, values) = weights

@@ -4,7 +4,7 @@
 //! through it unchanged.
 //!
 //! - `Cube` (wgpu natively, WebGPU in a browser): `shaders/attention.wgsl` launched on burn's
-//!   own cubecl client and buffers — the same launch plan ([`forward_plan`], [`backward_plan`])
+//!   own cubecl client and buffers — the same launch plan ([`crate::attention::forward_plan`], [`backward_plan`])
 //!   the raw-wgpu path runs (see [`super`] for how a WGSL entry point runs on cubecl).
 //! - `Flex` (CPU): [`crate::flash_cpu`] per sequence — the same algorithm laid out for a CPU
 //!   core, O(length) memory like the kernel.
@@ -31,9 +31,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 
 use super::{empty, f32_only, host, launch};
-use crate::attention::{
-    backward_plan, check_batch, forward_plan, forward_plan_paged, part_len, tuning, Slot,
-};
+use crate::attention::{backward_plan, check_batch, forward_plan_paged, part_len, tuning, Slot};
 use crate::cpu::AttentionShape;
 use crate::flash_cpu;
 
@@ -106,10 +104,11 @@ pub fn rope_attention(
 /// than one binding (128 MiB in WebGPU and on lavapipe). Page `i` is `(k, v)`, each
 /// `[B, P_i, Hkv, D]`: the keys that follow the previous pages'; every page but the last has
 /// the same length, a multiple of [`crate::attention::page_multiple`] when there are several.
-/// `aux` as for one k (positions of every key). Inference: no autodiff graph.
+/// `aux` as for one k (positions of every key).
 ///
-/// On a cubecl device each dispatch binds one page (`attention.wgsl`'s `k_base`/`k_len`); on
-/// the CPU, or for autodiff tensors, the pages are joined and run as [`rope_attention`].
+/// One page is [`rope_attention`] itself (differentiable). Several: on a cubecl device each
+/// dispatch binds one page (`attention.wgsl`'s `k_base`/`k_len`; no autodiff graph); on the
+/// CPU, or for autodiff tensors, the pages are joined and run as [`rope_attention`].
 pub fn rope_attention_paged(
     q: Tensor<4>,
     pages: Vec<(Tensor<4>, Tensor<4>)>,
@@ -124,7 +123,7 @@ pub fn rope_attention_paged(
             .into_iter()
             .map(|(k, v)| (cube(k.into_dispatch()), cube(v.into_dispatch())))
             .unzip();
-        let o = paged_on_cube(
+        let (o, _) = forward_on_cube(
             cube(q.into_dispatch()),
             k,
             v,
@@ -137,8 +136,13 @@ pub fn rope_attention_paged(
             autodiff: DispatchAutodiffContext::Disabled,
         });
     }
-    let (k, v): (Vec<_>, Vec<_>) = pages.into_iter().unzip();
-    rope_attention(q, Tensor::cat(k, 1), Tensor::cat(v, 1), aux, scale, factor)
+    let (mut k, mut v): (Vec<_>, Vec<_>) = pages.into_iter().unzip();
+    let (k, v) = if k.len() == 1 {
+        (k.remove(0), v.remove(0))
+    } else {
+        (Tensor::cat(k, 1), Tensor::cat(v, 1))
+    };
+    rope_attention(q, k, v, aux, scale, factor)
 }
 
 /// The cubecl tensor of a plain float tensor on a cubecl device.
@@ -149,16 +153,17 @@ fn cube(t: DispatchTensor) -> CubeTensor {
     }
 }
 
-/// [`rope_attention_paged`] on a cubecl device: [`forward_plan_paged`], each launch binding the
-/// page it reads.
-fn paged_on_cube(
+/// `(o, stats)` of the forward on a cubecl device, keys and values in one page or several
+/// ([`rope_attention_paged`]): [`forward_plan_paged`], each launch binding the page it reads
+/// (one page: [`crate::attention::forward_plan`]'s launches).
+fn forward_on_cube(
     q: CubeTensor,
     k_pages: Vec<CubeTensor>,
     v_pages: Vec<CubeTensor>,
     aux: CubeTensor,
     scale: f32,
     factor: f32,
-) -> CubeTensor {
+) -> (CubeTensor, CubeTensor) {
     let shapes: Vec<Shape> = k_pages.iter().map(|k| k.shape()).collect();
     let (page, all) = page_shape(&shapes);
     assert!(
@@ -192,7 +197,7 @@ fn paged_on_cube(
         });
         launch(&q.client, &l, bufs);
     }
-    o
+    (o, stats)
 }
 
 /// `(o, stats)` of [`rope_attention`] (no autodiff graph): for tests and benchmarks.
@@ -281,28 +286,7 @@ impl FusedAttention for CubeBackend {
         scale: f32,
         factor: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (s, batch) = shape_of(&q.shape(), &k.shape(), &aux.shape(), scale, factor);
-        let [q, k, v, aux] = [q, k, v, aux].map(into_contiguous);
-        f32_only("rope_attention", &q);
-        f32_only("rope_attention (positions)", &aux);
-        let kv_f16 = kv_f16(&k, &v);
-        let o = empty(&q, q.shape());
-        let stats = empty(&q, Shape::new([batch * 3 * s.hq * s.sq]));
-        let part = empty(&q, Shape::new([part_len(s, batch).max(1)]));
-        for mut l in forward_plan(s, batch) {
-            l.spec.kv_f16 = kv_f16;
-            let bufs = l.storage.iter().map(|&b| match Slot::at(b) {
-                Slot::Q => &q,
-                Slot::K => &k,
-                Slot::V => &v,
-                Slot::Aux => &aux,
-                Slot::O => &o,
-                Slot::Part => &part,
-                _ => &stats,
-            });
-            launch(&q.client, &l, bufs);
-        }
-        (o, stats)
+        forward_on_cube(q, vec![k], vec![v], aux, scale, factor)
     }
 
     fn rope_attention_backward(
