@@ -61,6 +61,56 @@ pub struct Cell {
     pub correct: usize,
     /// Trials run.
     pub trials: usize,
+    /// Every trial's key and what the model said, in trial order.
+    pub answers: Vec<Answer>,
+}
+
+/// One trial: the hidden key and the generated text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// The pass key hidden in the prompt.
+    pub key: u32,
+    /// The greedy continuation, decoded.
+    pub text: String,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+}
+
+/// How an answer relates to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerKind {
+    /// The first integer is the key.
+    Correct,
+    /// The first integer starts with the key's digits and goes on (the key was found, the copy
+    /// did not stop).
+    KeyThenMoreDigits,
+    /// Some other number.
+    WrongNumber,
+    /// No digits at all.
+    NoNumber,
+}
+
+impl Answer {
+    /// What kind of answer this is.
+    pub fn kind(&self) -> AnswerKind {
+        let digits: String = self
+            .text
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let key = self.key.to_string();
+        if digits.is_empty() {
+            AnswerKind::NoNumber
+        } else if score(&self.text, self.key) {
+            AnswerKind::Correct
+        } else if digits.trim_start_matches('0').starts_with(&key) {
+            AnswerKind::KeyThenMoreDigits
+        } else {
+            AnswerKind::WrongNumber
+        }
+    }
 }
 
 impl Cell {
@@ -87,6 +137,7 @@ pub fn passkey_grid(
                 g: 1.0,
                 correct: 0,
                 trials: eval.trials,
+                answers: Vec::with_capacity(eval.trials),
             })
         })
         .collect();
@@ -94,8 +145,8 @@ pub fn passkey_grid(
         .flat_map(|c| (0..eval.trials).map(move |t| (c, t)))
         .collect();
     let total = jobs.len();
-    // (g, correct) of every (cell, trial), filled as the workers finish.
-    let mut outcome: Vec<Option<Result<(f32, bool)>>> = (0..total).map(|_| None).collect();
+    // (g, answer) of every (cell, trial), filled as the workers finish.
+    let mut outcome: Vec<Option<Result<(f32, Answer)>>> = (0..total).map(|_| None).collect();
     let mut done = 0;
     crate::pool::for_each_index(
         total,
@@ -114,16 +165,17 @@ pub fn passkey_grid(
     );
     for (&(c, _), o) in jobs.iter().zip(outcome) {
         // A failed trial stops the grid: its error, or the trials it left unstarted.
-        let (g, correct) =
+        let (g, answer) =
             o.ok_or_else(|| TrainError::Data("a passkey trial did not run".into()))??;
         // The cell reports the g of its last trial (they differ only when `safe` rounds).
         cells[c].g = g;
-        cells[c].correct += usize::from(correct);
+        cells[c].correct += usize::from(answer.kind() == AnswerKind::Correct);
+        cells[c].answers.push(answer);
     }
     Ok(cells)
 }
 
-/// One passkey prompt: `(g, answered correctly)`.
+/// One passkey prompt: `(g, the answer)`.
 fn run_trial(
     model: &Llama,
     tok: &Tokenizer,
@@ -131,7 +183,7 @@ fn run_trial(
     length: usize,
     depth: f64,
     trial: usize,
-) -> Result<(f32, bool)> {
+) -> Result<(f32, Answer)> {
     let orig_len = model.config.max_position_embeddings;
     let spec = PasskeySpec {
         target_tokens: length,
@@ -156,7 +208,34 @@ fn run_trial(
         ..GenerateOptions::default()
     };
     let out = generate(model, &ids, &opts, |_| true)?;
-    Ok((g, score(&tok.decode(&out)?, prompt.key)))
+    let answer = Answer {
+        key: prompt.key,
+        text: tok.decode(&out)?,
+        prompt_tokens: ids.len(),
+    };
+    Ok((g, answer))
+}
+
+/// The wrong answers by kind, as one line (`None` when every answer was right): e.g.
+/// "wrong answers: 12 the key then more digits, 3 another number, 0 no number".
+pub fn failure_summary(cells: &[Cell]) -> Option<String> {
+    let count = |k| {
+        cells
+            .iter()
+            .flat_map(|c| &c.answers)
+            .filter(|a| a.kind() == k)
+            .count()
+    };
+    let (more, wrong, none) = (
+        count(AnswerKind::KeyThenMoreDigits),
+        count(AnswerKind::WrongNumber),
+        count(AnswerKind::NoNumber),
+    );
+    (more + wrong + none > 0).then(|| {
+        format!(
+            "wrong answers: {more} the key then more digits, {wrong} another number, {none} no number"
+        )
+    })
 }
 
 /// The grid as a markdown table: one row per length, one column per depth, accuracy in %.
@@ -189,4 +268,51 @@ pub fn markdown_table(cells: &[Cell]) -> String {
         s += &format!(" {:.0}% |\n", 100.0 * mean);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{failure_summary, Answer, AnswerKind, Cell};
+
+    fn answer(key: u32, text: &str) -> Answer {
+        Answer {
+            key,
+            text: text.into(),
+            prompt_tokens: 10,
+        }
+    }
+
+    #[test]
+    fn answers_are_sorted_into_kinds_by_their_first_integer() {
+        use AnswerKind::*;
+        for (key, text, kind) in [
+            (31415, " 31415. Remember", Correct),
+            (31415, " 031415.", Correct),
+            (31415, " 31415154. Re", KeyThenMoreDigits),
+            (31415, " 3141. 31415", WrongNumber),
+            (31415, " 13415.", WrongNumber),
+            (31415, " green. The sky", NoNumber),
+            (7, " 7", Correct),
+            (7, " 77", KeyThenMoreDigits),
+        ] {
+            assert_eq!(answer(key, text).kind(), kind, "{key} {text:?}");
+        }
+        let cell = |answers: Vec<Answer>| Cell {
+            length: 10,
+            depth: 0.0,
+            g: 1.0,
+            correct: 0,
+            trials: answers.len(),
+            answers,
+        };
+        assert_eq!(failure_summary(&[cell(vec![answer(5, "5")])]), None);
+        let mixed = [
+            cell(vec![answer(5, "55"), answer(5, "x")]),
+            cell(vec![answer(12, "21"), answer(12, "123")]),
+        ];
+        assert_eq!(
+            failure_summary(&mixed).as_deref(),
+            Some("wrong answers: 2 the key then more digits, 1 another number, 1 no number")
+        );
+    }
 }

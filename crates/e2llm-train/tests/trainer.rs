@@ -517,6 +517,18 @@ fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
     for c in &cells {
         assert_eq!(c.trials, 2);
         assert!(c.correct <= 2);
+        // Every trial's answer is kept, and the count of right ones is the score's.
+        assert_eq!(c.answers.len(), 2);
+        let right = c
+            .answers
+            .iter()
+            .filter(|a| e2llm_core::passkey::score(&a.text, a.key))
+            .count();
+        assert_eq!(c.correct, right);
+        assert!(c
+            .answers
+            .iter()
+            .all(|a| a.prompt_tokens > 0 && a.prompt_tokens <= c.length));
         // L = 48: the smallest integer g with (prompt + 4) / g ≤ 48.
         let need = ((c.length as f32 + 4.0) / 48.0).ceil();
         assert!(

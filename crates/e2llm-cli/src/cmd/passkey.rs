@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use e2llm_core::passkey::Filler;
-use e2llm_train::eval::{markdown_table, passkey_grid, PasskeyEval, ScaleMode};
+use e2llm_train::eval::{failure_summary, markdown_table, passkey_grid, PasskeyEval, ScaleMode};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::util::{parse_list, Compute};
@@ -111,6 +111,9 @@ pub fn run(a: Args) -> Result<()> {
         a.compute.notes()
     );
     print!("{}", markdown_table(&cells));
+    if let Some(line) = failure_summary(&cells) {
+        println!("\n{line}");
+    }
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -123,6 +126,10 @@ pub fn run(a: Args) -> Result<()> {
             "cells": cells.iter().map(|c| serde_json::json!({
                 "length": c.length, "depth": c.depth, "g": c.g,
                 "correct": c.correct, "trials": c.trials, "accuracy": c.accuracy(),
+                "answers": c.answers.iter().map(|a| serde_json::json!({
+                    "key": a.key, "text": a.text, "prompt_tokens": a.prompt_tokens,
+                    "kind": a.kind(),
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
