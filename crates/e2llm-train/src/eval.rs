@@ -85,6 +85,9 @@ pub enum AnswerKind {
     /// The first integer starts with the key's digits and goes on (the key was found, the copy
     /// did not stop).
     KeyThenMoreDigits,
+    /// A number made only of digits the key has, in another order or count (the key was found,
+    /// its digits were not copied in order).
+    KeyDigitsReordered,
     /// Some other number.
     WrongNumber,
     /// No digits at all.
@@ -107,6 +110,8 @@ impl Answer {
             AnswerKind::Correct
         } else if digits.trim_start_matches('0').starts_with(&key) {
             AnswerKind::KeyThenMoreDigits
+        } else if digits.chars().all(|c| key.contains(c)) {
+            AnswerKind::KeyDigitsReordered
         } else {
             AnswerKind::WrongNumber
         }
@@ -217,7 +222,8 @@ fn run_trial(
 }
 
 /// The wrong answers by kind, as one line (`None` when every answer was right): e.g.
-/// "wrong answers: 12 the key then more digits, 3 another number, 0 no number".
+/// "wrong answers: 2 the key then more digits, 12 the key's digits out of order, 3 another
+/// number, 0 no number".
 pub fn failure_summary(cells: &[Cell]) -> Option<String> {
     let count = |k| {
         cells
@@ -226,14 +232,16 @@ pub fn failure_summary(cells: &[Cell]) -> Option<String> {
             .filter(|a| a.kind() == k)
             .count()
     };
-    let (more, wrong, none) = (
+    let (more, order, wrong, none) = (
         count(AnswerKind::KeyThenMoreDigits),
+        count(AnswerKind::KeyDigitsReordered),
         count(AnswerKind::WrongNumber),
         count(AnswerKind::NoNumber),
     );
-    (more + wrong + none > 0).then(|| {
+    (more + order + wrong + none > 0).then(|| {
         format!(
-            "wrong answers: {more} the key then more digits, {wrong} another number, {none} no number"
+            "wrong answers: {more} the key then more digits, {order} the key's digits out of \
+             order, {wrong} another number, {none} no number"
         )
     })
 }
@@ -289,8 +297,10 @@ mod tests {
             (31415, " 31415. Remember", Correct),
             (31415, " 031415.", Correct),
             (31415, " 31415154. Re", KeyThenMoreDigits),
-            (31415, " 3141. 31415", WrongNumber),
-            (31415, " 13415.", WrongNumber),
+            (31415, " 3141. 31415", KeyDigitsReordered),
+            (31415, " 13415.", KeyDigitsReordered),
+            (31415, " 1315151", KeyDigitsReordered),
+            (31415, " 31416", WrongNumber),
             (31415, " green. The sky", NoNumber),
             (7, " 7", Correct),
             (7, " 77", KeyThenMoreDigits),
@@ -308,11 +318,14 @@ mod tests {
         assert_eq!(failure_summary(&[cell(vec![answer(5, "5")])]), None);
         let mixed = [
             cell(vec![answer(5, "55"), answer(5, "x")]),
-            cell(vec![answer(12, "21"), answer(12, "123")]),
+            cell(vec![answer(12, "21"), answer(12, "123"), answer(12, "30")]),
         ];
         assert_eq!(
             failure_summary(&mixed).as_deref(),
-            Some("wrong answers: 2 the key then more digits, 1 another number, 1 no number")
+            Some(
+                "wrong answers: 2 the key then more digits, 1 the key's digits out of order, \
+                 1 another number, 1 no number"
+            )
         );
     }
 }
