@@ -39,6 +39,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => cmd::info::run(a),
@@ -58,6 +59,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit code of a program stopped by SIGPIPE (128 + 13), as `e2llm info | head` expects.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Stdout closed by its reader (`e2llm info | head`): stop quietly as a C tool killed by SIGPIPE
+/// would, instead of `println!`'s panic message. Rust ignores SIGPIPE, so the write fails with
+/// EPIPE and `println!` panics; this hook turns exactly that panic into the exit, and leaves
+/// every other panic to the default hook.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info);
+    }));
 }
 
 /// The error and its causes on one line, skipping a cause whose text the line already holds

@@ -81,6 +81,21 @@ fn info_summarises_the_config() {
 }
 
 #[test]
+fn a_closed_stdout_stops_quietly() {
+    // `e2llm info | head -0`: the reader is gone before the first line is written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_e2llm"))
+        .args(["info", "--model", case("llama3").to_str().expect("utf8")])
+        .stdout(writer)
+        .output()
+        .expect("run e2llm");
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(141), "{err}");
+}
+
+#[test]
 fn an_unknown_kv_cache_type_is_one_clear_error() {
     let model = case("llama3");
     let o = e2llm(&[
