@@ -73,7 +73,7 @@ impl Compute {
     pub fn load(&self, dir: &Path) -> Result<Llama> {
         let device = self.device()?;
         let model = checkpoint::load_dir_as(dir, &device, self.weights)
-            .with_context(|| format!("--weights {} on backend `{}`", self.weights, self.backend))?;
+            .with_context(|| self.loading(dir))?;
         self.setup(model, dir)
     }
 
@@ -81,8 +81,21 @@ impl Compute {
     pub fn load_with_tokenizer(&self, dir: &Path) -> Result<(Llama, e2llm_model::Tokenizer)> {
         let device = self.device()?;
         let (model, tok) = checkpoint::load_with_tokenizer_as(dir, &device, self.weights)
-            .with_context(|| format!("--weights {} on backend `{}`", self.weights, self.backend))?;
+            .with_context(|| self.loading(dir))?;
         Ok((self.setup(model, dir)?, tok))
+    }
+
+    /// What a load error is about: the directory, and `--weights f16` where it was asked for
+    /// (the device may lack f16).
+    fn loading(&self, dir: &Path) -> String {
+        match self.weights {
+            Precision::F32 => format!("loading the model in {}", dir.display()),
+            w => format!(
+                "loading the model in {} with --weights {w} on backend `{}`",
+                dir.display(),
+                self.backend
+            ),
+        }
     }
 
     /// `", log-n attention scaling"` with `--logn`, `", f16 KV cache"` with `--kv-cache f16`,

@@ -174,6 +174,14 @@ fn bad_input_gives_one_clear_error() {
     let missing = tmp("missing").join("nowhere");
     let o = e2llm(&["info", "--model", missing.to_str().expect("utf8")]);
     assert_clear_error(&o, "config.json");
+    // A model that is not there is a loading error, whatever the (default) options were.
+    let o = e2llm(&["passkey", "--model", missing.to_str().expect("utf8")]);
+    assert_clear_error(&o, "config.json");
+    assert!(
+        stderr(&o).contains("loading the model in") && !stderr(&o).contains("--weights"),
+        "{}",
+        stderr(&o)
+    );
 
     let dir = tmp("truncated");
     copy_dir(&case("default_legacy"), &dir);
