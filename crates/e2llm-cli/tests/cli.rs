@@ -276,6 +276,7 @@ fn experiment_ci_preset_runs_end_to_end() {
     let l = json["orig_len"].as_u64().expect("orig_len") as usize;
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
     let table: Vec<&str> = md.lines().filter(|x| x.starts_with("| ")).collect();
+    let mut wrong = 0;
     for r in results {
         let name = r["name"].as_str().expect("name");
         let cells = r["passkey"].as_array().expect("passkey cells");
@@ -288,6 +289,12 @@ fn experiment_ci_preset_runs_end_to_end() {
             );
             assert!(k <= n && n == 1, "{name}: {k}/{n}");
             assert!(c["g"].as_f64().expect("g") >= 1.0);
+            // Each trial's key and answer are kept; the right ones are the cell's count.
+            let answers = c["answers"].as_array().expect("answers");
+            assert_eq!(answers.len() as u64, n, "{name}");
+            let right = answers.iter().filter(|a| a["kind"] == "correct").count();
+            assert_eq!(right as u64, k, "{name}");
+            wrong += n - k;
         }
         let ppl = r["ppl"].as_array().expect("ppl points");
         assert_eq!(ppl.len(), 2, "{name}");
@@ -315,6 +322,8 @@ fn experiment_ci_preset_runs_end_to_end() {
             "{name}"
         );
     }
+    // Under the grids: what the wrong answers were, for every model that had any.
+    assert_eq!(wrong > 0, md.contains("wrong answers: "), "{md}");
     // E²-LLM picks g per length; the fixed-scale arms do not.
     let g_of = |name: &str| -> Vec<f64> {
         results.iter().find(|r| r["name"] == name).expect("arm")["passkey"]

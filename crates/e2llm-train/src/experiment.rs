@@ -14,7 +14,7 @@ use crate::checkpoint;
 use crate::config::{Method, TrainConfig};
 use crate::data::Corpus;
 use crate::error::{Result, TrainError};
-use crate::eval::{markdown_table, passkey_grid, Cell, PasskeyEval, ScaleMode};
+use crate::eval::{failure_summary, markdown_table, passkey_grid, Cell, PasskeyEval, ScaleMode};
 use crate::ppl::{perplexity, PplPoint};
 use crate::trainer::{StepReport, Trainer};
 
@@ -379,11 +379,15 @@ impl Report {
         s
     }
 
-    /// Each model's passkey grid (length × depth) as markdown.
+    /// Each model's passkey grid (length × depth) as markdown, and what its wrong answers were.
     pub fn grids_markdown(&self) -> String {
         self.results
             .iter()
-            .map(|r| format!("### {}\n\n{}", r.name, markdown_table(&r.passkey)))
+            .map(|r| {
+                let wrong =
+                    failure_summary(&r.passkey).map_or(String::new(), |l| format!("\n{l}\n"));
+                format!("### {}\n\n{}{wrong}", r.name, markdown_table(&r.passkey))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
