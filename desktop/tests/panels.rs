@@ -229,6 +229,11 @@ fn a_whole_session_by_clicking() {
     });
     assert_eq!(h.state().eval_error, None);
     assert_eq!(h.state().eval.grids[0].1.len(), 1);
+    // Under the grid: the trial's answer (folded), and what was wrong if it was.
+    h.step();
+    assert!(h.query_by_label_contains("answers (1)").is_some());
+    let wrong = h.state().eval.grids[0].1[0].correct == 0;
+    assert_eq!(h.query_by_label_contains("wrong answers:").is_some(), wrong);
     h.get_by_label("Run perplexity").click();
     h.step();
     wait(&mut h, "perplexity", 300, |a| {

@@ -9,6 +9,7 @@ use crate::app::DesktopApp;
 use crate::compute::{self, EvalResult};
 use crate::heatmap;
 use crate::worker::Job;
+use e2llm_train::eval::{failure_summary, AnswerKind, Cell};
 
 impl DesktopApp {
     pub(crate) fn eval_panel(&mut self, ui: &mut egui::Ui) {
@@ -68,6 +69,7 @@ impl DesktopApp {
                 ui.vertical(|ui| {
                     ui.label(format!("passkey accuracy: {name}"));
                     grid(ui, cells);
+                    answers(ui, name, cells);
                 });
             }
         });
@@ -88,8 +90,33 @@ impl DesktopApp {
     }
 }
 
+/// What the wrong answers were (by kind), and every trial's key and answer, folded.
+fn answers(ui: &mut egui::Ui, name: &str, cells: &[Cell]) {
+    if let Some(line) = failure_summary(cells) {
+        ui.label(line);
+    }
+    let n: usize = cells.iter().map(|c| c.answers.len()).sum();
+    egui::CollapsingHeader::new(format!("answers ({n})"))
+        .id_salt(("answers", name))
+        .show(ui, |ui| {
+            for c in cells {
+                for a in &c.answers {
+                    let mark = if a.kind() == AnswerKind::Correct {
+                        "✔"
+                    } else {
+                        "✘"
+                    };
+                    ui.label(format!(
+                        "{mark} {} tok, depth {}, g {}: key {} → {:?}",
+                        c.length, c.depth, c.g, a.key, a.text
+                    ));
+                }
+            }
+        });
+}
+
 /// Length (rows) × depth (columns) accuracy heatmap with the numbers written in.
-fn grid(ui: &mut egui::Ui, cells: &[e2llm_train::eval::Cell]) {
+fn grid(ui: &mut egui::Ui, cells: &[Cell]) {
     let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
     lengths.dedup();
     let mut depths: Vec<f64> = cells.iter().map(|c| c.depth).collect();
