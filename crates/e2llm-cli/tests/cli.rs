@@ -292,6 +292,7 @@ fn experiment_ci_preset_runs_end_to_end() {
             // Each trial's key and answer are kept; the right ones are the cell's count.
             let answers = c["answers"].as_array().expect("answers");
             assert_eq!(answers.len() as u64, n, "{name}");
+            assert!(answers.iter().all(|a| a["kind"].is_string()), "{name}");
             let right = answers.iter().filter(|a| a["kind"] == "correct").count();
             assert_eq!(right as u64, k, "{name}");
             wrong += n - k;

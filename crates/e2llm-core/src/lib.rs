@@ -48,8 +48,8 @@ pub mod rope;
 
 pub use config::{ConfigError, LlamaConfig};
 pub use passkey::{
-    build_passkey, eval_scale, first_integer, key_line, paper_auto_scale, score, Filler,
-    PasskeyError, PasskeyPrompt, PasskeySpec, ScaleMode, PASSKEY_FILLER, PASSKEY_INTRO,
+    build_passkey, eval_scale, first_digits, first_integer, key_line, paper_auto_scale, score,
+    Filler, PasskeyError, PasskeyPrompt, PasskeySpec, ScaleMode, PASSKEY_FILLER, PASSKEY_INTRO,
     PASSKEY_MAX_KEY, PASSKEY_QUESTION,
 };
 pub use positions::{

@@ -243,14 +243,19 @@ pub fn build_passkey(
     })
 }
 
-/// The first run of ASCII digits in `text` as a number (like Python's `re.search(r"\d+")` on
-/// ASCII text). Leading zeros are dropped (`"00123"` → 123, as `int("00123")` does). A run too
-/// long for u64 gives `None` (it cannot equal any key). Non-ASCII digits are not digits here.
-pub fn first_integer(text: &str) -> Option<u64> {
+/// The first run of ASCII digits in `text` (like Python's `re.search(r"\d+")` on ASCII text),
+/// as written: leading zeros kept. Non-ASCII digits are not digits here.
+pub fn first_digits(text: &str) -> Option<&str> {
     let start = text.find(|c: char| c.is_ascii_digit())?;
     let run = &text[start..];
     let end = run.find(|c: char| !c.is_ascii_digit()).unwrap_or(run.len());
-    run[..end].parse().ok()
+    Some(&run[..end])
+}
+
+/// [`first_digits`] as a number. Leading zeros are dropped (`"00123"` → 123, as
+/// `int("00123")` does). A run too long for u64 gives `None` (it cannot equal any key).
+pub fn first_integer(text: &str) -> Option<u64> {
+    first_digits(text)?.parse().ok()
 }
 
 /// Exact-match score: the first integer of the generated text equals `key`.

@@ -2,8 +2,8 @@
 
 use e2llm_core::passkey::key_line;
 use e2llm_core::{
-    build_passkey, eval_scale, first_integer, paper_auto_scale, score, Filler, PasskeyError,
-    PasskeySpec, PASSKEY_FILLER, PASSKEY_INTRO, PASSKEY_QUESTION,
+    build_passkey, eval_scale, first_digits, first_integer, paper_auto_scale, score, Filler,
+    PasskeyError, PasskeySpec, PASSKEY_FILLER, PASSKEY_INTRO, PASSKEY_QUESTION,
 };
 
 fn words(s: &str) -> usize {
@@ -175,6 +175,10 @@ fn custom_filler_cycle_and_sample() {
 
 #[test]
 fn scorer() {
+    // The run as written (what the scorer parses, and what tells the kinds of wrong answer apart).
+    assert_eq!(first_digits(" is 00123. 4"), Some("00123"));
+    assert_eq!(first_digits("٣ then 7x"), Some("7"));
+    assert_eq!(first_digits("none"), None);
     assert_eq!(first_integer("12345."), Some(12345));
     assert_eq!(first_integer(" is 123 and 456"), Some(123));
     assert_eq!(first_integer("no digits here"), None);

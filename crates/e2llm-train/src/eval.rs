@@ -1,7 +1,7 @@
 //! Passkey retrieval over a length × depth grid (METHOD.md's protocol: greedy decoding, first
 //! integer, exact match), with the RoPE scale chosen per length.
 
-use e2llm_core::passkey::{build_passkey, score, Filler, PasskeySpec};
+use e2llm_core::passkey::{build_passkey, first_digits, score, Filler, PasskeySpec};
 use e2llm_model::generate::{generate, GenerateOptions};
 use e2llm_model::{Llama, Tokenizer};
 use serde::Serialize;
@@ -65,8 +65,9 @@ pub struct Cell {
     pub answers: Vec<Answer>,
 }
 
-/// One trial: the hidden key and the generated text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One trial: the hidden key and the generated text. Serialized with its [`AnswerKind`] as
+/// `kind` (the CLI's `--json`, the experiments' `results.json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// The pass key hidden in the prompt.
     pub key: u32,
@@ -97,16 +98,11 @@ pub enum AnswerKind {
 impl Answer {
     /// What kind of answer this is.
     pub fn kind(&self) -> AnswerKind {
-        let digits: String = self
-            .text
-            .chars()
-            .skip_while(|c| !c.is_ascii_digit())
-            .take_while(char::is_ascii_digit)
-            .collect();
+        let Some(digits) = first_digits(&self.text) else {
+            return AnswerKind::NoNumber;
+        };
         let key = self.key.to_string();
-        if digits.is_empty() {
-            AnswerKind::NoNumber
-        } else if score(&self.text, self.key) {
+        if score(&self.text, self.key) {
             AnswerKind::Correct
         } else if digits.trim_start_matches('0').starts_with(&key) {
             AnswerKind::KeyThenMoreDigits
@@ -115,6 +111,18 @@ impl Answer {
         } else {
             AnswerKind::WrongNumber
         }
+    }
+}
+
+impl Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Answer", 4)?;
+        st.serialize_field("key", &self.key)?;
+        st.serialize_field("text", &self.text)?;
+        st.serialize_field("prompt_tokens", &self.prompt_tokens)?;
+        st.serialize_field("kind", &self.kind())?;
+        st.end()
     }
 }
 
@@ -307,6 +315,15 @@ mod tests {
         ] {
             assert_eq!(answer(key, text).kind(), kind, "{key} {text:?}");
         }
+        // Serialized with its kind, as the JSON files keep it.
+        let json = serde_json::to_value(answer(31415, " 31415154")).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "key": 31415, "text": " 31415154", "prompt_tokens": 10,
+                "kind": "key-then-more-digits",
+            })
+        );
         let cell = |answers: Vec<Answer>| Cell {
             length: 10,
             depth: 0.0,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use e2llm_model::checkpoint;
+use e2llm_model::{checkpoint, Precision};
 
 /// Arguments of `e2llm info`.
 #[derive(clap::Args, Debug)]
@@ -23,11 +23,14 @@ pub fn run(a: Args) -> Result<()> {
         cfg.num_parameters(),
         cfg.num_parameters() as f64 / 1e6
     );
+    // Bytes per value of each storage (`--weights`, `--kv-cache`).
+    let (f32_b, f16_b) = (Precision::F32.bytes(), Precision::F16.bytes());
+    let mib = |values: f64, bytes: usize| values * bytes as f64 / (1 << 20) as f64;
     let params = cfg.num_parameters() as f64;
     println!(
         "weights          {:.1} MiB f32, {:.1} MiB f16 (--weights f16)",
-        4.0 * params / (1 << 20) as f64,
-        2.0 * params / (1 << 20) as f64
+        mib(params, f32_b),
+        mib(params, f16_b)
     );
     println!("vocab_size       {}", cfg.vocab_size);
     println!(
@@ -43,13 +46,12 @@ pub fn run(a: Args) -> Result<()> {
     println!("context (L)      {}", cfg.max_position_embeddings);
     // Keys and values of every layer for one token (--kv-cache f32 | f16).
     let per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim();
-    let mib = |bytes: usize, tokens: usize| (bytes * tokens) as f64 / (1 << 20) as f64;
     println!(
         "KV cache         {} B per token f32, {} B f16 ({:.0} / {:.0} MiB at 64k tokens; --kv-cache f16)",
-        4 * per_token,
-        2 * per_token,
-        mib(4 * per_token, 65536),
-        mib(2 * per_token, 65536)
+        f32_b * per_token,
+        f16_b * per_token,
+        mib((65536 * per_token) as f64, f32_b),
+        mib((65536 * per_token) as f64, f16_b)
     );
     println!("rope_theta       {}", cfg.rope.theta);
     match cfg.rope.scaling.factor() {

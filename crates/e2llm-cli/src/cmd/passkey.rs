@@ -126,10 +126,7 @@ pub fn run(a: Args) -> Result<()> {
             "cells": cells.iter().map(|c| serde_json::json!({
                 "length": c.length, "depth": c.depth, "g": c.g,
                 "correct": c.correct, "trials": c.trials, "accuracy": c.accuracy(),
-                "answers": c.answers.iter().map(|a| serde_json::json!({
-                    "key": a.key, "text": a.text, "prompt_tokens": a.prompt_tokens,
-                    "kind": a.kind(),
-                })).collect::<Vec<_>>(),
+                "answers": c.answers,
             })).collect::<Vec<_>>(),
         });
         e2llm_model::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
