@@ -32,10 +32,7 @@ pub fn tiny_config() -> TrainConfig {
         },
         orig_len: 64,
         train_len: 64,
-        method: Method::E2llm {
-            g_max: 8,
-            per_batch: false,
-        },
+        method: Method::e2llm(8),
         batch_size: 4,
         steps: 100_000,
         lr: 3e-3,

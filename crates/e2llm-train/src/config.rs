@@ -36,6 +36,12 @@ pub enum Method {
         /// Draw (g, t) once per batch instead of once per row.
         #[serde(default)]
         per_batch: bool,
+        /// Leading tokens of a row that keep positions `0..sinks` while the rest move by `t`
+        /// (the paper: 4 attention sinks). More of them make the gap `t` separate two long
+        /// chunks, as PoSE's skip does, so a row trains token distances up to `g·L` at
+        /// density `1/g`, not only sink-to-token ones.
+        #[serde(default = "default_sinks")]
+        sinks: usize,
     },
     /// Ablation: E²-LLM without the offset t (t = 0).
     E2llmNoT {
@@ -49,6 +55,21 @@ pub enum Method {
     },
 }
 
+fn default_sinks() -> usize {
+    e2llm_core::positions::DEFAULT_SINKS
+}
+
+impl Method {
+    /// E²-LLM as published: `g ~ U{1..g_max}` per row, 4 sinks.
+    pub fn e2llm(g_max: u32) -> Self {
+        Method::E2llm {
+            g_max,
+            per_batch: false,
+            sinks: default_sinks(),
+        }
+    }
+}
+
 impl std::fmt::Display for Method {
     /// The method in words, as run headers print it (`E²-LLM (g ~ U{1..5}, per row)`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,11 +78,21 @@ impl std::fmt::Display for Method {
             Method::Pi { g } => write!(f, "PI (g = {g})"),
             Method::Pose { s } => write!(f, "PoSE (s = {s})"),
             Method::Yarn { factor } => write!(f, "YaRN (factor {factor})"),
-            Method::E2llm { g_max, per_batch } => write!(
-                f,
-                "E²-LLM (g ~ U{{1..{g_max}}}, per {})",
-                if per_batch { "batch" } else { "row" }
-            ),
+            Method::E2llm {
+                g_max,
+                per_batch,
+                sinks,
+            } => {
+                write!(
+                    f,
+                    "E²-LLM (g ~ U{{1..{g_max}}}, per {}",
+                    if per_batch { "batch" } else { "row" }
+                )?;
+                if sinks != default_sinks() {
+                    write!(f, ", {sinks} sinks")?;
+                }
+                write!(f, ")")
+            }
             Method::E2llmNoT { g_max } => write!(f, "E²-LLM without t (g ~ U{{1..{g_max}}})"),
             Method::E2llmNoG { g } => write!(f, "E²-LLM without g (g = {g})"),
         }

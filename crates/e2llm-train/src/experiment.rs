@@ -106,13 +106,7 @@ pub fn ablation_arms(target: u32, g_maxes: &[u32]) -> Vec<Arm> {
         ),
     ];
     for &g in g_maxes {
-        arms.push(arm(
-            &format!("e2llm-g{g}"),
-            Method::E2llm {
-                g_max: g,
-                per_batch: false,
-            },
-        ));
+        arms.push(arm(&format!("e2llm-g{g}"), Method::e2llm(g)));
     }
     arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }));
     arms.push(arm("e2llm-no-g", Method::E2llmNoG { g: target }));
@@ -165,10 +159,7 @@ impl Plan {
                     extend,
                     arms: vec![Arm {
                         name: "e2llm".into(),
-                        method: Method::E2llm {
-                            g_max: 5,
-                            per_batch: false,
-                        },
+                        method: Method::e2llm(5),
                     }],
                     base_dir: None,
                     eval: EvalPlan {

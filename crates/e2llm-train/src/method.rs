@@ -44,8 +44,17 @@ impl Placer {
             Method::Pose { s } => {
                 Placer::Pose(PoseSampler::new(orig_len, train_len, s).map_err(bad)?)
             }
-            Method::E2llm { g_max, per_batch } => Placer::E2(
-                E2LlmSampler::new(g_max, orig_len, train_len).map_err(bad)?,
+            Method::E2llm {
+                g_max,
+                per_batch,
+                sinks,
+            } => Placer::E2(
+                {
+                    let mut s = E2LlmSampler::new(g_max, orig_len, train_len).map_err(bad)?;
+                    s.sinks = sinks;
+                    s.validate().map_err(bad)?;
+                    s
+                },
                 if per_batch {
                     Granularity::PerBatch
                 } else {
@@ -176,27 +185,54 @@ mod tests {
             let f = rope_scaling_for(m, 32).factor().unwrap_or(1.0);
             assert_eq!(f, config_factor, "{m:?}");
         }
-        let e2 = Placer::new(
+        let e2 = Placer::new(Method::e2llm(8), 32, 32).expect("placer");
+        let p = e2.place(64, 32, &mut rng);
+        assert!(p.positions.scale.iter().any(|&s| s > 1.0));
+        assert_eq!(rope_scaling_for(Method::e2llm(8), 32).factor(), None);
+    }
+
+    /// `sinks` moves the split: the first `sinks` tokens of a row keep `0..sinks`, the rest
+    /// move by the row's `t`, so the gap between the two chunks is `t` (at density `1/g`), and
+    /// a split past `R` is refused with the field named.
+    #[test]
+    fn e2llm_sinks_split_each_row_at_that_token() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let m = Method::E2llm {
+            g_max: 8,
+            per_batch: false,
+            sinks: 16,
+        };
+        let p = Placer::new(m, 32, 32)
+            .expect("placer")
+            .place(64, 32, &mut rng);
+        for (row, (&g, &t)) in p.g.iter().zip(&p.t).enumerate() {
+            let pos = &p.positions.pos[row * 32..(row + 1) * 32];
+            for (i, &x) in pos.iter().enumerate() {
+                let want = if i < 16 { i } else { i + t };
+                assert_eq!(x, want as f32, "row {row} token {i}");
+            }
+            assert!(t <= g as usize * 32 - 32, "t {t} within g·L − R for g {g}");
+        }
+        assert!(
+            p.t.iter().any(|&t| t > 32),
+            "some gap longer than R: {:?}",
+            p.t
+        );
+        assert_eq!(m.to_string(), "E²-LLM (g ~ U{1..8}, per row, 16 sinks)");
+        assert_eq!(
+            Method::e2llm(8).to_string(),
+            "E²-LLM (g ~ U{1..8}, per row)"
+        );
+        let err = Placer::new(
             Method::E2llm {
                 g_max: 8,
                 per_batch: false,
+                sinks: 33,
             },
             32,
             32,
         )
-        .expect("placer");
-        let p = e2.place(64, 32, &mut rng);
-        assert!(p.positions.scale.iter().any(|&s| s > 1.0));
-        assert_eq!(
-            rope_scaling_for(
-                Method::E2llm {
-                    g_max: 8,
-                    per_batch: false
-                },
-                32
-            )
-            .factor(),
-            None
-        );
+        .expect_err("33 sinks in a 32-token window");
+        assert!(err.to_string().contains("sinks = 33"), "{err}");
     }
 }

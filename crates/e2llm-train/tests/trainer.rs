@@ -39,10 +39,7 @@ fn tiny_run() -> TrainConfig {
         },
         orig_len: 48,
         train_len: 48,
-        method: Method::E2llm {
-            g_max: 4,
-            per_batch: false,
-        },
+        method: Method::e2llm(4),
         batch_size: 4,
         grad_accum: 2,
         steps: 6,
@@ -306,13 +303,7 @@ fn bad_configs_are_clear_errors() {
         ],
     )
     .expect("overrides");
-    assert_eq!(
-        set.method,
-        Method::E2llm {
-            g_max: 20,
-            per_batch: false
-        }
-    );
+    assert_eq!(set.method, Method::e2llm(20));
     assert_eq!(set.lr, 0.5);
     // The kernels choice: spelled as the CLI spells it, checked against the head width.
     let k = e2llm_train::config::apply_overrides(&ok, &["kernels=fused".into()]).expect("kernels");

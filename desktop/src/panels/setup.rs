@@ -40,10 +40,7 @@ fn method_named(name: &str) -> Method {
         "pi" => Method::Pi { g: 4 },
         "pose" => Method::Pose { s: 4 },
         "yarn" => Method::Yarn { factor: 4.0 },
-        "e2llm" => Method::E2llm {
-            g_max: 20,
-            per_batch: false,
-        },
+        "e2llm" => Method::e2llm(20),
         "e2llm-no-t" => Method::E2llmNoT { g_max: 20 },
         "e2llm-no-g" => Method::E2llmNoG { g: 4 },
         _ => Method::None,
@@ -171,12 +168,19 @@ impl DesktopApp {
                     ui.add(DragValue::new(factor).range(1.0..=256.0));
                     ui.end_row();
                 }
-                Method::E2llm { g_max, per_batch } => {
+                Method::E2llm {
+                    g_max,
+                    per_batch,
+                    sinks,
+                } => {
                     ui.label("g_max");
                     ui.add(DragValue::new(g_max).range(1..=256));
                     ui.end_row();
                     ui.label("draw (g, t) per batch");
                     ui.checkbox(per_batch, "");
+                    ui.end_row();
+                    ui.label("sink tokens (kept at 0..n)");
+                    ui.add(DragValue::new(sinks).range(0..=c.train_len));
                     ui.end_row();
                 }
                 Method::E2llmNoT { g_max } => {
