@@ -35,7 +35,7 @@ impl Placer {
     pub fn new(method: Method, orig_len: usize, train_len: usize) -> Result<Self> {
         let bad = |e: e2llm_core::positions::PositionError| TrainError::Config {
             file: "<run config>".into(),
-            reason: format!("method {method:?}: {e}"),
+            reason: format!("method {method}: {e}"),
         };
         Ok(match method {
             // PI and YaRN carry their scaling in the model config (written to config.json, so

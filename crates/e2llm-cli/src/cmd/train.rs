@@ -48,6 +48,17 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = trainer.cfg.clone();
     std::fs::write(a.run_dir.join("config.toml"), cfg.to_toml())
         .with_context(|| format!("writing {}", a.run_dir.join("config.toml").display()))?;
+    eprintln!(
+        "train: {}, L = {}, R = {}, {} × {} tokens per step, from {}, to step {} → {}",
+        cfg.method,
+        cfg.orig_len,
+        cfg.train_len,
+        cfg.batch_size * cfg.grad_accum,
+        cfg.train_len,
+        cfg.init.as_deref().unwrap_or("random weights"),
+        cfg.steps,
+        a.run_dir.display()
+    );
     let bar = ProgressBar::new(cfg.steps as u64).with_position(trainer.step as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -82,9 +93,9 @@ pub fn run(a: Args) -> Result<()> {
     bar.finish();
     let ckpt = ckpt?;
     println!(
-        "trained {} steps ({} method); checkpoint: {}",
+        "trained {} steps ({}); checkpoint: {}",
         trainer.step,
-        serde_json::to_string(&cfg.method).unwrap_or_default(),
+        cfg.method,
         ckpt.display()
     );
     Ok(())
