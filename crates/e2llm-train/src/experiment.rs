@@ -141,15 +141,15 @@ impl Plan {
         match p {
             Preset::Quickstart => {
                 // Sized so the base retrieves at L before it is extended (800 steps found a
-                // third of the keys, and 800 E²-LLM steps at g_max 36 lost most of them). From
-                // the 2500-step base, 1000 E²-LLM steps read 2× / 4× at 93 / 27 % with g_max 5,
-                // 73 / 0 % with g_max 10 and 27 / 0 % with g_max 20 (the base: 60 / 7 %): a
-                // short extension reads farthest with a small g_max (README, "Results").
-                // Session 11 (the step 2× faster): 2000 E²-LLM steps at g_max 5 read 2× / 4× /
-                // 8× at 87 / 53 / 7 % (g_max 10: 60 / 0 / 0 %), so the quickstart now trains
-                // 2000 — about 11 minutes in all on 2 cores.
-                base.steps = 2500;
-                extend.steps = 2000;
+                // third of the keys). Session 15: E²-LLM read 16× only from a long base and
+                // with a long gap in its offset — 10,000 base steps, then 3,000 steps of g_max
+                // 20 with 128 kept tokens (`sinks`, a variant; the paper keeps 4) read 1×…32×
+                // at 100 / 100 / 87 / 93 / 87 / 0 % with plain PI in 25 minutes on 2 cores; the
+                // published 4 sinks from that base: 5 % at 16× (README, "Results"). The earlier
+                // default (2,500 + 2,000 steps at g_max 5, 4 sinks, 11 minutes) read 87 / 53 /
+                // 7 / 0 % at 2× / 4× / 8× / 16×.
+                base.steps = 10_000;
+                extend.steps = 3000;
                 // Two threads per step (a fixed number, so the numbers are the same on every
                 // machine): the CPU backend runs each op on one core.
                 base.threads = 2;
@@ -159,7 +159,11 @@ impl Plan {
                     extend,
                     arms: vec![Arm {
                         name: "e2llm".into(),
-                        method: Method::e2llm(5),
+                        method: Method::E2llm {
+                            g_max: 20,
+                            per_batch: false,
+                            sinks: 128,
+                        },
                     }],
                     base_dir: None,
                     eval: EvalPlan {
