@@ -154,6 +154,7 @@ impl Plan {
                 // machine): the CPU backend runs each op on one core.
                 base.threads = 2;
                 extend.threads = 2;
+                let mid_window = extend.train_len / 2;
                 Self {
                     base,
                     extend,
@@ -162,7 +163,7 @@ impl Plan {
                         method: Method::E2llm {
                             g_max: 20,
                             per_batch: false,
-                            sinks: 128,
+                            sinks: mid_window,
                         },
                     }],
                     base_dir: None,
@@ -247,11 +248,20 @@ impl Plan {
     /// `passkey_min_len` is dropped where it no longer fits in `R`.
     pub fn with_base(mut self, dir: &Path) -> Result<Self> {
         let l = hf::load_config(dir)?.max_position_embeddings;
+        let old_r = self.extend.train_len;
         for c in [&mut self.base, &mut self.extend] {
             c.orig_len = l;
             c.train_len = l;
             if c.passkey_min_len > l {
                 c.passkey_min_len = 0;
+            }
+        }
+        // The quickstart's split in the middle of the window (128 of 256) stays in the middle.
+        for arm in &mut self.arms {
+            if let Method::E2llm { sinks, .. } = &mut arm.method {
+                if *sinks == old_r / 2 {
+                    *sinks = l / 2;
+                }
             }
         }
         self.base_dir = Some(dir.to_path_buf());
@@ -660,9 +670,15 @@ mod tests {
                 (64, 64, 0)
             );
         }
-        plan.arm_config(&plan.arms[0], &dir)
-            .validate()
-            .expect("arm config valid");
+        let arm = plan.arm_config(&plan.arms[0], &dir);
+        arm.validate().expect("arm config valid");
+        // The quickstart's split in the middle of the window (128 of 256) follows R = 64.
+        assert!(
+            matches!(arm.method, Method::E2llm { sinks: 32, .. }),
+            "{:?}",
+            arm.method
+        );
+        crate::method::Placer::new(arm.method, arm.orig_len, arm.train_len).expect("binds");
         let e = Plan::preset(Preset::Ci)
             .with_base(&dir.join("missing"))
             .expect_err("no config.json");
