@@ -256,16 +256,23 @@ impl Plan {
                 c.passkey_min_len = 0;
             }
         }
-        // The quickstart's split in the middle of the window (128 of 256) stays in the middle.
+        self.follow_window(old_r);
+        self.base_dir = Some(dir.to_path_buf());
+        Ok(self)
+    }
+
+    /// After the extension window changed from `old_r` to `extend.train_len`: an E²-LLM arm
+    /// split in the middle of the old window (the quickstart's 128 of 256) is split in the
+    /// middle of the new one.
+    pub fn follow_window(&mut self, old_r: usize) {
+        let r = self.extend.train_len;
         for arm in &mut self.arms {
             if let Method::E2llm { sinks, .. } = &mut arm.method {
                 if *sinks == old_r / 2 {
-                    *sinks = l / 2;
+                    *sinks = r / 2;
                 }
             }
         }
-        self.base_dir = Some(dir.to_path_buf());
-        Ok(self)
     }
 
     /// Sets the compute backend of every stage.
@@ -679,6 +686,11 @@ mod tests {
             arm.method
         );
         crate::method::Placer::new(arm.method, arm.orig_len, arm.train_len).expect("binds");
+        // The same after a `--set train_len=…` (the CLI calls follow_window after overrides).
+        let mut p = Plan::preset(Preset::Quickstart);
+        p.extend.train_len = 100;
+        p.follow_window(256);
+        assert!(matches!(p.arms[0].method, Method::E2llm { sinks: 50, .. }));
         let e = Plan::preset(Preset::Ci)
             .with_base(&dir.join("missing"))
             .expect_err("no config.json");

@@ -85,9 +85,11 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
         anyhow::ensure!(t > 0, "--trials must be at least 1");
         plan.eval.trials = t;
     }
+    let window = plan.extend.train_len;
     plan.base = e2llm_train::config::apply_overrides(&plan.base, &c.set)?;
     plan.extend = e2llm_train::config::apply_overrides(&plan.extend, &c.set)?;
     plan.extend = e2llm_train::config::apply_overrides(&plan.extend, &c.set_extend)?;
+    plan.follow_window(window);
     for cfg in [&plan.base, &plan.extend] {
         cfg.validate()
             .map_err(|r| anyhow::anyhow!("invalid stage config: {r}"))?;
