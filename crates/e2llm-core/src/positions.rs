@@ -101,13 +101,20 @@ impl E2LlmSampler {
     /// The full method: both augmentations, 4 sinks. Errors if `R > L` (then `g = 1` has no
     /// valid offset) or a size is 0.
     pub fn new(g_max: u32, orig_len: usize, train_len: usize) -> Result<Self, PositionError> {
+        Self::with_sinks(g_max, orig_len, train_len, DEFAULT_SINKS)
+    }
+
+    /// Both augmentations with `sinks` leading tokens kept at `0..sinks` (more than 4 make `t`
+    /// a gap between two long chunks). Errors as [`Self::new`], or if `sinks > R`.
+    pub fn with_sinks(
+        g_max: u32,
+        orig_len: usize,
+        train_len: usize,
+        sinks: usize,
+    ) -> Result<Self, PositionError> {
         let s = E2LlmSampler {
-            g_max,
-            orig_len,
-            train_len,
-            sinks: DEFAULT_SINKS,
-            vary_g: true,
-            vary_t: true,
+            sinks,
+            ..Self::unchecked(g_max, orig_len, train_len)
         };
         s.validate()?;
         Ok(s)

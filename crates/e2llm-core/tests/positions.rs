@@ -183,6 +183,12 @@ fn invalid_settings_are_rejected() {
             train_len: 2
         })
     );
+    // A window shorter than the default 4 sinks takes a sampler with fewer.
+    assert_eq!(E2LlmSampler::with_sinks(2, 8, 2, 1).map(|s| s.sinks), Ok(1));
+    assert!(E2LlmSampler::with_sinks(2, 8, 4, 5)
+        .expect_err("5 > 4")
+        .to_string()
+        .contains("sinks = 5 exceeds train_len = 4"));
     let mut s = E2LlmSampler::new(2, 8, 4).expect("valid");
     s.sinks = 5;
     assert!(s

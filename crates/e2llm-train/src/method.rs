@@ -49,12 +49,7 @@ impl Placer {
                 per_batch,
                 sinks,
             } => Placer::E2(
-                {
-                    let mut s = E2LlmSampler::new(g_max, orig_len, train_len).map_err(bad)?;
-                    s.sinks = sinks;
-                    s.validate().map_err(bad)?;
-                    s
-                },
+                E2LlmSampler::with_sinks(g_max, orig_len, train_len, sinks).map_err(bad)?,
                 if per_batch {
                     Granularity::PerBatch
                 } else {
