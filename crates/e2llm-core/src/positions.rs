@@ -130,11 +130,23 @@ impl E2LlmSampler {
         Ok(s)
     }
 
-    /// The "without g-augmentation" ablation: `g` fixed (stored as `g_max`), `t` drawn. Allows
-    /// `R` up to `g·L`.
+    /// The "without g-augmentation" ablation: `g` fixed (stored as `g_max`), `t` drawn, 4
+    /// sinks. Allows `R` up to `g·L`.
     pub fn without_g(g: u32, orig_len: usize, train_len: usize) -> Result<Self, PositionError> {
+        Self::without_g_with_sinks(g, orig_len, train_len, DEFAULT_SINKS)
+    }
+
+    /// [`Self::without_g`] with `sinks` leading tokens kept at `0..sinks` (the ablation of
+    /// [`Self::with_sinks`]). Errors as [`Self::without_g`], or if `sinks > R`.
+    pub fn without_g_with_sinks(
+        g: u32,
+        orig_len: usize,
+        train_len: usize,
+        sinks: usize,
+    ) -> Result<Self, PositionError> {
         let s = E2LlmSampler {
             vary_g: false,
+            sinks,
             ..Self::unchecked(g, orig_len, train_len)
         };
         s.validate()?;

@@ -52,6 +52,9 @@ pub enum Method {
     E2llmNoG {
         /// The fixed scale.
         g: u32,
+        /// Leading tokens kept at `0..sinks`, as for [`Method::E2llm`] (the paper: 4).
+        #[serde(default = "default_sinks")]
+        sinks: usize,
     },
 }
 
@@ -94,7 +97,13 @@ impl std::fmt::Display for Method {
                 write!(f, ")")
             }
             Method::E2llmNoT { g_max } => write!(f, "E²-LLM without t (g ~ U{{1..{g_max}}})"),
-            Method::E2llmNoG { g } => write!(f, "E²-LLM without g (g = {g})"),
+            Method::E2llmNoG { g, sinks } => {
+                write!(f, "E²-LLM without g (g = {g}")?;
+                if sinks != default_sinks() {
+                    write!(f, ", {sinks} sinks")?;
+                }
+                write!(f, ")")
+            }
         }
     }
 }
@@ -321,7 +330,7 @@ impl TrainConfig {
             return Err("`beta1` and `beta2` must be in [0, 1)".into());
         }
         match self.method {
-            Method::Pi { g } | Method::E2llmNoG { g } if g == 0 => {
+            Method::Pi { g } | Method::E2llmNoG { g, .. } if g == 0 => {
                 Err("method scale `g` must be at least 1".into())
             }
             Method::E2llm { g_max, .. } | Method::E2llmNoT { g_max } if g_max == 0 => {

@@ -109,7 +109,13 @@ pub fn ablation_arms(target: u32, g_maxes: &[u32]) -> Vec<Arm> {
         arms.push(arm(&format!("e2llm-g{g}"), Method::e2llm(g)));
     }
     arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }));
-    arms.push(arm("e2llm-no-g", Method::E2llmNoG { g: target }));
+    arms.push(arm(
+        "e2llm-no-g",
+        Method::E2llmNoG {
+            g: target,
+            sinks: e2llm_core::positions::DEFAULT_SINKS,
+        },
+    ));
     arms
 }
 
@@ -298,7 +304,7 @@ impl Plan {
 pub fn inference_scale(method: Method) -> ScaleMode {
     match method {
         Method::E2llm { .. } | Method::E2llmNoT { .. } => ScaleMode::Safe,
-        Method::E2llmNoG { g } => ScaleMode::Fixed(g as f32),
+        Method::E2llmNoG { g, .. } => ScaleMode::Fixed(g as f32),
         Method::None | Method::Pi { .. } | Method::Pose { .. } | Method::Yarn { .. } => {
             ScaleMode::Fixed(1.0)
         }

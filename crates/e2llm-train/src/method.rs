@@ -60,8 +60,8 @@ impl Placer {
                 E2LlmSampler::without_t(g_max, orig_len, train_len).map_err(bad)?,
                 Granularity::PerExample,
             ),
-            Method::E2llmNoG { g } => Placer::E2(
-                E2LlmSampler::without_g(g, orig_len, train_len).map_err(bad)?,
+            Method::E2llmNoG { g, sinks } => Placer::E2(
+                E2LlmSampler::without_g_with_sinks(g, orig_len, train_len, sinks).map_err(bad)?,
                 Granularity::PerExample,
             ),
         })
@@ -166,7 +166,7 @@ mod tests {
             (Method::Pi { g: 4 }, 4.0, 1.0),
             (Method::Yarn { factor: 4.0 }, 4.0, 1.0),
             (Method::Pose { s: 4 }, 1.0, 1.0),
-            (Method::E2llmNoG { g: 4 }, 1.0, 4.0),
+            (Method::E2llmNoG { g: 4, sinks: 4 }, 1.0, 4.0),
         ];
         for (m, config_factor, placed) in cases {
             let p = Placer::new(m, 32, 32)
@@ -191,29 +191,37 @@ mod tests {
     /// a split past `R` is refused with the field named.
     #[test]
     fn e2llm_sinks_split_each_row_at_that_token() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let m = Method::E2llm {
+        let full = Method::E2llm {
             g_max: 8,
             per_batch: false,
             sinks: 16,
         };
-        let p = Placer::new(m, 32, 32)
-            .expect("placer")
-            .place(64, 32, &mut rng);
-        for (row, (&g, &t)) in p.g.iter().zip(&p.t).enumerate() {
-            let pos = &p.positions.pos[row * 32..(row + 1) * 32];
-            for (i, &x) in pos.iter().enumerate() {
-                let want = if i < 16 { i } else { i + t };
-                assert_eq!(x, want as f32, "row {row} token {i}");
+        // The no-g ablation of the same variant: g fixed at 8, the same split.
+        let no_g = Method::E2llmNoG { g: 8, sinks: 16 };
+        for m in [full, no_g] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let p = Placer::new(m, 32, 32)
+                .expect("placer")
+                .place(64, 32, &mut rng);
+            for (row, (&g, &t)) in p.g.iter().zip(&p.t).enumerate() {
+                let pos = &p.positions.pos[row * 32..(row + 1) * 32];
+                for (i, &x) in pos.iter().enumerate() {
+                    let want = if i < 16 { i } else { i + t };
+                    assert_eq!(x, want as f32, "{m}: row {row} token {i}");
+                }
+                assert!(t <= g as usize * 32 - 32, "t {t} within g·L − R for g {g}");
             }
-            assert!(t <= g as usize * 32 - 32, "t {t} within g·L − R for g {g}");
+            assert!(
+                p.t.iter().any(|&t| t > 32),
+                "{m}: some gap longer than R: {:?}",
+                p.t
+            );
+            if m == no_g {
+                assert!(p.g.iter().all(|&g| g == 8), "{m}: g fixed: {:?}", p.g);
+            }
         }
-        assert!(
-            p.t.iter().any(|&t| t > 32),
-            "some gap longer than R: {:?}",
-            p.t
-        );
-        assert_eq!(m.to_string(), "E²-LLM (g ~ U{1..8}, per row, 16 sinks)");
+        assert_eq!(full.to_string(), "E²-LLM (g ~ U{1..8}, per row, 16 sinks)");
+        assert_eq!(no_g.to_string(), "E²-LLM without g (g = 8, 16 sinks)");
         assert_eq!(
             Method::e2llm(8).to_string(),
             "E²-LLM (g ~ U{1..8}, per row)"

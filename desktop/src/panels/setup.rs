@@ -42,9 +42,19 @@ fn method_named(name: &str) -> Method {
         "yarn" => Method::Yarn { factor: 4.0 },
         "e2llm" => Method::e2llm(20),
         "e2llm-no-t" => Method::E2llmNoT { g_max: 20 },
-        "e2llm-no-g" => Method::E2llmNoG { g: 4 },
+        "e2llm-no-g" => Method::E2llmNoG {
+            g: 4,
+            sinks: e2llm_core::positions::DEFAULT_SINKS,
+        },
         _ => Method::None,
     }
+}
+
+/// The E²-LLM methods' leading tokens kept at their positions (at most the window).
+fn sinks_field(ui: &mut egui::Ui, sinks: &mut usize, train_len: usize) {
+    ui.label("sink tokens (kept at 0..n)");
+    ui.add(DragValue::new(sinks).range(0..=train_len));
+    ui.end_row();
 }
 
 impl DesktopApp {
@@ -153,10 +163,16 @@ impl DesktopApp {
             ui.end_row();
             match &mut c.method {
                 Method::None => {}
-                Method::Pi { g } | Method::E2llmNoG { g } => {
+                Method::Pi { g } => {
                     ui.label("g (fixed scale)");
                     ui.add(DragValue::new(g).range(1..=256));
                     ui.end_row();
+                }
+                Method::E2llmNoG { g, sinks } => {
+                    ui.label("g (fixed scale)");
+                    ui.add(DragValue::new(g).range(1..=256));
+                    ui.end_row();
+                    sinks_field(ui, sinks, c.train_len);
                 }
                 Method::Pose { s } => {
                     ui.label("s (extension factor)");
@@ -179,9 +195,7 @@ impl DesktopApp {
                     ui.label("draw (g, t) per batch");
                     ui.checkbox(per_batch, "");
                     ui.end_row();
-                    ui.label("sink tokens (kept at 0..n)");
-                    ui.add(DragValue::new(sinks).range(0..=c.train_len));
-                    ui.end_row();
+                    sinks_field(ui, sinks, c.train_len);
                 }
                 Method::E2llmNoT { g_max } => {
                     ui.label("g_max");
