@@ -152,7 +152,8 @@ def set_value(driver, elem_id, value):
     )
 
 
-def run_trial(driver, length, depth, max_new, timeout):
+def run_trial(driver, length, depth, max_new, timeout, logn=False):
+    driver.execute_script("document.getElementById('logn').checked = arguments[0];", logn)
     set_value(driver, "length", length)
     set_value(driver, "depth", depth)
     set_value(driver, "key", KEY)
@@ -176,8 +177,7 @@ def compare_native(cli, model, result, work, tag):
     p, a = result["prompt"], result["answer"]
     ids = p["ids"] + a["ids"][:-1]
     out = os.path.join(work, f"native-{tag}.safetensors")
-    # The page's default reads with log-n attention scaling; the native run does the same.
-    check(p.get("logn") is True, f"{tag}: the page read with log-n scaling (its default)")
+    # The native run reads the way the page read: plain PI, or with log-n attention scaling.
     subprocess.run(
         [cli, "logits", "--model", model, "--ids", ",".join(map(str, ids)),
          "--rope-scale", repr(p["g"]), "--out", out] + (["--logn"] if p.get("logn") else []),
@@ -321,6 +321,8 @@ def session(cli, url, model, work, out, webgpu, length, tag, extra):
         else:
             check((not st["backend"]["gpu"]) and st["backend"]["label"] == "CPU (WASM)" and st["backend"]["reason"],
                   f"{tag}: the page falls back to CPU (WASM) and says why ({st['backend']['reason']})")
+        check(driver.execute_script("return document.getElementById('logn').checked") is False,
+              f"{tag}: the page reads with plain PI by default (log-n unticked)")
         t0 = time.time()
         r = run_trial(driver, length, 0.5, 6, 600)
         p, a = r["prompt"], r["answer"]
@@ -333,7 +335,12 @@ def session(cli, url, model, work, out, webgpu, length, tag, extra):
         driver.save_screenshot(shot)
         log(f"{tag}: screenshot {shot}")
         compare_native(cli, model, r, work, tag)
+        check(p.get("logn") is False, f"{tag}: the trial read with plain PI")
         if webgpu and tag == "webgpu":
+            # The same prompt length with log-n attention scaling ticked, against native --logn.
+            rl = run_trial(driver, length, 0.5, 6, 600, logn=True)
+            check(rl["prompt"].get("logn") is True, f"{tag}-logn: the trial read with log-n scaling")
+            compare_native(cli, model, rl, work, f"{tag}-logn")
             kernel_checks(driver, tag, out)
         if not webgpu:
             sweep_check(driver)
