@@ -9,7 +9,7 @@ use e2llm_model::kernels::Gpu;
 use e2llm_model::{backend, checkpoint, AttentionImage, Llama, MapBackend, MapSpec, Tokenizer};
 use e2llm_train::data::Corpus;
 use e2llm_train::eval::{passkey_grid, Cell, PasskeyEval, ScaleMode};
-use e2llm_train::ppl::{perplexity, text_for_windows, PplPoint};
+use e2llm_train::ppl::{perplexity, text_for_windows, PplPoint, Scoring};
 
 use crate::state::{parse_list, AttentionSettings, EvalSettings, PromptSource};
 use crate::worker::Progress;
@@ -225,7 +225,7 @@ pub fn ppl(
             &model,
             &tokens,
             &lengths,
-            None,
+            Scoring::Sliding { stride: None },
             ScaleMode::Auto,
             max_windows,
             |d, t| p.report(k * t + d, ckpts.len() * t),

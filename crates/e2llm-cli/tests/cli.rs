@@ -528,6 +528,27 @@ fn ppl_reports_every_length() {
             Some(2 * p["length"].as_u64().expect("len"))
         );
     }
+    // --score-last: both lengths score the same 8 tokens of each of 2 spans.
+    let o = e2llm(&[
+        "ppl",
+        "--model",
+        case("tokenizer_demo").to_str().expect("utf-8"),
+        "--lengths",
+        "16,32",
+        "--max-windows",
+        "2",
+        "--score-last",
+        "8",
+        "--json",
+        json.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    let pts = v["points"].as_array().expect("points");
+    assert_eq!(pts.len(), 2);
+    assert!(pts.iter().all(|p| p["tokens"].as_u64() == Some(16)), "{v}");
+    assert_eq!(v["score_last"].as_u64(), Some(8));
     let bad = e2llm(&[
         "ppl",
         "--model",
@@ -536,5 +557,15 @@ fn ppl_reports_every_length() {
         "0",
     ]);
     assert_clear_error(&bad, "--lengths");
+    let bad = e2llm(&[
+        "ppl",
+        "--model",
+        case("tokenizer_demo").to_str().expect("utf-8"),
+        "--lengths",
+        "16,32",
+        "--score-last",
+        "20",
+    ]);
+    assert_clear_error(&bad, "--score-last");
     std::fs::remove_dir_all(&out).ok();
 }

@@ -15,7 +15,7 @@ use crate::config::{Method, TrainConfig};
 use crate::data::Corpus;
 use crate::error::{Result, TrainError};
 use crate::eval::{failure_summary, markdown_table, passkey_grid, Cell, PasskeyEval, ScaleMode};
-use crate::ppl::{perplexity, PplPoint};
+use crate::ppl::{perplexity, PplPoint, Scoring};
 use crate::trainer::{StepReport, Trainer};
 
 /// One extension arm: a method trained from the base checkpoint.
@@ -40,7 +40,8 @@ pub struct EvalPlan {
     pub max_new_tokens: usize,
     /// Perplexity context lengths as multiples of `L` (empty = no perplexity).
     pub ppl_multiples: Vec<usize>,
-    /// Windows per perplexity length.
+    /// Spans of held-out text per perplexity length (each scores its last `L` tokens at every
+    /// length; [`Scoring::LastTokens`]).
     pub ppl_windows: usize,
     /// Also evaluate every model with log-n attention scaling (an extra `… + log-n` row each;
     /// see [`e2llm_core::logn_scale`]) beside plain PI.
@@ -241,7 +242,7 @@ impl Plan {
                         trials: 2,
                         max_new_tokens: 8,
                         ppl_multiples: vec![1, 2, 4, 8, 16, 32],
-                        ppl_windows: 1,
+                        ppl_windows: 4,
                         logn: true,
                     },
                 }
@@ -507,11 +508,13 @@ pub fn evaluate(
         let lengths: Vec<usize> = plan.ppl_multiples.iter().map(|k| k * l).collect();
         let text = crate::ppl::text_for_windows(heldout, &lengths, plan.ppl_windows);
         let tokens = tok.encode(text, false)?;
+        // The same L tokens per span at every length, so the curve shows what more context
+        // does, not how hard each length's text is.
         ppl = perplexity(
             model,
             &tokens,
             &lengths,
-            None,
+            Scoring::LastTokens(l),
             scale,
             plan.ppl_windows,
             |d, _| obs.eval(name, pk_total + d, total),

@@ -4,6 +4,12 @@
 //! the first window scores all of its tokens, every later one only its last `S` (so each scored
 //! token sees at least `ℓ − S` tokens of context, and no token is scored twice). Positions are
 //! `0..ℓ` divided by the scale `g` the [`ScaleMode`] picks for `ℓ`.
+//!
+//! Sliding windows at different `ℓ` score different tokens when the text is capped to a few
+//! windows, so a perplexity-vs-length curve then mixes context with text difficulty.
+//! [`Scoring::LastTokens`] scores the same tokens at every length instead: the text is cut into
+//! spans of the longest length, every length's window ends where the span ends, and only the
+//! last `n` tokens are scored — a longer `ℓ` only adds context before the same text.
 
 use burn::tensor::activation;
 use e2llm_model::rope::Positions;
@@ -42,6 +48,50 @@ pub fn text_for_windows<'a>(text: &'a str, lengths: &[usize], max_windows: usize
     }
 }
 
+/// Which tokens each context length scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// Windows of `ℓ` tokens every `stride` tokens (default `ℓ`) from the start of the text
+    /// ([`windows`]).
+    Sliding {
+        /// The stride; `None` = `ℓ`, non-overlapping windows.
+        stride: Option<usize>,
+    },
+    /// The same last `n` tokens of each span of the longest length, at every length
+    /// ([`aligned_windows`]).
+    LastTokens(usize),
+}
+
+impl Scoring {
+    /// The windows for context length `length` (`longest` = the longest length asked for).
+    pub fn windows(self, n_tokens: usize, length: usize, longest: usize) -> Vec<(usize, usize)> {
+        match self {
+            Scoring::Sliding { stride } => windows(n_tokens, length, stride.unwrap_or(length)),
+            Scoring::LastTokens(n) => aligned_windows(n_tokens, length, longest, n),
+        }
+    }
+}
+
+/// Windows of `length` tokens that end where the spans `[k·longest, (k+1)·longest)` end, each
+/// scoring its last `score` tokens: the same targets at every `length ≥ score`. Empty when
+/// `score > length`, `length > longest` or the text holds no whole span and its next token.
+pub fn aligned_windows(
+    n_tokens: usize,
+    length: usize,
+    longest: usize,
+    score: usize,
+) -> Vec<(usize, usize)> {
+    if length == 0 || score > length || length > longest {
+        return Vec::new();
+    }
+    (1..)
+        .map(|k| k * longest)
+        .take_while(|&end| end < n_tokens)
+        .map(|end| (end - length, length - score))
+        .collect()
+}
+
 /// Window start offsets and the first scored index inside each window.
 pub fn windows(n_tokens: usize, length: usize, stride: usize) -> Vec<(usize, usize)> {
     let stride = stride.clamp(1, length.max(1));
@@ -58,22 +108,31 @@ pub fn windows(n_tokens: usize, length: usize, stride: usize) -> Vec<(usize, usi
     out
 }
 
-/// Perplexity of `model` on `tokens` at each context length. `max_windows` caps the windows per
-/// length (0 = all); `on_window(done, total)` reports progress.
+/// Perplexity of `model` on `tokens` at each context length, scoring the tokens `scoring`
+/// picks. `max_windows` caps the windows per length (0 = all); `on_window(done, total)`
+/// reports progress.
 pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
     lengths: &[usize],
-    stride: Option<usize>,
+    scoring: Scoring,
     scale: ScaleMode,
     max_windows: usize,
     mut on_window: impl FnMut(usize, usize),
 ) -> Result<Vec<PplPoint>> {
     let orig_len = model.config.max_position_embeddings;
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    if let Scoring::LastTokens(n) = scoring {
+        if let Some(&short) = lengths.iter().find(|&&l| l < n || n == 0) {
+            return Err(TrainError::Data(format!(
+                "perplexity scoring the last {n} tokens of each window needs every length to be                  at least {n} (and {n} > 0); {short} is not: score fewer tokens or drop that length"
+            )));
+        }
+    }
     let plans: Vec<(usize, Vec<(usize, usize)>)> = lengths
         .iter()
         .map(|&l| {
-            let mut w = windows(tokens.len(), l, stride.unwrap_or(l));
+            let mut w = scoring.windows(tokens.len(), l, longest);
             if max_windows > 0 {
                 w.truncate(max_windows);
             }
@@ -85,8 +144,12 @@ pub fn perplexity(
     let mut points = Vec::new();
     for (length, wins) in plans {
         if wins.is_empty() {
+            let need = match scoring {
+                Scoring::Sliding { .. } => length,
+                Scoring::LastTokens(_) => longest,
+            };
             return Err(TrainError::Data(format!(
-                "perplexity at {length} tokens needs more than {length} held-out tokens, have {}",
+                "perplexity at {length} tokens needs more than {need} held-out tokens, have {}",
                 tokens.len()
             )));
         }
@@ -143,53 +206,78 @@ mod tests {
         let device = e2llm_model::backend::device("cpu").expect("cpu");
         let model = init_random(cfg, 0.3, 7, &device);
         let tokens: Vec<u32> = (0..70u32).map(|i| (i * 37 + i * i) % 50).collect();
-        for (len, stride) in [(16, 16), (16, 5), (24, 24)] {
+        let sliding = |stride| Scoring::Sliding {
+            stride: Some(stride),
+        };
+        let cases: [(&[usize], Scoring); 4] = [
+            (&[16], sliding(16)),
+            (&[16], sliding(5)),
+            (&[24], sliding(24)),
+            // The same 6 targets per span at both lengths: 16 is read with 18 tokens less context.
+            (&[16, 34], Scoring::LastTokens(6)),
+        ];
+        for (lengths, scoring) in cases {
             let got = perplexity(
                 &model,
                 &tokens,
-                &[len],
-                Some(stride),
+                lengths,
+                scoring,
                 ScaleMode::Auto,
                 0,
                 |_, _| {},
             )
             .expect("ppl");
-            let g = len.div_ceil(8) as f32;
-            let (mut num, mut den) = (0.0, 0.0);
-            for (start, first) in windows(tokens.len(), len, stride) {
-                let logits = model
-                    .forward(
-                        &tokens[start..start + len],
-                        &Positions::contiguous(1, len, 0, g),
-                        None,
-                    )
-                    .expect("forward")
-                    .to_data()
-                    .try_to_vec::<f32>()
-                    .expect("logits");
-                let w: Vec<f32> = (0..len)
-                    .map(|i| if i >= first { 1.0 } else { 0.0 })
-                    .collect();
-                let n = (len - first) as f64;
-                num += n * cross_entropy_host(&logits, 50, &tokens[start + 1..=start + len], &w);
-                den += n;
+            let longest = *lengths.iter().max().expect("a length");
+            for (p, &len) in got.iter().zip(lengths) {
+                let g = len.div_ceil(8) as f32;
+                let (mut num, mut den) = (0.0, 0.0);
+                for (start, first) in scoring.windows(tokens.len(), len, longest) {
+                    let logits = model
+                        .forward(
+                            &tokens[start..start + len],
+                            &Positions::contiguous(1, len, 0, g),
+                            None,
+                        )
+                        .expect("forward")
+                        .to_data()
+                        .try_to_vec::<f32>()
+                        .expect("logits");
+                    let w: Vec<f32> = (0..len)
+                        .map(|i| if i >= first { 1.0 } else { 0.0 })
+                        .collect();
+                    let n = (len - first) as f64;
+                    num +=
+                        n * cross_entropy_host(&logits, 50, &tokens[start + 1..=start + len], &w);
+                    den += n;
+                }
+                assert!(den > 0.0, "{len}/{scoring:?}: no window");
+                assert_eq!(p.g, g);
+                assert_eq!(p.tokens as f64, den);
+                assert!(
+                    (p.nll - num / den).abs() < 1e-4,
+                    "{len}/{scoring:?}: {} vs {}",
+                    p.nll,
+                    num / den
+                );
+                assert!(p.nll > 0.5 && p.nll < 10.0, "implausible nll {}", p.nll);
             }
-            let p = &got[0];
-            assert_eq!(p.g, g);
-            assert_eq!(p.tokens as f64, den);
-            assert!(
-                (p.nll - num / den).abs() < 1e-4,
-                "{len}/{stride}: {} vs {}",
-                p.nll,
-                num / den
-            );
-            assert!(p.nll > 0.5 && p.nll < 10.0, "implausible nll {}", p.nll);
         }
+        let err = perplexity(
+            &model,
+            &tokens,
+            &[4, 16],
+            Scoring::LastTokens(6),
+            ScaleMode::Auto,
+            0,
+            |_, _| {},
+        )
+        .expect_err("a length shorter than the scored tokens");
+        assert!(err.to_string().contains("4 is not"), "{err}");
         assert!(perplexity(
             &model,
             &tokens[..10],
             &[16],
-            None,
+            Scoring::Sliding { stride: None },
             ScaleMode::Auto,
             0,
             |_, _| {}
@@ -226,5 +314,37 @@ mod tests {
             assert_eq!(scored[1..=l].iter().sum::<u32>(), l as u32);
         }
         assert!(windows(10, 10, 5).is_empty());
+    }
+
+    /// Every length scores the same targets: the last `score` tokens before each span's end.
+    #[test]
+    fn aligned_windows_score_the_same_tokens_at_every_length() {
+        let (n, longest, score) = (100, 32, 8);
+        let targets = |len: usize| -> Vec<usize> {
+            aligned_windows(n, len, longest, score)
+                .into_iter()
+                .flat_map(|(start, first)| (first..len).map(move |i| start + i + 1))
+                .collect()
+        };
+        // Spans end at 32, 64 and 96 (96 < 100 leaves its next token as a target).
+        let want: Vec<usize> = [32, 64, 96]
+            .iter()
+            .flat_map(|&end| end - score + 1..=end)
+            .collect();
+        for len in [8, 12, 32] {
+            assert_eq!(targets(len), want, "length {len}");
+        }
+        assert!(
+            aligned_windows(n, 7, longest, score).is_empty(),
+            "score > length"
+        );
+        assert!(
+            aligned_windows(n, 33, longest, score).is_empty(),
+            "length > longest"
+        );
+        assert!(
+            aligned_windows(32, 8, longest, score).is_empty(),
+            "no token after the span"
+        );
     }
 }

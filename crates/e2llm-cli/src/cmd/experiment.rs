@@ -217,9 +217,18 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
     } else {
         ""
     };
+    let ppl = if rep.plan.eval.ppl_multiples.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Perplexity: held-out text cut into {} span(s) of the longest length; every length \
+             scores the same last {} tokens of each span, so a longer length only adds context.",
+            rep.plan.eval.ppl_windows, rep.orig_len
+        )
+    };
     let md = format!(
         "# {title}\n\nL = {} tokens; passkey: {} trials per (length, depth) cell, depths {:?}; \
-         values are accuracy averaged over depths.{logn}\n\n{table}\n## Passkey grids\n\n{}",
+         values are accuracy averaged over depths.{ppl}{logn}\n\n{table}\n## Passkey grids\n\n{}",
         rep.orig_len,
         rep.plan.eval.trials,
         rep.plan.eval.depths,

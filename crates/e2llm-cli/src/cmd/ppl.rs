@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use e2llm_train::data::Corpus;
 use e2llm_train::eval::ScaleMode;
-use e2llm_train::ppl::{perplexity, text_for_windows};
+use e2llm_train::ppl::{perplexity, text_for_windows, Scoring};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::util::{parse_list, Compute};
@@ -23,6 +23,11 @@ pub struct Args {
     /// windows score only their last `stride` tokens.
     #[arg(long)]
     stride: Option<usize>,
+    /// Score only the last N tokens of each window, every length's windows ending at the same
+    /// tokens (spans of the longest length): each length then scores the same text, with more
+    /// context before it as the length grows. Every length must be at least N.
+    #[arg(long, value_name = "N", conflicts_with = "stride")]
+    score_last: Option<usize>,
     /// Text file to score (default: the held-out novel of the embedded corpus, never trained on).
     #[arg(long)]
     text: Option<PathBuf>,
@@ -49,6 +54,16 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(s) = a.stride {
         anyhow::ensure!(s > 0, "--stride must be at least 1");
     }
+    let scoring = match a.score_last {
+        Some(n) => {
+            anyhow::ensure!(
+                n > 0 && lengths.iter().all(|&l| l >= n),
+                "--score-last {n}: must be at least 1 and at most the shortest length in --lengths"
+            );
+            Scoring::LastTokens(n)
+        }
+        None => Scoring::Sliding { stride: a.stride },
+    };
     let (model, tok) = a.compute.load_with_tokenizer(&a.model)?;
     let cfg = &model.config;
     let text = match &a.text {
@@ -69,7 +84,7 @@ pub fn run(a: Args) -> Result<()> {
         &model,
         &tokens,
         &lengths,
-        a.stride,
+        scoring,
         a.rope_scale,
         a.max_windows,
         |d, t| {
@@ -97,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
             "orig_len": cfg.max_position_embeddings,
             "rope_scale": format!("{:?}", a.rope_scale),
             "stride": a.stride,
+            "score_last": a.score_last,
             "logn": a.compute.logn,
             "weights": a.compute.weights.to_string(),
             "points": points,
