@@ -266,6 +266,7 @@ fn experiment_ci_preset_runs_end_to_end() {
         "yarn",
         "e2llm-g2",
         "e2llm-g4",
+        "e2llm-g4-4sinks",
         "e2llm-no-t",
         "e2llm-no-g",
     ]
@@ -366,6 +367,31 @@ fn experiment_ci_preset_runs_end_to_end() {
     };
     assert_eq!(strip_tps(&md), strip_tps(&md2));
     assert_eq!(mtime(&state), before, "a finished stage was trained again");
+
+    // --dry-run lists every stage as finished and trains nothing.
+    let dry = e2llm(&["experiment", "--preset", "ci", "--out", out_s, "--dry-run"]);
+    assert!(dry.status.success(), "stderr: {}", stderr(&dry));
+    let listing = String::from_utf8_lossy(&dry.stdout);
+    for n in ["base", "none", "e2llm-g4-4sinks", "e2llm-no-g"] {
+        assert!(
+            listing
+                .lines()
+                .any(|x| x.trim_start().starts_with(&format!("{n} ")) && x.contains("finished")),
+            "{n}: {listing}"
+        );
+    }
+    assert_eq!(mtime(&state), before, "--dry-run trained");
+    let dry_clash = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out_s,
+        "--base-steps",
+        "5",
+        "--dry-run",
+    ]);
+    assert_clear_error(&dry_clash, "another run");
 
     // A different plan in the same directory is refused, not overwritten.
     let clash = e2llm(&[

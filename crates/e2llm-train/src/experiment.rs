@@ -87,9 +87,10 @@ impl std::str::FromStr for Preset {
     }
 }
 
-/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max`, and the two
-/// ablations at the largest `g_max`.
-pub fn ablation_arms(target: u32, g_maxes: &[u32]) -> Vec<Arm> {
+/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max` keeping `sinks`
+/// leading tokens, the published recipe (4 sinks) at the largest `g_max` when `sinks` is not 4,
+/// and the two ablations at the largest `g_max` (no-g with `sinks` too).
+pub fn ablation_arms(target: u32, g_maxes: &[u32], sinks: usize) -> Vec<Arm> {
     let arm = |name: &str, method| Arm {
         name: name.into(),
         method,
@@ -106,17 +107,21 @@ pub fn ablation_arms(target: u32, g_maxes: &[u32]) -> Vec<Arm> {
             },
         ),
     ];
-    for &g in g_maxes {
-        arms.push(arm(&format!("e2llm-g{g}"), Method::e2llm(g)));
+    for &g_max in g_maxes {
+        arms.push(arm(
+            &format!("e2llm-g{g_max}"),
+            Method::E2llm {
+                g_max,
+                per_batch: false,
+                sinks,
+            },
+        ));
+    }
+    if sinks != e2llm_core::positions::DEFAULT_SINKS {
+        arms.push(arm(&format!("e2llm-g{g_top}-4sinks"), Method::e2llm(g_top)));
     }
     arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }));
-    arms.push(arm(
-        "e2llm-no-g",
-        Method::E2llmNoG {
-            g: target,
-            sinks: e2llm_core::positions::DEFAULT_SINKS,
-        },
-    ));
+    arms.push(arm("e2llm-no-g", Method::E2llmNoG { g: target, sinks }));
     arms
 }
 
@@ -146,7 +151,7 @@ impl Plan {
             c.passkey_min_len = 110;
         }
         match p {
-            Preset::Quickstart => {
+            Preset::Quickstart | Preset::Paper => {
                 // Sized so the base retrieves at L before it is extended (800 steps found a
                 // third of the keys). Session 15: E²-LLM read 16× only from a long base and
                 // with a long gap in its offset — 10,000 base steps, then 3,000 steps of g_max
@@ -162,19 +167,16 @@ impl Plan {
                 base.threads = 2;
                 extend.threads = 2;
                 let mid_window = extend.train_len / 2;
-                Self {
-                    base,
-                    extend,
-                    arms: vec![Arm {
+                let (arms, eval) = if p == Preset::Quickstart {
+                    let arm = Arm {
                         name: "e2llm".into(),
                         method: Method::E2llm {
                             g_max: 20,
                             per_batch: false,
                             sinks: mid_window,
                         },
-                    }],
-                    base_dir: None,
-                    eval: EvalPlan {
+                    };
+                    let eval = EvalPlan {
                         passkey_multiples: vec![1, 2, 4, 8, 16, 32],
                         depths,
                         trials: 3,
@@ -182,7 +184,32 @@ impl Plan {
                         ppl_multiples: vec![],
                         ppl_windows: 0,
                         logn: true,
-                    },
+                    };
+                    (vec![arm], eval)
+                } else {
+                    // Session 16: the quickstart's base (`--base runs/quickstart/base/checkpoint`,
+                    // or a copy of that run in `<out>/base`, is reused as is), every method for
+                    // the quickstart arm's 3,000 steps, E²-LLM with the quickstart's 128 kept
+                    // tokens beside the published 4 sinks. ~10 minutes per arm on 2 cores.
+                    // Before session 16 (README's session-7 table): a 4,000-step base, 500
+                    // steps per arm, 4 sinks, g_max up to 36.
+                    let eval = EvalPlan {
+                        passkey_multiples: vec![1, 2, 4, 8, 16, 32],
+                        depths,
+                        trials: 4,
+                        max_new_tokens: 8,
+                        ppl_multiples: vec![1, 2, 4, 8, 16, 32],
+                        ppl_windows: 4,
+                        logn: true,
+                    };
+                    (ablation_arms(32, &[5, 10, 20], mid_window), eval)
+                };
+                Self {
+                    base,
+                    extend,
+                    arms,
+                    base_dir: None,
+                    eval,
                 }
             }
             Preset::Ci => {
@@ -206,7 +233,7 @@ impl Plan {
                 Self {
                     base,
                     extend,
-                    arms: ablation_arms(4, &[2, 4]),
+                    arms: ablation_arms(4, &[2, 4], 32),
                     base_dir: None,
                     eval: EvalPlan {
                         passkey_multiples: vec![4, 8],
@@ -215,34 +242,6 @@ impl Plan {
                         max_new_tokens: 4,
                         ppl_multiples: vec![1, 4],
                         ppl_windows: 1,
-                        logn: true,
-                    },
-                }
-            }
-            Preset::Paper => {
-                // The base is exactly the web demo model's base (web/model/README.md's first
-                // command: 4000 steps, full-length haystacks; 100 % at L, 0 % at 2×): a 1500-step
-                // base found too few keys at L for the arms to differ. Copying that run into
-                // `<out>/base` reuses it (same config); otherwise it trains here (~70 min on
-                // 2 cores). Arms: 500 steps each, sized with the evaluation (2 trials per cell,
-                // read plain and with log-n) to finish in ~1.5 h on 2 cores with `--jobs 2`.
-                base.steps = 4000;
-                base.warmup_steps = 100;
-                base.checkpoint_every = 500;
-                base.passkey_min_len = 0;
-                extend.steps = 500;
-                Self {
-                    base,
-                    extend,
-                    arms: ablation_arms(32, &[5, 10, 20, 36]),
-                    base_dir: None,
-                    eval: EvalPlan {
-                        passkey_multiples: vec![1, 2, 4, 8, 16, 32],
-                        depths,
-                        trials: 2,
-                        max_new_tokens: 8,
-                        ppl_multiples: vec![1, 2, 4, 8, 16, 32],
-                        ppl_windows: 4,
                         logn: true,
                     },
                 }
@@ -269,12 +268,12 @@ impl Plan {
     }
 
     /// After the extension window changed from `old_r` to `extend.train_len`: an E²-LLM arm
-    /// split in the middle of the old window (the quickstart's 128 of 256) is split in the
-    /// middle of the new one.
+    /// (or its no-g ablation) split in the middle of the old window (the quickstart's 128 of
+    /// 256) is split in the middle of the new one.
     pub fn follow_window(&mut self, old_r: usize) {
         let r = self.extend.train_len;
         for arm in &mut self.arms {
-            if let Method::E2llm { sinks, .. } = &mut arm.method {
+            if let Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } = &mut arm.method {
                 if *sinks == old_r / 2 {
                     *sinks = r / 2;
                 }
@@ -425,8 +424,46 @@ pub trait Observer: Sync {
     fn done(&self, name: &str);
 }
 
-/// Trains `cfg` in `dir`, or continues it, or reuses it when it already finished. A directory
-/// holding a different run is an error rather than something to overwrite.
+/// What a stage's run directory holds for the config `cfg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageState {
+    /// No checkpoint: the stage trains from its start.
+    New,
+    /// A checkpoint of this config at `step` < its steps: the stage resumes there.
+    Resume {
+        /// The checkpoint's step.
+        step: usize,
+    },
+    /// A checkpoint of this config that finished (in `checkpoint`): it is reused as is.
+    Done {
+        /// The finished checkpoint.
+        checkpoint: PathBuf,
+    },
+}
+
+/// Where the stage of `cfg` in `dir` stands. A directory holding a run with another config is
+/// an error rather than something to overwrite.
+pub fn stage_state(cfg: &TrainConfig, dir: &Path) -> Result<StageState> {
+    let Some(ckpt) = checkpoint::latest(dir) else {
+        return Ok(StageState::New);
+    };
+    let state = checkpoint::read_state(&ckpt)?;
+    if state.config != *cfg {
+        return Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: "holds a run with a different config; use another output \
+                     directory or delete this one"
+                .into(),
+        });
+    }
+    Ok(match state.step >= cfg.steps {
+        true => StageState::Done { checkpoint: ckpt },
+        false => StageState::Resume { step: state.step },
+    })
+}
+
+/// Trains `cfg` in `dir`, or continues it, or reuses it when it already finished
+/// ([`stage_state`]).
 pub fn train_stage(
     name: &str,
     cfg: &TrainConfig,
@@ -434,24 +471,13 @@ pub fn train_stage(
     corpus: &Corpus,
     obs: &dyn Observer,
 ) -> Result<(PathBuf, f64)> {
-    let mut trainer = match checkpoint::latest(dir) {
-        Some(ckpt) => {
-            let state = checkpoint::read_state(&ckpt)?;
-            if state.config != *cfg {
-                return Err(TrainError::Checkpoint {
-                    path: dir.to_path_buf(),
-                    reason: "holds a run with a different config; use another output \
-                             directory or delete this one"
-                        .into(),
-                });
-            }
-            if state.step >= cfg.steps {
-                obs.stage(name, state.step, cfg.steps);
-                return Ok((ckpt, 0.0));
-            }
-            Trainer::resume(dir, corpus)?
+    let mut trainer = match stage_state(cfg, dir)? {
+        StageState::Done { checkpoint } => {
+            obs.stage(name, cfg.steps, cfg.steps);
+            return Ok((checkpoint, 0.0));
         }
-        None => Trainer::new(cfg.clone(), dir, corpus)?,
+        StageState::Resume { .. } => Trainer::resume(dir, corpus)?,
+        StageState::New => Trainer::new(cfg.clone(), dir, corpus)?,
     };
     obs.stage(name, trainer.step, cfg.steps);
     let log_path = dir.join("log.jsonl");
@@ -662,10 +688,16 @@ mod tests {
             "e2llm-g5",
             "e2llm-g10",
             "e2llm-g20",
+            "e2llm-g20-4sinks",
         ] {
             assert!(names.iter().any(|x| x == n), "paper preset lacks {n}");
         }
         assert!(names.iter().any(|x| x == "e2llm-no-t") && names.iter().any(|x| x == "e2llm-no-g"));
+        // A quickstart run's base stage is the paper preset's (so either reuses the other's).
+        assert_eq!(
+            Plan::preset(Preset::Paper).base,
+            Plan::preset(Preset::Quickstart).base
+        );
     }
 
     #[test]
@@ -700,6 +732,24 @@ mod tests {
         p.extend.train_len = 100;
         p.follow_window(256);
         assert!(matches!(p.arms[0].method, Method::E2llm { sinks: 50, .. }));
+        // The paper preset: its long-gap arms (E²-LLM and no-g) follow; the published 4 stay.
+        let paper = Plan::preset(Preset::Paper)
+            .with_base(&dir)
+            .expect("with_base");
+        for arm in &paper.arms {
+            let want = match arm.name.as_str() {
+                "e2llm-g20-4sinks" => Some(4),
+                "e2llm-no-g" | "e2llm-g5" | "e2llm-g10" | "e2llm-g20" => Some(32),
+                _ => None,
+            };
+            let got = match arm.method {
+                Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } => Some(sinks),
+                _ => None,
+            };
+            assert_eq!(got, want, "{}", arm.name);
+            let cfg = paper.arm_config(arm, &dir);
+            crate::method::Placer::new(cfg.method, cfg.orig_len, cfg.train_len).expect("binds");
+        }
         let e = Plan::preset(Preset::Ci)
             .with_base(&dir.join("missing"))
             .expect_err("no config.json");

@@ -66,6 +66,11 @@ pub struct Common {
     /// Override a field of the extension stages only, e.g. `--set-extend lr=5e-4`.
     #[arg(long = "set-extend", value_name = "KEY=VALUE")]
     set_extend: Vec<String>,
+    /// Print each stage (method, steps) and what its directory under the output holds —
+    /// nothing, a part-trained run to resume, a finished one to reuse, or a run with another
+    /// config (an error) — then stop without training or evaluating.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
@@ -282,6 +287,62 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
     Ok(())
 }
 
+/// `--dry-run`: each stage and the state of its directory; an error if one holds another run.
+fn dry_run(plan: &Plan, out: &Path) -> Result<()> {
+    use experiment::StageState;
+    let state = |cfg: &e2llm_train::TrainConfig, dir: &Path| match experiment::stage_state(cfg, dir)
+    {
+        Ok(StageState::New) => ("trains from the start".to_string(), true),
+        Ok(StageState::Resume { step }) => (format!("resumes at step {step}"), true),
+        Ok(StageState::Done { checkpoint }) => {
+            (format!("finished, reused ({})", checkpoint.display()), true)
+        }
+        Err(e) => (format!("ERROR: {e}"), false),
+    };
+    println!(
+        "dry run: nothing is trained or evaluated. Output: {}",
+        out.display()
+    );
+    let mut ok = true;
+    let base_ckpt = match &plan.base_dir {
+        Some(dir) => {
+            println!("  {:<18} {} (--base)", "base", dir.display());
+            dir.clone()
+        }
+        None => {
+            let dir = out.join("base");
+            let (s, good) = state(&plan.base, &dir);
+            ok &= good;
+            println!(
+                "  {:<18} {}, {} steps at L = {}: {s}",
+                "base", plan.base.method, plan.base.steps, plan.base.orig_len
+            );
+            dir.join("checkpoint")
+        }
+    };
+    for arm in &plan.arms {
+        let cfg = plan.arm_config(arm, &base_ckpt);
+        let (s, good) = state(&cfg, &out.join(&arm.name));
+        ok &= good;
+        println!(
+            "  {:<18} {}, {} steps: {s}",
+            arm.name, arm.method, cfg.steps
+        );
+    }
+    let e = &plan.eval;
+    println!(
+        "  evaluation: passkey at {:?}× L, {} trials × {} depths{}; perplexity at {:?}× L ({} spans)",
+        e.passkey_multiples,
+        e.trials,
+        e.depths.len(),
+        if e.logn { ", each model also with log-n" } else { "" },
+        e.ppl_multiples,
+        e.ppl_windows
+    );
+    anyhow::ensure!(ok, "a stage directory holds another run (see ERROR above)");
+    Ok(())
+}
+
 fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str) -> Result<Report> {
     let corpus = Corpus::embedded()?;
     let bars = Bars {
@@ -325,6 +386,9 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
             .join(", "),
         a.out.display()
     );
+    if a.common.dry_run {
+        return dry_run(&plan, &a.out);
+    }
     execute(&plan, &a.out, 1, "E²-LLM quickstart")?;
     Ok(())
 }
@@ -355,6 +419,9 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
         ))
     });
     let title = format!("E²-LLM ablation ({:?} preset)", a.preset);
+    if a.common.dry_run {
+        return dry_run(&plan, &out);
+    }
     execute(&plan, &out, a.jobs, &title)?;
     Ok(())
 }
