@@ -201,7 +201,8 @@ pub fn passkey(
     Ok(out)
 }
 
-/// Sliding-window perplexity vs length on the held-out text for each checkpoint.
+/// Perplexity vs length on the held-out text for each checkpoint, scoring the same tokens at
+/// every length (the last min(L, shortest length) of each span), as `e2llm experiment` does.
 pub fn ppl(
     s: &EvalSettings,
     backend_name: &str,
@@ -221,11 +222,13 @@ pub fn ppl(
         let tokens = tok
             .encode(text_for_windows(&heldout, &lengths, max_windows), false)
             .map_err(|e| e.to_string())?;
+        let shortest = lengths.iter().copied().min().unwrap_or(1);
+        let scored = shortest.min(model.config.max_position_embeddings).max(1);
         let points = perplexity(
             &model,
             &tokens,
             &lengths,
-            Scoring::Sliding { stride: None },
+            Scoring::LastTokens(scored),
             ScaleMode::Auto,
             max_windows,
             |d, t| p.report(k * t + d, ckpts.len() * t),
