@@ -330,14 +330,23 @@ fn dry_run(plan: &Plan, out: &Path) -> Result<()> {
         );
     }
     let e = &plan.eval;
+    let ppl = match e.ppl_multiples.is_empty() {
+        true => String::new(),
+        false => format!(
+            "; perplexity at {:?}× L ({} spans)",
+            e.ppl_multiples, e.ppl_windows
+        ),
+    };
     println!(
-        "  evaluation: passkey at {:?}× L, {} trials × {} depths{}; perplexity at {:?}× L ({} spans)",
+        "  evaluation: passkey at {:?}× L, {} trials × {} depths{}{ppl}",
         e.passkey_multiples,
         e.trials,
         e.depths.len(),
-        if e.logn { ", each model also with log-n" } else { "" },
-        e.ppl_multiples,
-        e.ppl_windows
+        if e.logn {
+            ", each model also with log-n"
+        } else {
+            ""
+        },
     );
     anyhow::ensure!(ok, "a stage directory holds another run (see ERROR above)");
     Ok(())
