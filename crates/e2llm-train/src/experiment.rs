@@ -25,6 +25,10 @@ pub struct Arm {
     pub name: String,
     /// The method.
     pub method: Method,
+    /// The method keeps the first half of the extension window at its positions (`sinks` =
+    /// R / 2, the quickstart's split), and [`Plan::follow_window`] keeps it there when R
+    /// changes; false for the published 4 sinks and for every other method.
+    pub mid_window: bool,
 }
 
 /// What to evaluate.
@@ -87,41 +91,48 @@ impl std::str::FromStr for Preset {
     }
 }
 
-/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max` keeping `sinks`
-/// leading tokens, the published recipe (4 sinks) at the largest `g_max` when `sinks` is not 4,
-/// and the two ablations at the largest `g_max` (no-g with `sinks` too).
-pub fn ablation_arms(target: u32, g_maxes: &[u32], sinks: usize) -> Vec<Arm> {
-    let arm = |name: &str, method| Arm {
+/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max` keeping the
+/// first half of the `window` (R) at its positions, the published recipe (4 sinks) at the
+/// largest `g_max`, and the two ablations at the largest `g_max` (no-g with the half window too).
+pub fn ablation_arms(target: u32, g_maxes: &[u32], window: usize) -> Vec<Arm> {
+    let arm = |name: &str, method, mid_window| Arm {
         name: name.into(),
         method,
+        mid_window,
     };
+    let sinks = window / 2;
     let g_top = g_maxes.iter().copied().max().unwrap_or(target);
     let mut arms = vec![
-        arm("none", Method::None),
-        arm("pi", Method::Pi { g: target }),
-        arm("pose", Method::Pose { s: target }),
+        arm("none", Method::None, false),
+        arm("pi", Method::Pi { g: target }, false),
+        arm("pose", Method::Pose { s: target }, false),
         arm(
             "yarn",
             Method::Yarn {
                 factor: target as f64,
             },
+            false,
         ),
     ];
     for &g_max in g_maxes {
-        arms.push(arm(
-            &format!("e2llm-g{g_max}"),
-            Method::E2llm {
-                g_max,
-                per_batch: false,
-                sinks,
-            },
-        ));
+        let method = Method::E2llm {
+            g_max,
+            per_batch: false,
+            sinks,
+        };
+        arms.push(arm(&format!("e2llm-g{g_max}"), method, true));
     }
-    if sinks != e2llm_core::positions::DEFAULT_SINKS {
-        arms.push(arm(&format!("e2llm-g{g_top}-4sinks"), Method::e2llm(g_top)));
-    }
-    arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }));
-    arms.push(arm("e2llm-no-g", Method::E2llmNoG { g: target, sinks }));
+    arms.push(arm(
+        &format!("e2llm-g{g_top}-4sinks"),
+        Method::e2llm(g_top),
+        false,
+    ));
+    arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }, false));
+    arms.push(arm(
+        "e2llm-no-g",
+        Method::E2llmNoG { g: target, sinks },
+        true,
+    ));
     arms
 }
 
@@ -175,6 +186,7 @@ impl Plan {
                             per_batch: false,
                             sinks: mid_window,
                         },
+                        mid_window: true,
                     };
                     let eval = EvalPlan {
                         passkey_multiples: vec![1, 2, 4, 8, 16, 32],
@@ -202,7 +214,7 @@ impl Plan {
                         ppl_windows: 4,
                         logn: true,
                     };
-                    (ablation_arms(32, &[5, 10, 20], mid_window), eval)
+                    (ablation_arms(32, &[5, 10, 20], extend.train_len), eval)
                 };
                 Self {
                     base,
@@ -230,10 +242,11 @@ impl Plan {
                 base.steps = 4;
                 extend.steps = 2;
                 extend.warmup_steps = 0;
+                let arms = ablation_arms(4, &[2, 4], extend.train_len);
                 Self {
                     base,
                     extend,
-                    arms: ablation_arms(4, &[2, 4], 32),
+                    arms,
                     base_dir: None,
                     eval: EvalPlan {
                         passkey_multiples: vec![4, 8],
@@ -254,7 +267,6 @@ impl Plan {
     /// `passkey_min_len` is dropped where it no longer fits in `R`.
     pub fn with_base(mut self, dir: &Path) -> Result<Self> {
         let l = hf::load_config(dir)?.max_position_embeddings;
-        let old_r = self.extend.train_len;
         for c in [&mut self.base, &mut self.extend] {
             c.orig_len = l;
             c.train_len = l;
@@ -262,21 +274,18 @@ impl Plan {
                 c.passkey_min_len = 0;
             }
         }
-        self.follow_window(old_r);
+        self.follow_window();
         self.base_dir = Some(dir.to_path_buf());
         Ok(self)
     }
 
-    /// After the extension window changed from `old_r` to `extend.train_len`: an E²-LLM arm
-    /// (or its no-g ablation) split in the middle of the old window (the quickstart's 128 of
-    /// 256) is split in the middle of the new one.
-    pub fn follow_window(&mut self, old_r: usize) {
+    /// After the extension window changed to `extend.train_len`: the arms split in the middle
+    /// of the window ([`Arm::mid_window`]) are split in the middle of the new one.
+    pub fn follow_window(&mut self) {
         let r = self.extend.train_len;
-        for arm in &mut self.arms {
+        for arm in self.arms.iter_mut().filter(|a| a.mid_window) {
             if let Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } = &mut arm.method {
-                if *sinks == old_r / 2 {
-                    *sinks = r / 2;
-                }
+                *sinks = r / 2;
             }
         }
     }
@@ -730,7 +739,7 @@ mod tests {
         // The same after a `--set train_len=…` (the CLI calls follow_window after overrides).
         let mut p = Plan::preset(Preset::Quickstart);
         p.extend.train_len = 100;
-        p.follow_window(256);
+        p.follow_window();
         assert!(matches!(p.arms[0].method, Method::E2llm { sinks: 50, .. }));
         // The paper preset: its long-gap arms (E²-LLM and no-g) follow; the published 4 stay.
         let paper = Plan::preset(Preset::Paper)
@@ -749,6 +758,18 @@ mod tests {
             assert_eq!(got, want, "{}", arm.name);
             let cfg = paper.arm_config(arm, &dir);
             crate::method::Placer::new(cfg.method, cfg.orig_len, cfg.train_len).expect("binds");
+        }
+        // The published 4 sinks never move, even through R = 8, where half the window is 4.
+        let mut tiny = Plan::preset(Preset::Paper);
+        for r in [8, 6] {
+            tiny.extend.train_len = r;
+            tiny.follow_window();
+        }
+        for arm in &tiny.arms {
+            if let Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } = arm.method {
+                let want = if arm.mid_window { 3 } else { 4 };
+                assert_eq!(sinks, want, "{}", arm.name);
+            }
         }
         let e = Plan::preset(Preset::Ci)
             .with_base(&dir.join("missing"))

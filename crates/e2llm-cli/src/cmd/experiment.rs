@@ -90,11 +90,10 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
         anyhow::ensure!(t > 0, "--trials must be at least 1");
         plan.eval.trials = t;
     }
-    let window = plan.extend.train_len;
     plan.base = e2llm_train::config::apply_overrides(&plan.base, &c.set)?;
     plan.extend = e2llm_train::config::apply_overrides(&plan.extend, &c.set)?;
     plan.extend = e2llm_train::config::apply_overrides(&plan.extend, &c.set_extend)?;
-    plan.follow_window(window);
+    plan.follow_window();
     for cfg in [&plan.base, &plan.extend] {
         cfg.validate()
             .map_err(|r| anyhow::anyhow!("invalid stage config: {r}"))?;
@@ -137,6 +136,8 @@ fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
     cfg.validate()
         .map_err(|r| anyhow::anyhow!("arm `{}`: invalid method: {r}", arm.name))?;
     arm.method = cfg.method;
+    // The user's method is taken as given: its kept tokens no longer follow the window.
+    arm.mid_window = false;
     Ok(())
 }
 
