@@ -381,7 +381,9 @@ fn experiment_ci_preset_runs_end_to_end() {
         );
     }
     assert_eq!(mtime(&state), before, "--dry-run trained");
-    let dry_clash = e2llm(&[
+    // A different plan in the same directory: --dry-run says so, a real run refuses it rather
+    // than overwrite.
+    let clash = [
         "experiment",
         "--preset",
         "ci",
@@ -389,20 +391,10 @@ fn experiment_ci_preset_runs_end_to_end() {
         out_s,
         "--base-steps",
         "5",
-        "--dry-run",
-    ]);
+    ];
+    let dry_clash = e2llm(&[&clash[..], &["--dry-run"]].concat());
     assert_clear_error(&dry_clash, "another run");
-
-    // A different plan in the same directory is refused, not overwritten.
-    let clash = e2llm(&[
-        "experiment",
-        "--preset",
-        "ci",
-        "--out",
-        out_s,
-        "--base-steps",
-        "5",
-    ]);
+    let clash = e2llm(&clash);
     assert_clear_error(&clash, "different config");
 
     // `--base DIR`: the arms start from an existing checkpoint; nothing is pretrained, and the
@@ -527,20 +519,26 @@ fn passkey_grid_is_the_same_on_any_number_of_threads() {
 fn ppl_reports_every_length() {
     let out = tmp("ppl");
     let json = out.join("ppl.json");
-    let o = e2llm(&[
-        "ppl",
-        "--model",
-        case("tokenizer_demo").to_str().expect("utf-8"),
-        "--lengths",
-        "16,32",
-        "--max-windows",
-        "2",
-        "--json",
-        json.to_str().expect("utf-8"),
-    ]);
-    assert!(o.status.success(), "stderr: {}", stderr(&o));
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    // `ppl` on lengths 16 and 32, two windows each, plus `extra`; the JSON it wrote.
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let model = case("tokenizer_demo");
+        let mut args = vec![
+            "ppl",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--lengths",
+            "16,32",
+            "--max-windows",
+            "2",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        let o = e2llm(&args);
+        assert!(o.status.success(), "stderr: {}", stderr(&o));
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses")
+    };
+    let v = run(&[]);
     let pts = v["points"].as_array().expect("points");
     assert_eq!(pts.len(), 2);
     for p in pts {
@@ -555,43 +553,22 @@ fn ppl_reports_every_length() {
         );
     }
     // --score-last: both lengths score the same 8 tokens of each of 2 spans.
-    let o = e2llm(&[
-        "ppl",
-        "--model",
-        case("tokenizer_demo").to_str().expect("utf-8"),
-        "--lengths",
-        "16,32",
-        "--max-windows",
-        "2",
-        "--score-last",
-        "8",
-        "--json",
-        json.to_str().expect("utf-8"),
-    ]);
-    assert!(o.status.success(), "stderr: {}", stderr(&o));
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    let v = run(&["--score-last", "8"]);
     let pts = v["points"].as_array().expect("points");
     assert_eq!(pts.len(), 2);
     assert!(pts.iter().all(|p| p["tokens"].as_u64() == Some(16)), "{v}");
     assert_eq!(v["score_last"].as_u64(), Some(8));
-    let bad = e2llm(&[
-        "ppl",
-        "--model",
-        case("tokenizer_demo").to_str().expect("utf-8"),
-        "--lengths",
-        "0",
-    ]);
-    assert_clear_error(&bad, "--lengths");
-    let bad = e2llm(&[
-        "ppl",
-        "--model",
-        case("tokenizer_demo").to_str().expect("utf-8"),
-        "--lengths",
-        "16,32",
-        "--score-last",
-        "20",
-    ]);
-    assert_clear_error(&bad, "--score-last");
+    let model = case("tokenizer_demo");
+    let model = model.to_str().expect("utf-8");
+    for (args, needle) in [
+        (&["--lengths", "0"][..], "--lengths"),
+        (
+            &["--lengths", "16,32", "--score-last", "20"][..],
+            "--score-last",
+        ),
+    ] {
+        let bad = e2llm(&[&["ppl", "--model", model][..], args].concat());
+        assert_clear_error(&bad, needle);
+    }
     std::fs::remove_dir_all(&out).ok();
 }
