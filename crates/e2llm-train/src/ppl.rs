@@ -123,9 +123,17 @@ pub fn perplexity(
     let orig_len = model.config.max_position_embeddings;
     let longest = lengths.iter().copied().max().unwrap_or(0);
     if let Scoring::LastTokens(n) = scoring {
-        if let Some(&short) = lengths.iter().find(|&&l| l < n || n == 0) {
+        if n == 0 {
+            return Err(TrainError::Data(
+                "perplexity scoring the last 0 tokens of each window scores nothing; score at \
+                 least 1"
+                    .into(),
+            ));
+        }
+        if let Some(&short) = lengths.iter().find(|&&l| l < n) {
             return Err(TrainError::Data(format!(
-                "perplexity scoring the last {n} tokens of each window needs every length to be                  at least {n} (and {n} > 0); {short} is not: score fewer tokens or drop that length"
+                "perplexity scoring the last {n} tokens of each window needs every length to be \
+                 at least {n}; {short} is not: score fewer tokens or drop that length"
             )));
         }
     }
@@ -273,6 +281,21 @@ mod tests {
         )
         .expect_err("a length shorter than the scored tokens");
         assert!(err.to_string().contains("4 is not"), "{err}");
+        assert!(
+            !err.to_string().contains("  "),
+            "one line, single-spaced: {err}"
+        );
+        let err = perplexity(
+            &model,
+            &tokens,
+            &[16],
+            Scoring::LastTokens(0),
+            ScaleMode::Auto,
+            0,
+            |_, _| {},
+        )
+        .expect_err("nothing to score");
+        assert!(err.to_string().contains("scores nothing"), "{err}");
         assert!(perplexity(
             &model,
             &tokens[..10],
