@@ -73,6 +73,19 @@ impl Method {
     }
 }
 
+/// `, N sinks` when an E²-LLM method keeps other than the paper's 4 leading tokens; nothing
+/// for the paper's.
+struct SinksNote(usize);
+
+impl std::fmt::Display for SinksNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 == default_sinks() {
+            true => Ok(()),
+            false => write!(f, ", {} sinks", self.0),
+        }
+    }
+}
+
 impl std::fmt::Display for Method {
     /// The method in words, as run headers print it (`E²-LLM (g ~ U{1..5}, per row)`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,24 +98,15 @@ impl std::fmt::Display for Method {
                 g_max,
                 per_batch,
                 sinks,
-            } => {
-                write!(
-                    f,
-                    "E²-LLM (g ~ U{{1..{g_max}}}, per {}",
-                    if per_batch { "batch" } else { "row" }
-                )?;
-                if sinks != default_sinks() {
-                    write!(f, ", {sinks} sinks")?;
-                }
-                write!(f, ")")
-            }
+            } => write!(
+                f,
+                "E²-LLM (g ~ U{{1..{g_max}}}, per {}{})",
+                if per_batch { "batch" } else { "row" },
+                SinksNote(sinks)
+            ),
             Method::E2llmNoT { g_max } => write!(f, "E²-LLM without t (g ~ U{{1..{g_max}}})"),
             Method::E2llmNoG { g, sinks } => {
-                write!(f, "E²-LLM without g (g = {g}")?;
-                if sinks != default_sinks() {
-                    write!(f, ", {sinks} sinks")?;
-                }
-                write!(f, ")")
+                write!(f, "E²-LLM without g (g = {g}{})", SinksNote(sinks))
             }
         }
     }

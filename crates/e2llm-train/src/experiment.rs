@@ -31,6 +31,22 @@ pub struct Arm {
     pub mid_window: bool,
 }
 
+impl Arm {
+    /// E²-LLM at `g_max` keeping the first half of the extension `window` at its positions
+    /// (the quickstart's recipe), following the window when it changes.
+    pub fn e2llm_mid_window(name: &str, g_max: u32, window: usize) -> Self {
+        Arm {
+            name: name.into(),
+            method: Method::E2llm {
+                g_max,
+                per_batch: false,
+                sinks: window / 2,
+            },
+            mid_window: true,
+        }
+    }
+}
+
 /// What to evaluate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalPlan {
@@ -115,12 +131,11 @@ pub fn ablation_arms(target: u32, g_maxes: &[u32], window: usize) -> Vec<Arm> {
         ),
     ];
     for &g_max in g_maxes {
-        let method = Method::E2llm {
+        arms.push(Arm::e2llm_mid_window(
+            &format!("e2llm-g{g_max}"),
             g_max,
-            per_batch: false,
-            sinks,
-        };
-        arms.push(arm(&format!("e2llm-g{g_max}"), method, true));
+            window,
+        ));
     }
     arms.push(arm(
         &format!("e2llm-g{g_top}-4sinks"),
@@ -177,17 +192,8 @@ impl Plan {
                 // machine): the CPU backend runs each op on one core.
                 base.threads = 2;
                 extend.threads = 2;
-                let mid_window = extend.train_len / 2;
                 let (arms, eval) = if p == Preset::Quickstart {
-                    let arm = Arm {
-                        name: "e2llm".into(),
-                        method: Method::E2llm {
-                            g_max: 20,
-                            per_batch: false,
-                            sinks: mid_window,
-                        },
-                        mid_window: true,
-                    };
+                    let arm = Arm::e2llm_mid_window("e2llm", 20, extend.train_len);
                     let eval = EvalPlan {
                         passkey_multiples: vec![1, 2, 4, 8, 16, 32],
                         depths,
