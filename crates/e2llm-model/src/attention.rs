@@ -13,6 +13,39 @@ use crate::layers::{f32_of, Linear};
 use crate::llama::Paths;
 use crate::rope::RopeTables;
 
+/// `NAMES`, [`FromStr`] and [`Display`](fmt::Display) of a fieldless enum, each variant
+/// spelled once (`what` names the setting in the parse error).
+macro_rules! spelled {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every spelling [`FromStr`] accepts.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(format!(
+                        "unknown {} `{other}`; choose one of {}",
+                        $what,
+                        $ty::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self {
+                    $($ty::$variant => $name,)+
+                })
+            }
+        }
+    };
+}
+
 /// Which implementation of attention and the element-wise ops the model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,10 +63,9 @@ pub enum Kernels {
     Reference,
 }
 
-impl Kernels {
-    /// Every spelling [`FromStr`] accepts.
-    pub const NAMES: &'static [&'static str] = &["auto", "fused", "reference"];
+spelled!(Kernels, "kernels", { Auto => "auto", Fused => "fused", Reference => "reference" });
 
+impl Kernels {
     /// Which parts run fused on `device` with heads of `head_dim`.
     pub fn paths(self, device: &Device, head_dim: usize) -> Paths {
         match self {
@@ -47,31 +79,6 @@ impl Kernels {
                 ..Paths::all(false)
             },
         }
-    }
-}
-
-impl FromStr for Kernels {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Kernels::Auto),
-            "fused" => Ok(Kernels::Fused),
-            "reference" => Ok(Kernels::Reference),
-            other => Err(format!(
-                "unknown kernels `{other}`; choose one of {}",
-                Kernels::NAMES.join(", ")
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Kernels {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kernels::Auto => "auto",
-            Kernels::Fused => "fused",
-            Kernels::Reference => "reference",
-        })
     }
 }
 
@@ -90,10 +97,9 @@ pub enum Precision {
     F16,
 }
 
-impl Precision {
-    /// Every spelling [`FromStr`] accepts.
-    pub const NAMES: &'static [&'static str] = &["f32", "f16"];
+spelled!(Precision, "precision", { F32 => "f32", F16 => "f16" });
 
+impl Precision {
     /// Bytes per value.
     pub fn bytes(self) -> usize {
         self.dtype().size()
@@ -117,26 +123,6 @@ impl Precision {
             "this device cannot keep {what} in {self} (a wgpu adapter needs the shader-f16 \
              feature); use f32"
         )))
-    }
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "f16" => Ok(Precision::F16),
-            other => Err(format!(
-                "unknown precision `{other}`; choose one of {}",
-                Precision::NAMES.join(", ")
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(Precision::NAMES[*self as usize])
     }
 }
 
@@ -440,4 +426,39 @@ pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, past: usize
         scores
     };
     activation::softmax(scores, 3).matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each spelling parses to a variant that prints it back and that serde (configs, the
+    /// trainer's saved state) writes the same way; anything else is refused with the choices.
+    #[test]
+    fn spellings_round_trip_and_match_serde() {
+        fn check<T>(all: &[T], names: &[&str])
+        where
+            T: FromStr<Err = String> + fmt::Display + Serialize + PartialEq + fmt::Debug,
+        {
+            assert_eq!(all.len(), names.len());
+            for (v, name) in all.iter().zip(names) {
+                assert_eq!(&name.parse::<T>().expect("parses"), v);
+                assert_eq!(v.to_string(), *name);
+                assert_eq!(
+                    serde_json::to_string(v).expect("json"),
+                    format!("\"{name}\"")
+                );
+            }
+            let err = "nope".parse::<T>().expect_err("unknown spelling");
+            assert!(
+                err.contains("`nope`") && err.contains(&names.join(", ")),
+                "{err}"
+            );
+        }
+        check(
+            &[Kernels::Auto, Kernels::Fused, Kernels::Reference],
+            Kernels::NAMES,
+        );
+        check(&[Precision::F32, Precision::F16], Precision::NAMES);
+    }
 }
