@@ -48,6 +48,18 @@ struct Case {
     d: usize,
 }
 
+/// `Case` in one line: batch, query tokens, key tokens, query heads, KV heads, head width.
+const fn case(b: usize, sq: usize, skv: usize, hq: usize, hkv: usize, d: usize) -> Case {
+    Case {
+        b,
+        sq,
+        skv,
+        hq,
+        hkv,
+        d,
+    }
+}
+
 struct Inputs {
     q: Vec<f32>,
     k: Vec<f32>,
@@ -181,32 +193,11 @@ fn check(device: &Device, c: Case, seed: u64, tol: f32) {
 
 const CASES: &[Case] = &[
     // Training shape: two rows with their own g and t, GQA 2.
-    Case {
-        b: 2,
-        sq: 37,
-        skv: 37,
-        hq: 4,
-        hkv: 2,
-        d: 32,
-    },
+    case(2, 37, 37, 4, 2, 32),
     // Past one launch chunk (8 tiles of 32 rows at D = 64), GQA 4.
-    Case {
-        b: 2,
-        sq: 300,
-        skv: 300,
-        hq: 4,
-        hkv: 1,
-        d: 64,
-    },
+    case(2, 300, 300, 4, 1, 64),
     // A cached prefix: 5 new queries after 70 keys, D 128 (tiles of 16 rows), no GQA.
-    Case {
-        b: 1,
-        sq: 5,
-        skv: 75,
-        hq: 2,
-        hkv: 2,
-        d: 128,
-    },
+    case(1, 5, 75, 2, 2, 128),
 ];
 
 #[test]
@@ -248,14 +239,7 @@ fn fused_attention_on_wgpu_matches_plain_ops_forward_and_backward() {
 #[test]
 fn fused_attention_on_wgpu_equals_the_flex_twins() {
     let Some(gpu) = wgpu() else { return };
-    let c = Case {
-        b: 3,
-        sq: 130,
-        skv: 130,
-        hq: 2,
-        hkv: 1,
-        d: 32,
-    };
+    let c = case(3, 130, 130, 2, 1, 32);
     let x = inputs(c, 99);
     let (qs, ks) = ([c.b, c.sq, c.hq, c.d], [c.b, c.skv, c.hkv, c.d]);
     let scale = 1.0 / (c.d as f32).sqrt();
@@ -320,38 +304,10 @@ fn fused_attention_on_wgpu_equals_the_flex_twins() {
 fn check_kv_f16(device: &Device, tol: f32) {
     use burn::tensor::DType;
     let cases = [
-        Case {
-            b: 2,
-            sq: 300,
-            skv: 300,
-            hq: 4,
-            hkv: 2,
-            d: 64,
-        },
-        Case {
-            b: 3,
-            sq: 130,
-            skv: 130,
-            hq: 2,
-            hkv: 1,
-            d: 32,
-        },
-        Case {
-            b: 2,
-            sq: 3,
-            skv: 700,
-            hq: 4,
-            hkv: 1,
-            d: 32,
-        },
-        Case {
-            b: 1,
-            sq: 9,
-            skv: 75,
-            hq: 2,
-            hkv: 2,
-            d: 128,
-        },
+        case(2, 300, 300, 4, 2, 64),
+        case(3, 130, 130, 2, 1, 32),
+        case(2, 3, 700, 4, 1, 32),
+        case(1, 9, 75, 2, 2, 128),
     ];
     for (i, c) in cases.into_iter().enumerate() {
         let x = inputs(c, 300 + i as u64);
@@ -418,30 +374,9 @@ fn check_paged(device: &Device, f16: bool, tol: f32) {
     use e2llm_kernels::attention::page_multiple;
     use e2llm_kernels::fused::rope_attention_paged;
     let cases = [
-        Case {
-            b: 2,
-            sq: 300,
-            skv: 700,
-            hq: 4,
-            hkv: 2,
-            d: 64,
-        },
-        Case {
-            b: 3,
-            sq: 130,
-            skv: 600,
-            hq: 2,
-            hkv: 1,
-            d: 32,
-        },
-        Case {
-            b: 2,
-            sq: 3,
-            skv: 700,
-            hq: 4,
-            hkv: 1,
-            d: 32,
-        },
+        case(2, 300, 700, 4, 2, 64),
+        case(3, 130, 600, 2, 1, 32),
+        case(2, 3, 700, 4, 1, 32),
     ];
     for (i, c) in cases.into_iter().enumerate() {
         let page = page_multiple(c.d);
@@ -528,14 +463,7 @@ fn paged_attention_on_wgpu_matches_plain_ops() {
 fn paged_attention_reads_a_cache_larger_than_one_binding() {
     use e2llm_kernels::fused::{max_binding_bytes, rope_attention_paged};
     let Some(gpu) = wgpu() else { return };
-    let c = Case {
-        b: 1,
-        sq: 1,
-        skv: 300_000,
-        hq: 2,
-        hkv: 1,
-        d: 128,
-    };
+    let c = case(1, 1, 300_000, 2, 1, 128);
     let bytes = (c.skv * c.hkv * c.d * 4) as u64;
     match max_binding_bytes(&gpu) {
         Some(cap) if cap < bytes => {
