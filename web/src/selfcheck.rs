@@ -118,9 +118,7 @@ pub async fn attention_check(
         .map(|i| if i < 4 { i as f32 } else { (i + 37) as f32 } / 3.0)
         .collect();
     let qpos = kpos[skv - sq..].to_vec();
-    let inv_freq: Vec<f32> = (0..d / 2)
-        .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / d as f32))
-        .collect();
+    let inv_freq = cpu::inv_freq(d, 10000.0);
     let (want, want_lse) = cpu::attention(&q, &k, &v, &qpos, &kpos, &inv_freq, s);
 
     let previous = tuning();

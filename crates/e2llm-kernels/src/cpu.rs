@@ -2,6 +2,15 @@
 //! The GPU kernels are tested against these, and the backward twins against finite
 //! differences of the forward twins.
 
+/// Default RoPE's `head_dim / 2` inverse frequencies `θ^(−2j/d)` in plain f32, the table the
+/// kernels' tests, benches and self-check feed them (the model builds HF's exact table in
+/// `e2llm-core::rope`; a kernel takes any table).
+pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|j| 1.0 / theta.powf(2.0 * j as f32 / head_dim as f32))
+        .collect()
+}
+
 /// RoPE in HF's rotate_half layout with positions as data; `dir = -1.0` is the inverse
 /// rotation (the backward pass).
 ///

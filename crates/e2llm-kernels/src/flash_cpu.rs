@@ -488,9 +488,7 @@ mod tests {
         );
         let kpos: Vec<f32> = (0..skv).map(|i| i as f32 * 1.5).collect();
         let qpos = kpos[skv - sq..].to_vec();
-        let inv_freq: Vec<f32> = (0..d / 2)
-            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / d as f32))
-            .collect();
+        let inv_freq = cpu::inv_freq(d, 10000.0);
         let s = AttentionShape::new(sq, skv, hq, hkv, d, 3.0);
         let args = Args {
             q: &q,

@@ -8,6 +8,7 @@
 //! checked with naga (no GPU).
 
 use burn::tensor::{activation, Bool, Device, DeviceKind, Tensor, TensorData};
+use e2llm_kernels::cpu;
 use e2llm_kernels::fused::{rope_attention, rope_attention_backward, rope_attention_forward};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,9 +89,7 @@ fn inputs(c: Case, seed: u64) -> Inputs {
         v: rand_vec(&mut rng, c.b * c.skv * c.hkv * c.d),
         w: rand_vec(&mut rng, c.b * c.sq * c.hq * c.d),
         kpos,
-        inv_freq: (0..c.d / 2)
-            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / c.d as f32))
-            .collect(),
+        inv_freq: cpu::inv_freq(c.d, 10000.0),
     }
 }
 

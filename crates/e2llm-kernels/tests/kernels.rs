@@ -43,12 +43,6 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
-fn inv_freq(d: usize, theta: f32) -> Vec<f32> {
-    (0..d / 2)
-        .map(|j| 1.0 / theta.powf(2.0 * j as f32 / d as f32))
-        .collect()
-}
-
 /// Seeded inputs of one attention case: q, k, v, E²-LLM-style positions (4 sinks, then an
 /// offset and a fractional step), the shape and the inverse frequencies.
 struct Case {
@@ -82,7 +76,7 @@ fn attention_case(
         qpos: kpos[skv - sq..].to_vec(),
         kpos,
         s: AttentionShape::new(sq, skv, hq, hkv, d, g),
-        f: inv_freq(d, 10000.0),
+        f: cpu::inv_freq(d, 10000.0),
     }
 }
 
@@ -321,7 +315,7 @@ fn rope_twin_backward_is_the_inverse_and_matches_finite_differences() {
     let x = rand_vec(&mut rng, t * h * d, 1.0);
     let pos: Vec<f32> = (0..t).map(|i| i as f32 * 7.3 + 0.25).collect();
     let g = vec![3.0; t];
-    let f = inv_freq(d, 10000.0);
+    let f = cpu::inv_freq(d, 10000.0);
     let y = cpu::rope(&x, &pos, &g, &f, h, 1.0, 1.0);
     let back = cpu::rope(&y, &pos, &g, &f, h, 1.0, -1.0);
     assert_close("inverse(rope(x))", &back, &x, 1e-5, 1e-5);
@@ -442,7 +436,7 @@ fn elementwise_and_row_kernels_match_their_twins_on_the_gpu() {
         let x = rand_vec(&mut rng, t * h * d, 1.0);
         let pos: Vec<f32> = (0..t).map(|i| i as f32 * 1.37 + 3.0).collect();
         let gs = vec![g; t];
-        let f = inv_freq(d, 10000.0);
+        let f = cpu::inv_freq(d, 10000.0);
         for dir in [1.0, -1.0] {
             let want = cpu::rope(&x, &pos, &gs, &f, h, factor, dir);
             let got = ops::rope(&gpu, &x, &pos, &gs, &f, h, factor, dir).expect("rope");
@@ -585,7 +579,7 @@ fn attention_backward_twin_matches_finite_differences() {
     let v = rand_vec(&mut rng, skv * hkv * d, 1.0);
     let kpos = vec![0.0, 1.0, 2.0, 9.5, 11.0];
     let qpos = kpos[skv - sq..].to_vec();
-    let f = inv_freq(d, 100.0);
+    let f = cpu::inv_freq(d, 100.0);
     let c = rand_vec(&mut rng, q.len(), 1.0);
     let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
         let (o, _) = cpu::attention(q, k, v, &qpos, &kpos, &f, s);
@@ -774,7 +768,7 @@ fn attention_map_pools_the_weights_like_its_twin() {
         let kpos: Vec<f32> = (0..skv).map(|i| i as f32).collect();
         let qpos = kpos[skv - sq..].to_vec();
         let s = AttentionShape::new(sq, skv, hq, hkv, d, g);
-        let f = inv_freq(d, 10000.0);
+        let f = cpu::inv_freq(d, 10000.0);
         let want = cpu::attention_map(&q, &k, &qpos, &kpos, &f, s, w);
         let got = e2llm_kernels::attention::attention_map(&gpu, &q, &k, &v, &qpos, &kpos, &f, s, w)
             .expect("map");
@@ -806,7 +800,7 @@ fn long_context_prefill_runs_in_linear_memory() {
     let pos: Vec<f32> = (0..s).map(|i| i as f32).collect();
     let g = 64.0;
     let shape = AttentionShape::new(s, s, h, h, d, g);
-    let f = inv_freq(d, 10000.0);
+    let f = cpu::inv_freq(d, 10000.0);
     let bufs = e2llm_kernels::attention::AttentionBuffers::new(
         &gpu,
         &q,

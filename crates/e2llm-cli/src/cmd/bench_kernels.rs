@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use e2llm_kernels::attention::AttentionBuffers;
-use e2llm_kernels::cpu::AttentionShape;
+use e2llm_kernels::cpu::{self, AttentionShape};
 use e2llm_kernels::{fused, Gpu};
 use rand::{Rng, SeedableRng};
 
@@ -171,9 +171,7 @@ pub fn run(a: KernelArgs) -> Result<()> {
         .unwrap_or_else(|_| "default wgpu adapter".into());
     let (h, hkv, d) = (a.heads, a.kv_heads, a.head_dim);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let inv_freq: Vec<f32> = (0..d / 2)
-        .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / d as f32))
-        .collect();
+    let inv_freq = cpu::inv_freq(d, 10000.0);
     let timing = (a.warmup, a.reps);
     let mut rows = Vec::new();
     // Per length: the forward kernel and the backward's rows per invocation (both depend on
