@@ -8,9 +8,10 @@ mod cmd;
 mod plot;
 mod util;
 
-/// E²-LLM: train once on short sequences, read long ones with position interpolation.
+/// E²-LLM: train once on short sequences, read long ones with position interpolation. New
+/// here? Start with `e2llm quickstart`.
 #[derive(Parser, Debug)]
-#[command(name = "e2llm", version, about, long_about = None)]
+#[command(name = "e2llm", version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
