@@ -192,33 +192,31 @@ impl Plan {
                 // machine): the CPU backend runs each op on one core.
                 base.threads = 2;
                 extend.threads = 2;
+                let quickstart_eval = EvalPlan {
+                    passkey_multiples: vec![1, 2, 4, 8, 16, 32],
+                    depths,
+                    trials: 3,
+                    max_new_tokens: 8,
+                    ppl_multiples: vec![],
+                    ppl_windows: 0,
+                    logn: true,
+                };
                 let (arms, eval) = if p == Preset::Quickstart {
                     let arm = Arm::e2llm_mid_window("e2llm", 20, extend.train_len);
-                    let eval = EvalPlan {
-                        passkey_multiples: vec![1, 2, 4, 8, 16, 32],
-                        depths,
-                        trials: 3,
-                        max_new_tokens: 8,
-                        ppl_multiples: vec![],
-                        ppl_windows: 0,
-                        logn: true,
-                    };
-                    (vec![arm], eval)
+                    (vec![arm], quickstart_eval)
                 } else {
                     // Session 16: the quickstart's base (`--base runs/quickstart/base/checkpoint`,
                     // or a copy of that run in `<out>/base`, is reused as is), every method for
                     // the quickstart arm's 3,000 steps, E²-LLM with the quickstart's 128 kept
                     // tokens beside the published 4 sinks. ~10 minutes per arm on 2 cores.
                     // Before session 16 (README's session-7 table): a 4,000-step base, 500
-                    // steps per arm, 4 sinks, g_max up to 36.
+                    // steps per arm, 4 sinks, g_max up to 36. Evaluated as the quickstart is,
+                    // with one more trial per cell and perplexity at every passkey length.
                     let eval = EvalPlan {
-                        passkey_multiples: vec![1, 2, 4, 8, 16, 32],
-                        depths,
                         trials: 4,
-                        max_new_tokens: 8,
-                        ppl_multiples: vec![1, 2, 4, 8, 16, 32],
+                        ppl_multiples: quickstart_eval.passkey_multiples.clone(),
                         ppl_windows: 4,
-                        logn: true,
+                        ..quickstart_eval
                     };
                     (ablation_arms(32, &[5, 10, 20], extend.train_len), eval)
                 };
