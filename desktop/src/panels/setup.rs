@@ -50,6 +50,13 @@ fn method_named(name: &str) -> Method {
     }
 }
 
+/// One grid row for a method's integer scale (g, s or g_max): 1 to 256.
+fn scale_field(ui: &mut egui::Ui, label: &str, value: &mut u32) {
+    ui.label(label);
+    ui.add(DragValue::new(value).range(1..=256));
+    ui.end_row();
+}
+
 /// The E²-LLM methods' leading tokens kept at their positions (at most the window).
 fn sinks_field(ui: &mut egui::Ui, sinks: &mut usize, train_len: usize) {
     ui.label("sink tokens (kept at 0..n)");
@@ -163,22 +170,12 @@ impl DesktopApp {
             ui.end_row();
             match &mut c.method {
                 Method::None => {}
-                Method::Pi { g } => {
-                    ui.label("g (fixed scale)");
-                    ui.add(DragValue::new(g).range(1..=256));
-                    ui.end_row();
-                }
+                Method::Pi { g } => scale_field(ui, "g (fixed scale)", g),
                 Method::E2llmNoG { g, sinks } => {
-                    ui.label("g (fixed scale)");
-                    ui.add(DragValue::new(g).range(1..=256));
-                    ui.end_row();
+                    scale_field(ui, "g (fixed scale)", g);
                     sinks_field(ui, sinks, c.train_len);
                 }
-                Method::Pose { s } => {
-                    ui.label("s (extension factor)");
-                    ui.add(DragValue::new(s).range(1..=256));
-                    ui.end_row();
-                }
+                Method::Pose { s } => scale_field(ui, "s (extension factor)", s),
                 Method::Yarn { factor } => {
                     ui.label("factor");
                     ui.add(DragValue::new(factor).range(1.0..=256.0));
@@ -189,19 +186,13 @@ impl DesktopApp {
                     per_batch,
                     sinks,
                 } => {
-                    ui.label("g_max");
-                    ui.add(DragValue::new(g_max).range(1..=256));
-                    ui.end_row();
+                    scale_field(ui, "g_max", g_max);
                     ui.label("draw (g, t) per batch");
                     ui.checkbox(per_batch, "");
                     ui.end_row();
                     sinks_field(ui, sinks, c.train_len);
                 }
-                Method::E2llmNoT { g_max } => {
-                    ui.label("g_max");
-                    ui.add(DragValue::new(g_max).range(1..=256));
-                    ui.end_row();
-                }
+                Method::E2llmNoT { g_max } => scale_field(ui, "g_max", g_max),
             }
             ui.label("start from checkpoint (empty: scratch)");
             let mut init = c.init.clone().unwrap_or_default();
