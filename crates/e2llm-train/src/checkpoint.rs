@@ -87,6 +87,33 @@ pub fn save(
     Ok(dir)
 }
 
+/// Name of the directory [`keep`] writes for `step`.
+pub fn kept_name(step: usize) -> String {
+    format!("step-{step}")
+}
+
+/// Copies the model of `run_dir/checkpoint/` (config.json, model.safetensors, tokenizer.json:
+/// an HF directory, without optimizer or trainer state) to `run_dir/step-{step}/`, atomically
+/// (a temp directory renamed into place).
+pub fn keep(run_dir: &Path, step: usize) -> Result<PathBuf> {
+    let src = run_dir.join("checkpoint");
+    let dst = run_dir.join(kept_name(step));
+    let tmp = run_dir.join(format!("{}.tmp", kept_name(step)));
+    for d in [&tmp, &dst] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(io(d))?;
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    for f in [hf::CONFIG_FILE, hf::WEIGHTS_FILE, hf::TOKENIZER_FILE] {
+        let from = src.join(f);
+        let bytes = std::fs::read(&from).map_err(io(&from))?;
+        write_atomic(&tmp.join(f), &bytes)?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
+    Ok(dst)
+}
+
 fn moments_bytes(opt: &AdamW) -> Result<Vec<u8>> {
     let mut names: Vec<&String> = opt.moments.keys().collect();
     names.sort();

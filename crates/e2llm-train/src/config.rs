@@ -194,6 +194,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: usize,
+    /// Also keep the model every this many steps as `step-N/` in the run directory (an HF
+    /// directory: config.json, model.safetensors, tokenizer.json; no optimizer state), so it
+    /// can be evaluated along the run. 0 = off (only the rolling `checkpoint/`).
+    pub keep_every: usize,
     /// `cpu` or `wgpu`.
     pub backend: String,
     /// Attention: `auto` (fused WGSL kernel on wgpu, plain burn ops on cpu), `fused` or
@@ -231,6 +235,7 @@ impl Default for TrainConfig {
             passkey_min_len: 0,
             seed: 0,
             checkpoint_every: 200,
+            keep_every: 0,
             backend: "cpu".into(),
             kernels: Kernels::Auto,
             threads: 1,

@@ -329,7 +329,8 @@ impl Trainer {
         )
     }
 
-    /// Trains to `cfg.steps`, checkpointing every `checkpoint_every` steps and at the end.
+    /// Trains to `cfg.steps`, checkpointing every `checkpoint_every` steps and at the end, and
+    /// keeping the model as `step-N/` every `keep_every` steps.
     /// A non-finite loss stops the run and leaves the last good checkpoint in place.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<PathBuf> {
         self.run_until(
@@ -352,12 +353,16 @@ impl Trainer {
         while self.step < self.cfg.steps {
             let report = self.step()?;
             let flow = on_step(&report);
-            let every = self.cfg.checkpoint_every;
+            let at = |every: usize| every > 0 && self.step.is_multiple_of(every);
+            let keep = at(self.cfg.keep_every);
             if flow.is_break()
-                || (every > 0 && self.step.is_multiple_of(every) && self.step < self.cfg.steps)
+                || ((at(self.cfg.checkpoint_every) || keep) && self.step < self.cfg.steps)
             {
                 let dir = self.save()?;
                 on_save(self.step, &dir);
+                if keep {
+                    checkpoint::keep(&self.run_dir, self.step)?;
+                }
                 if flow.is_break() {
                     return Ok(dir);
                 }
@@ -365,6 +370,9 @@ impl Trainer {
         }
         let dir = self.save()?;
         on_save(self.step, &dir);
+        if self.cfg.keep_every > 0 && self.step.is_multiple_of(self.cfg.keep_every) {
+            checkpoint::keep(&self.run_dir, self.step)?;
+        }
         Ok(dir)
     }
 }

@@ -237,6 +237,50 @@ fn resume_reproduces_the_uninterrupted_run() {
 }
 
 #[test]
+fn keep_every_leaves_the_model_of_each_kept_step() {
+    let dir = tmp("kept");
+    let cfg = TrainConfig {
+        keep_every: 2,
+        ..tiny_run()
+    };
+    Trainer::new(cfg, &dir, corpus())
+        .expect("trainer")
+        .run(|_| {})
+        .expect("run");
+    let weights = |d: PathBuf| std::fs::read(d.join("model.safetensors")).expect("weights");
+    // A run stopped at step 2 writes the model step-2/ must hold.
+    let short = tmp("kept-short");
+    let mut two = Trainer::new(tiny_run(), &short, corpus()).expect("trainer");
+    for _ in 0..2 {
+        two.step().expect("step");
+    }
+    let two_dir = two.save().expect("save");
+    assert_eq!(weights(dir.join("step-2")), weights(two_dir));
+    assert_eq!(weights(dir.join("step-6")), weights(dir.join("checkpoint")));
+    assert_ne!(weights(dir.join("step-4")), weights(dir.join("step-6")));
+    for k in ["step-2", "step-4", "step-6"] {
+        let d = dir.join(k);
+        e2llm_model::checkpoint::load_with_tokenizer(&d, &Device::flex())
+            .unwrap_or_else(|e| panic!("{k} is not a loadable HF directory: {e}"));
+        assert!(
+            !d.join(checkpoint::STATE_FILE).exists(),
+            "{k} holds trainer state"
+        );
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("run dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["step-2", "step-4", "step-6"],
+        "no other kept or temp dirs"
+    );
+}
+
+#[test]
 fn an_interrupted_checkpoint_write_keeps_the_previous_one() {
     let dir = tmp("crash");
     let mut t = Trainer::new(tiny_run(), &dir, corpus()).expect("trainer");

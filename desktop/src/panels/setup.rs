@@ -228,6 +228,9 @@ impl DesktopApp {
             ui.label("checkpoint every (steps, 0 = end only)");
             ui.add(DragValue::new(&mut c.checkpoint_every).range(0..=1_000_000));
             ui.end_row();
+            ui.label("keep the model every (steps, 0 = off)");
+            ui.add(DragValue::new(&mut c.keep_every).range(0..=1_000_000));
+            ui.end_row();
             ui.label("seed");
             ui.add(DragValue::new(&mut c.seed));
             ui.end_row();
