@@ -353,10 +353,9 @@ impl Trainer {
         while self.step < self.cfg.steps {
             let report = self.step()?;
             let flow = on_step(&report);
-            let at = |every: usize| every > 0 && self.step.is_multiple_of(every);
-            let keep = at(self.cfg.keep_every);
+            let keep = self.due(self.cfg.keep_every);
             if flow.is_break()
-                || ((at(self.cfg.checkpoint_every) || keep) && self.step < self.cfg.steps)
+                || ((self.due(self.cfg.checkpoint_every) || keep) && self.step < self.cfg.steps)
             {
                 let dir = self.save()?;
                 on_save(self.step, &dir);
@@ -370,9 +369,14 @@ impl Trainer {
         }
         let dir = self.save()?;
         on_save(self.step, &dir);
-        if self.cfg.keep_every > 0 && self.step.is_multiple_of(self.cfg.keep_every) {
+        if self.due(self.cfg.keep_every) {
             checkpoint::keep(&self.run_dir, self.step)?;
         }
         Ok(dir)
+    }
+
+    /// Whether the current step is a multiple of `every` (0 = never).
+    fn due(&self, every: usize) -> bool {
+        every > 0 && self.step.is_multiple_of(every)
     }
 }
