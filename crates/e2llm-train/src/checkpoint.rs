@@ -87,18 +87,13 @@ pub fn save(
     Ok(dir)
 }
 
-/// Name of the directory [`keep`] writes for `step`.
-pub fn kept_name(step: usize) -> String {
-    format!("step-{step}")
-}
-
 /// Copies the model of `run_dir/checkpoint/` (config.json, model.safetensors, tokenizer.json:
 /// an HF directory, without optimizer or trainer state) to `run_dir/step-{step}/`, atomically
 /// (a temp directory renamed into place).
 pub fn keep(run_dir: &Path, step: usize) -> Result<PathBuf> {
     let src = run_dir.join("checkpoint");
-    let dst = run_dir.join(kept_name(step));
-    let tmp = run_dir.join(format!("{}.tmp", kept_name(step)));
+    let dst = run_dir.join(format!("step-{step}"));
+    let tmp = run_dir.join(format!("step-{step}.tmp"));
     for d in [&tmp, &dst] {
         if d.exists() {
             std::fs::remove_dir_all(d).map_err(io(d))?;
