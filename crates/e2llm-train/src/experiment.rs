@@ -183,7 +183,7 @@ impl Plan {
                 // with a long gap in its offset — 10,000 base steps, then 3,000 steps of g_max
                 // 20 with 128 kept tokens (`sinks`, a variant; the paper keeps 4) read 1×…32×
                 // at 100 / 100 / 87 / 93 / 87 / 0 % with plain PI in 25 minutes on 2 cores; the
-                // published 4 sinks from that base: 5 % at 16× (README, "Results"). The earlier
+                // published 4 sinks from that base: 5 % at 16× (RESULTS.md, session 15). The earlier
                 // default (2,500 + 2,000 steps at g_max 5, 4 sinks, 11 minutes) read 87 / 53 /
                 // 7 / 0 % at 2× / 4× / 8× / 16×.
                 base.steps = 10_000;
