@@ -80,7 +80,8 @@ pub struct PromptRequest {
     /// Memory the run may use, in bytes; 0 = the default for the backend.
     #[serde(default)]
     pub budget_bytes: u64,
-    /// Log-n attention scaling past `L` (`e2llm passkey --logn`); off = plain PI.
+    /// Log-n attention scaling past `L` (`e2llm passkey --logn`); off = plain PI, unless the
+    /// model was trained with it (`use_logn_attn` in its config.json), which always reads so.
     #[serde(default)]
     pub logn: bool,
 }
@@ -271,7 +272,7 @@ impl Demo {
                 ids: ids.clone(),
                 key: prompt.key,
                 g,
-                logn: req.logn,
+                logn: req.logn || self.model.logn(),
                 key_tokens,
                 chunk,
                 estimate_bytes: estimate,
@@ -279,7 +280,7 @@ impl Demo {
             ids,
             prompt,
             g,
-            logn: req.logn,
+            logn: req.logn || self.model.logn(),
             chunk,
             max_new_tokens: req.max_new_tokens,
         })
@@ -437,7 +438,7 @@ impl std::fmt::Debug for Run {
 impl Run {
     /// `model` as this run reads it (log-n on or off; the clone shares the weights).
     fn reading<'m>(&self, model: &'m Llama) -> std::borrow::Cow<'m, Llama> {
-        if model.logn == self.logn {
+        if model.logn() == self.logn {
             std::borrow::Cow::Borrowed(model)
         } else {
             std::borrow::Cow::Owned(model.clone().with_logn(self.logn))

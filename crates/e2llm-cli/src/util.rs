@@ -46,8 +46,9 @@ pub struct Compute {
     pub kernels: Kernels,
     /// Log-n attention scaling: a query that sees n > L keys has its attention logits
     /// multiplied by ln(n) / ln(L) (L = max_position_embeddings), so the softmax over a long
-    /// context stays as sharp as at L. Not part of E²-LLM, whose inference is plain PI; off by
-    /// default.
+    /// context stays as sharp as at L. Not part of E²-LLM, whose inference is plain PI. Without
+    /// this flag the model's config.json decides (`use_logn_attn`: on for models trained with
+    /// `logn = true`, off otherwise).
     #[arg(long)]
     pub logn: bool,
     /// How the KV cache stores keys and values: `f32`, or `f16` (half the memory; the fused
@@ -98,13 +99,21 @@ impl Compute {
         }
     }
 
-    /// `", log-n attention scaling"` with `--logn`, `", f16 KV cache"` with `--kv-cache f16`,
-    /// `", f16 weights"` with `--weights f16`, else nothing: for report headers.
-    pub fn notes(&self) -> String {
+    /// `", log-n attention scaling"` when `model` reads with it (`--logn` or its config),
+    /// `", f16 KV cache"` with `--kv-cache f16`, `", f16 weights"` with `--weights f16`, else
+    /// nothing: for report headers.
+    pub fn notes(&self, model: &Llama) -> String {
+        let logn = if model.logn() {
+            ", log-n attention scaling"
+        } else {
+            ""
+        };
+        format!("{logn}{}", self.precision_notes())
+    }
+
+    /// `", f16 KV cache"` with `--kv-cache f16`, `", f16 weights"` with `--weights f16`.
+    fn precision_notes(&self) -> String {
         let mut s = String::new();
-        if self.logn {
-            s.push_str(", log-n attention scaling");
-        }
         if self.kv_cache != Precision::F32 {
             s.push_str(&format!(", {} KV cache", self.kv_cache));
         }
@@ -114,7 +123,8 @@ impl Compute {
         s
     }
 
-    /// Applies `--kernels` and `--logn` to a loaded model.
+    /// Applies `--kernels` and `--logn` (on; without it the config's `use_logn_attn` stays) to a
+    /// loaded model.
     fn setup(&self, model: Llama, dir: &Path) -> Result<Llama> {
         let d = model.config.head_dim();
         if self.kernels == Kernels::Fused && !(d <= 128 && d.is_multiple_of(2)) {
@@ -124,9 +134,10 @@ impl Compute {
                 dir.display()
             );
         }
+        let logn = self.logn || model.logn();
         model
             .with_kernels(self.kernels)
-            .with_logn(self.logn)
+            .with_logn(logn)
             .with_kv_cache(self.kv_cache)
             .with_context(|| format!("--kv-cache {} on backend `{}`", self.kv_cache, self.backend))
     }
@@ -136,10 +147,11 @@ impl fmt::Display for Compute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}, {} attention{}",
+            "{}, {} attention{}{}",
             self.backend,
             self.kernels,
-            self.notes()
+            if self.logn { ", --logn" } else { "" },
+            self.precision_notes()
         )
     }
 }

@@ -572,3 +572,55 @@ fn ppl_reports_every_length() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// A model whose config.json says `use_logn_attn` (what `e2llm train --set logn=true` saves)
+/// is read with log-n without `--logn`: its perplexity past L equals the plain model's with
+/// `--logn`, differs from the plain model's without it, and the report says so.
+#[test]
+fn a_model_trained_with_logn_is_read_with_it() {
+    let out = tmp("logn-config");
+    let logn_model = out.join("model");
+    copy_dir(&case("tokenizer_demo"), &logn_model);
+    let cfg_path = logn_model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).expect("config")).expect("json");
+    cfg["use_logn_attn"] = serde_json::json!(true);
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+    let json = out.join("ppl.json");
+    // ppl at 128 tokens (L = 64), one window: the JSON and the header line.
+    let run = |model: &Path, extra: &[&str]| -> (serde_json::Value, String) {
+        let mut args = vec![
+            "ppl",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--lengths",
+            "128",
+            "--max-windows",
+            "1",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        let o = e2llm(&args);
+        assert!(o.status.success(), "stderr: {}", stderr(&o));
+        let v = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+        (v, stdout(&o))
+    };
+    let ppl = |v: &serde_json::Value| v["points"][0]["ppl"].as_f64().expect("ppl");
+    let (trained, header) = run(&logn_model, &[]);
+    let (flag, _) = run(&case("tokenizer_demo"), &["--logn"]);
+    let (plain, plain_header) = run(&case("tokenizer_demo"), &[]);
+    assert_eq!(trained["logn"], serde_json::json!(true));
+    assert_eq!(plain["logn"], serde_json::json!(false));
+    assert!(header.contains("log-n attention scaling"), "{header}");
+    assert!(!plain_header.contains("log-n"), "{plain_header}");
+    assert!(
+        (ppl(&trained) - ppl(&flag)).abs() < 1e-9 * ppl(&flag),
+        "{trained} vs {flag}"
+    );
+    assert!(
+        (ppl(&trained) - ppl(&plain)).abs() > 1e-6 * ppl(&plain),
+        "log-n changed nothing: {trained} vs {plain}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -171,6 +171,10 @@ pub struct LlamaConfig {
     pub eos_token_id: Vec<u32>,
     /// RoPE base and scaling.
     pub rope: RopeConfig,
+    /// Log-n attention scaling (`use_logn_attn`, Qwen's key): the model was trained with each
+    /// query's logits multiplied by [`crate::logn_scale`] of its position, and is read that
+    /// way. e2llm writes it only when true; transformers' Llama ignores it.
+    pub logn_attn: bool,
 }
 
 const TOP: &str = "config.json";
@@ -226,6 +230,7 @@ impl LlamaConfig {
             bos_token_id: first_id(&top, "bos_token_id")?,
             eos_token_id: top.opt_token_ids("eos_token_id")?,
             rope: rope_section::parse_rope(&top, max_position_embeddings)?,
+            logn_attn: top.opt_bool("use_logn_attn")?.unwrap_or(false),
         };
         if top.opt_str("model_type")? == Some("mistral") && (cfg.attention_bias || cfg.mlp_bias) {
             return Err(ConfigError::Unsupported {
@@ -331,6 +336,7 @@ impl LlamaConfig {
 
     /// The config in transformers' hub layout (top-level `rope_theta`, `rope_scaling` with both
     /// `rope_type` and `type`), readable by transformers v4 and v5 and by [`Self::from_json_str`].
+    /// `use_logn_attn` is written only when it is true.
     pub fn to_json_value(&self) -> Value {
         let (theta, scaling) = rope_section::to_legacy(&self.rope);
         let eos = match self.eos_token_id.as_slice() {
@@ -338,7 +344,7 @@ impl LlamaConfig {
             [one] => json!(one),
             many => json!(many),
         };
-        json!({
+        let mut v = json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "hidden_act": "silu",
@@ -362,7 +368,11 @@ impl LlamaConfig {
             "rope_theta": theta,
             "rope_scaling": scaling,
             "use_cache": true,
-        })
+        });
+        if self.logn_attn {
+            v["use_logn_attn"] = json!(true);
+        }
+        v
     }
 
     /// A ~1.1M-parameter byte-level model (the METHOD.md calibration size): vocab 256, width 128,
@@ -384,6 +394,7 @@ impl LlamaConfig {
             bos_token_id: None,
             eos_token_id: Vec::new(),
             rope: RopeConfig::default(),
+            logn_attn: false,
         }
     }
 }

@@ -606,3 +606,32 @@ fn yarn_zero_betas_mean_defaults_like_hf() {
     let c = LlamaConfig::from_json_str(&text).expect("parses");
     assert_eq!(c.rope.scaling, RopeScaling::yarn(2.0));
 }
+
+#[test]
+fn use_logn_attn_is_read_written_only_when_true_and_checked() {
+    let plain = LlamaConfig::from_json_str(LLAMA2_7B).expect("parses");
+    assert!(!plain.logn_attn, "absent means off");
+    assert!(plain.to_json_value().get("use_logn_attn").is_none());
+    let on = LlamaConfig::from_json_str(&with(LLAMA2_7B, |m| {
+        m.insert("use_logn_attn".into(), json!(true));
+    }))
+    .expect("parses");
+    assert!(on.logn_attn);
+    let out = on.to_json_value();
+    assert_eq!(out["use_logn_attn"], json!(true));
+    assert_eq!(
+        LlamaConfig::from_json_str(&out.to_string()).expect("reparses"),
+        on
+    );
+    let off = LlamaConfig::from_json_str(&with(LLAMA2_7B, |m| {
+        m.insert("use_logn_attn".into(), json!(false));
+    }))
+    .expect("parses");
+    assert!(!off.logn_attn);
+    let err = LlamaConfig::from_json_str(&with(LLAMA2_7B, |m| {
+        m.insert("use_logn_attn".into(), json!("yes"));
+    }))
+    .expect_err("a string is not a bool")
+    .to_string();
+    assert!(err.contains("use_logn_attn"), "{err}");
+}

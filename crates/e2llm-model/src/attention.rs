@@ -226,7 +226,7 @@ impl Attention {
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
         let q = match &rope.q_scale {
-            Some(f) => q * f.clone().reshape([1, 1, s, 1]),
+            Some(f) => q * f.clone().reshape([b, 1, s, 1]),
             None => q,
         };
         let q = rope.apply(q);
@@ -276,7 +276,7 @@ impl Attention {
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]);
         let q = match &rope.q_scale {
-            Some(f) => q * f.clone().reshape([1, s, 1, 1]),
+            Some(f) => q * f.clone().reshape([b, s, 1, 1]),
             None => q,
         };
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]);

@@ -127,7 +127,7 @@ impl Llama {
             let l = &self.layers[layer];
             let x = l.input_layernorm.forward(x);
             let qs = l.self_attn.q_proj.forward(x.clone());
-            q.push(match self.logn_q_scale(start, end - start) {
+            q.push(match self.logn_q_scale(&pos) {
                 Some(f) => qs * f.reshape([1, end - start, 1]),
                 None => qs,
             });
@@ -288,7 +288,7 @@ impl Llama {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor<3>> {
-        let (mut x, rope) = self.embed(ids, positions, cache.len())?;
+        let (mut x, rope) = self.embed(ids, positions)?;
         let paths = self.paths(true);
         for (i, l) in self.layers.iter().take(layer).enumerate() {
             x = l.forward(x, &rope, Some(cache.slot(i)), paths);

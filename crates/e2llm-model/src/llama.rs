@@ -86,9 +86,6 @@ pub struct Llama {
     /// The attention implementation ([`Kernels::Auto`]: fused on a GPU).
     #[module(skip)]
     pub kernels: Kernels,
-    /// Log-n attention scaling at inference (off: plain attention, as the paper reads PI).
-    #[module(skip)]
-    pub logn: bool,
     /// How a KV cache stores keys and values (f32 unless [`Llama::with_kv_cache`] says f16).
     #[module(skip)]
     pub kv_cache: Precision,
@@ -154,8 +151,8 @@ impl KvCache {
 }
 
 impl Llama {
-    /// Checks the inputs, embeds `ids` and builds the RoPE tables for `positions` (the new
-    /// tokens follow `past` cached ones).
+    /// Checks the inputs, embeds `ids` and builds the RoPE tables for `positions` (absolute:
+    /// new tokens after a cache carry the positions that follow it).
     ///
     /// # Shapes
     /// - returns `[batch, seq, hidden]` embeddings
@@ -163,7 +160,6 @@ impl Llama {
         &self,
         ids: &[u32],
         positions: &Positions,
-        past: usize,
     ) -> Result<(Tensor<3>, RopeTables)> {
         let cfg = &self.config;
         let batch = positions.batch;
@@ -215,24 +211,31 @@ impl Llama {
             positions,
             &device,
         );
-        rope.q_scale = self.logn_q_scale(past, seq);
+        rope.q_scale = self.logn_q_scale(positions);
         Ok((x, rope))
     }
 
-    /// With log-n scaling on, the factor of each of `seq` queries that follow `past` cached
-    /// tokens (query `i` sees `past + i + 1` keys); `None` when it is off or 1 for all of them.
+    /// With log-n scaling on, each query's factor: [`e2llm_core::logn_scale`] of `p + 1` for a
+    /// token at position `p` (before dividing by `g`). In a contiguous prompt that is the
+    /// number of keys the query sees, cached ones included; in an E²-LLM training row it is the
+    /// length the row stands for, so a model trained with log-n meets at inference the factors
+    /// it was trained with. `None` when it is off or 1 for every query.
     ///
     /// # Shapes
-    /// - output: `[seq]`
-    pub(crate) fn logn_q_scale(&self, past: usize, seq: usize) -> Option<Tensor<1>> {
+    /// - output: `[batch, seq]`
+    pub(crate) fn logn_q_scale(&self, positions: &Positions) -> Option<Tensor<2>> {
         let base = self.config.max_position_embeddings;
-        if !self.logn || past + seq <= base {
+        let keys = |p: f32| p.max(0.0) as usize + 1;
+        if !self.logn() || positions.pos.iter().all(|&p| keys(p) <= base) {
             return None;
         }
-        let f: Vec<f32> = (past + 1..=past + seq)
-            .map(|n| e2llm_core::logn_scale(n, base))
+        let f: Vec<f32> = (positions.pos.iter())
+            .map(|&p| e2llm_core::logn_scale(keys(p), base))
             .collect();
-        Some(Tensor::from_data(TensorData::new(f, [seq]), &self.device()))
+        Some(Tensor::from_data(
+            TensorData::new(f, [positions.batch, positions.seq()]),
+            &self.device(),
+        ))
     }
 
     /// Hidden states after the final norm.
@@ -254,8 +257,7 @@ impl Llama {
                 *c = KvCache::new(self.layers.len());
             }
         }
-        let past = cache.as_deref().map_or(0, KvCache::len);
-        let (mut x, rope) = self.embed(ids, positions, past)?;
+        let (mut x, rope) = self.embed(ids, positions)?;
         // Dynamic NTK changes the frequencies with the span, and HF keeps cached keys rotated
         // at the frequencies of their own step: only the reference cache (rotated keys) does
         // that, the fused kernel rotates every key at the current frequencies.
@@ -342,12 +344,19 @@ impl Llama {
         self
     }
 
-    /// This model with log-n attention scaling on or off: a query that sees `n` keys has its
-    /// logits multiplied by `max(1, ln n / ln L)`, `L` = `max_position_embeddings` (see
-    /// [`e2llm_core::logn_scale`]). Off by default.
+    /// This model with log-n attention scaling on or off: a query at position `p` (the
+    /// `p + 1`-th key of a contiguous prompt) has its logits multiplied by
+    /// `max(1, ln(p + 1) / ln L)`, `L` = `max_position_embeddings` (see
+    /// [`e2llm_core::logn_scale`]). It is the config's `logn_attn` (`use_logn_attn` in
+    /// config.json), so a saved model keeps it: off unless the model was trained with it.
     pub fn with_logn(mut self, logn: bool) -> Self {
-        self.logn = logn;
+        self.config.logn_attn = logn;
         self
+    }
+
+    /// Whether log-n attention scaling is on (see [`Self::with_logn`]).
+    pub fn logn(&self) -> bool {
+        self.config.logn_attn
     }
 
     /// This model with its KV caches stored as `kv`: f16 halves their memory (and the bytes

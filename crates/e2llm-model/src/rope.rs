@@ -65,9 +65,9 @@ pub struct RopeTables {
     pub inv_freq: Vec<f32>,
     /// The variant's attention factor on cos and sin (1 except for yarn).
     pub factor: f32,
-    /// Log-n scaling: each query's factor `[seq]` (see [`e2llm_core::logn_scale`]), or `None`
-    /// when it is off or 1 for every query of this call.
-    pub q_scale: Option<Tensor<1>>,
+    /// Log-n scaling: each query's factor `[batch, seq]` (see [`e2llm_core::logn_scale`]), or
+    /// `None` when it is off or 1 for every query of this call.
+    pub q_scale: Option<Tensor<2>>,
 }
 
 /// Host-side cos/sin for `positions` (the slow, obviously-correct path; also the kernels' reference).

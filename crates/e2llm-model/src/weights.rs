@@ -251,7 +251,6 @@ fn assemble(
         lm_head,
         config,
         kernels: Kernels::Auto,
-        logn: false,
         kv_cache: Default::default(),
         kv_page_bytes: None,
     }

@@ -294,7 +294,7 @@ fn reference_weights(
     // Log-n scaling, written out here: query i sees i + 1 keys.
     let base = model.config.max_position_embeddings as f64;
     let factors: Vec<f32> = (1..=ids.len())
-        .map(|keys| match model.logn && keys as f64 > base {
+        .map(|keys| match model.logn() && keys as f64 > base {
             true => ((keys as f64).ln() / base.ln()) as f32,
             false => 1.0,
         })
@@ -313,7 +313,7 @@ fn reference_weights(
     );
     let factors_t = Tensor::<1>::from_data(TensorData::new(factors, [n]), &device);
     // The layers below see the same scaling (checked on its own by the log-n tests).
-    rope.q_scale = model.logn.then(|| factors_t.clone());
+    rope.q_scale = model.logn().then(|| factors_t.clone().reshape([1, n]));
     let ids_t = Tensor::<1, Int>::from_data(
         TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
         &device,
@@ -455,6 +455,64 @@ fn logn_scaling_multiplies_a_querys_logits_by_ln_n_over_ln_l() {
         let inside = 0..16 * vocab;
         let d = max_diff(&on[inside.clone()], &off[inside]);
         assert!(d < 1e-6, "{kernels}: log-n changed a query inside L by {d}");
+    }
+}
+
+/// In a batch, each query's log-n factor follows its own row's positions (before dividing by
+/// `g`), as in an E²-LLM training row whose gap makes it stand for a longer prompt: each
+/// row's last-token logits equal that row alone through a one-layer model whose `q_proj` is
+/// scaled by `ln(p + 1) / ln(L)` for the row's last position `p`, written out here.
+#[test]
+fn logn_scaling_follows_each_rows_positions() {
+    use burn::module::Param;
+    use e2llm_model::Kernels;
+    let mut cfg = small_config();
+    cfg.num_hidden_layers = 1;
+    cfg.max_position_embeddings = 16;
+    let n = 12;
+    let vocab = cfg.vocab_size;
+    let ids = ids(2 * n);
+    // Row 0: 4 kept tokens, then a gap (E²-LLM-style), g = 5; row 1: contiguous from 20, g = 2.
+    let row0: Vec<f32> = (0..4).chain(60..68).map(|p| p as f32).collect();
+    let row1: Vec<f32> = (20..32).map(|p| p as f32).collect();
+    let (g0, g1) = (5.0, 2.0);
+    let factor = |last: f32| ((last as f64 + 1.0).ln() / 16f64.ln()) as f32;
+    let mut devices = vec![
+        (Device::flex(), Kernels::Reference),
+        (Device::flex(), Kernels::Fused),
+    ];
+    match e2llm_model::backend::open("wgpu") {
+        Ok(d) => devices.push((d, Kernels::Fused)),
+        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
+    }
+    for (device, kernels) in devices {
+        let m = weights::init_random(cfg.clone(), 0.3, 7, &device).with_kernels(kernels);
+        let on = m.clone().with_logn(true);
+        let batch = Positions {
+            pos: row0.iter().chain(&row1).copied().collect(),
+            scale: vec![g0, g1],
+            batch: 2,
+        };
+        let both = to_vec(on.forward(&ids, &batch, None).expect("batch"));
+        for (r, (pos, g)) in [(&row0, g0), (&row1, g1)].into_iter().enumerate() {
+            let mut scaled = m.clone();
+            let w = scaled.layers[0].self_attn.q_proj.weight.val();
+            scaled.layers[0].self_attn.q_proj.weight = Param::from_tensor(w * factor(pos[n - 1]));
+            let row_ids = &ids[r * n..(r + 1) * n];
+            let want = to_vec(
+                (scaled.forward(row_ids, &Positions::row(pos.clone(), g), None)).expect("row"),
+            );
+            let plain =
+                to_vec((m.forward(row_ids, &Positions::row(pos.clone(), g), None)).expect("row"));
+            let last = (n - 1) * vocab..n * vocab;
+            let got = &both[(r * n + n - 1) * vocab..(r * n + n) * vocab];
+            let d = max_diff(got, &want[last.clone()]);
+            assert!(d < 1e-4, "{kernels} on {device:?}, row {r}: differs by {d}");
+            assert!(
+                max_diff(got, &plain[last]) > 1e-3,
+                "{kernels}, row {r}: log-n changed nothing"
+            );
+        }
     }
 }
 

@@ -160,6 +160,12 @@ pub struct TrainConfig {
     pub train_len: usize,
     /// Position / scale method.
     pub method: Method,
+    /// Log-n attention scaling in training, a variant beside the method (off in the paper):
+    /// each query's logits are multiplied by `max(1, ln(p + 1) / ln L)` for its position `p`
+    /// before dividing by `g` — in an E²-LLM row, the length the row stands for. The model
+    /// is saved with `use_logn_attn` in its config.json, so e2llm reads it with log-n at
+    /// every length (transformers' Llama ignores the key).
+    pub logn: bool,
     /// Rows per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -219,6 +225,7 @@ impl Default for TrainConfig {
             orig_len: 128,
             train_len: 128,
             method: Method::None,
+            logn: false,
             batch_size: 16,
             grad_accum: 1,
             steps: 1000,

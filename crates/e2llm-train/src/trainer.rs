@@ -146,7 +146,7 @@ impl Trainer {
             source,
         })?;
         Ok(Self {
-            model: model.with_kernels(cfg.kernels),
+            model: model.with_kernels(cfg.kernels).with_logn(cfg.logn),
             cfg,
             run_dir: run_dir.to_path_buf(),
             opt: AdamW::default(),
@@ -173,7 +173,9 @@ impl Trainer {
         Ok(Self {
             cfg,
             run_dir: run_dir.to_path_buf(),
-            model: loaded.model.with_kernels(loaded.state.config.kernels),
+            model: (loaded.model)
+                .with_kernels(loaded.state.config.kernels)
+                .with_logn(loaded.state.config.logn),
             opt: loaded.opt,
             data,
             placer,

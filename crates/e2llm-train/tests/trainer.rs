@@ -280,6 +280,81 @@ fn keep_every_leaves_the_model_of_each_kept_step() {
     );
 }
 
+/// `logn = true` trains with log-n attention by each token's position: on an E²-LLM batch
+/// whose positions pass L the query weights get other gradients than without it (the factor
+/// reaches the forward and the backward),
+/// the step reports that loss, the saved config.json says `use_logn_attn`, the loaded model
+/// reads with it, and a resumed run keeps it. Per-row factors against their definition:
+/// `logn_scaling_follows_each_rows_positions` (model tests).
+#[test]
+fn logn_training_scales_the_rows_queries_and_is_saved_with_the_model() {
+    let dir = tmp("logn");
+    let cfg = TrainConfig {
+        logn: true,
+        steps: 2,
+        grad_accum: 1,
+        ..tiny_run()
+    };
+    let mut t = Trainer::new(cfg, &dir, corpus()).expect("trainer");
+    assert!(t.model.logn());
+    let (rows, placement) = t.batch(0, 0).expect("batch");
+    let l = t.cfg.orig_len as f32;
+    assert!(
+        placement.positions.pos.iter().any(|&p| p + 1.0 > l),
+        "the batch should reach past L"
+    );
+    let value = |loss: burn::tensor::Tensor<1>| loss.into_scalar::<f32>();
+    let on = value(t.loss(&rows, &placement).expect("loss"));
+    let mut plain = Trainer::new(tiny_run(), &tmp("logn-plain"), corpus()).expect("trainer");
+    plain.model = t.model.clone().with_logn(false);
+    // At init the logits barely depend on attention, so compare what the factor scales: the
+    // query weights' gradient.
+    let q_grad = |t: &Trainer| {
+        let (_, g) = t.gradients(&rows, &placement).expect("gradients");
+        let name = "model.layers.0.self_attn.q_proj.weight";
+        let q = g
+            .grads
+            .get(name)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        q.to_data().try_to_vec::<f32>().expect("f32")
+    };
+    let (g_on, g_off) = (q_grad(&t), q_grad(&plain));
+    let scale = g_off.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let d = g_on
+        .iter()
+        .zip(&g_off)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("q_proj gradient: log-n moves it by {d} of {scale}");
+    assert!(
+        d > 0.05 * scale,
+        "log-n changed nothing: gradients differ by {d} of {scale}"
+    );
+    let step = t.step().expect("step 1").loss;
+    assert!(
+        (step - on).abs() <= 1e-5 * on.abs(),
+        "step 1 loss {step} is not the log-n loss {on}"
+    );
+    t.step().expect("step 2");
+    let saved = t.save().expect("save");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(saved.join("config.json")).expect("config.json"),
+    )
+    .expect("json");
+    assert_eq!(config["use_logn_attn"], serde_json::json!(true));
+    let loaded = e2llm_model::checkpoint::load_dir(&saved, &Device::flex()).expect("load");
+    assert!(loaded.logn(), "the saved model reads with log-n");
+    assert!(Trainer::resume(&dir, corpus())
+        .expect("resume")
+        .model
+        .logn());
+    // Without it, nothing is written.
+    let mut p = Trainer::new(tiny_run(), &tmp("logn-off"), corpus()).expect("trainer");
+    p.step().expect("step");
+    let off_dir = p.save().expect("save");
+    let text = std::fs::read_to_string(off_dir.join("config.json")).expect("config.json");
+    assert!(!text.contains("use_logn_attn"), "{text}");
+}
+
 #[test]
 fn an_interrupted_checkpoint_write_keeps_the_previous_one() {
     let dir = tmp("crash");

@@ -26,7 +26,8 @@ impl DesktopApp {
             ui.checkbox(&mut s.logn, "log-n attention scaling")
                 .on_hover_text(
                     "Past the training length L, multiply each query's attention logits by \
-                     ln(n) / ln(L) (n = keys it sees). Not part of E²-LLM (plain PI).",
+                     ln(n) / ln(L) (n = keys it sees). Not part of E²-LLM (plain PI). \
+                     Always on for a model trained with it (use_logn_attn in its config).",
                 );
         });
         field(ui, "PPL lengths", &mut s.ppl_lengths);

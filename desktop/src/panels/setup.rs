@@ -225,6 +225,13 @@ impl DesktopApp {
                     .range(0.0..=1.0),
             );
             ui.end_row();
+            ui.label("log-n attention in training");
+            ui.checkbox(&mut c.logn, "").on_hover_text(
+                "Multiply each query's logits by ln(p + 1) / ln(L) past L (p: its position \
+                     before dividing by g). A variant, not the paper's; the model is then read \
+                     with log-n at every length.",
+            );
+            ui.end_row();
             ui.label("checkpoint every (steps, 0 = end only)");
             ui.add(DragValue::new(&mut c.checkpoint_every).range(0..=1_000_000));
             ui.end_row();

@@ -108,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.max_position_embeddings,
         eval.trials,
         eval.scale,
-        a.compute.notes()
+        a.compute.notes(&model)
     );
     print!("{}", markdown_table(&cells));
     if let Some(line) = failure_summary(&cells) {
@@ -120,7 +120,7 @@ pub fn run(a: Args) -> Result<()> {
             "orig_len": cfg.max_position_embeddings,
             "trials": eval.trials,
             "rope_scale": format!("{:?}", eval.scale),
-            "logn": a.compute.logn,
+            "logn": model.logn(),
             "kv_cache": a.compute.kv_cache.to_string(),
             "weights": a.compute.weights.to_string(),
             "cells": cells.iter().map(|c| serde_json::json!({
@@ -143,7 +143,7 @@ pub fn run(a: Args) -> Result<()> {
                 "passkey accuracy: {} (L = {}){}",
                 a.model.display(),
                 cfg.max_position_embeddings,
-                if a.compute.logn { ", log-n" } else { "" }
+                if model.logn() { ", log-n" } else { "" }
             ),
             &png,
         )?;

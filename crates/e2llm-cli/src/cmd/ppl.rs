@@ -98,7 +98,7 @@ pub fn run(a: Args) -> Result<()> {
         a.model.display(),
         cfg.max_position_embeddings,
         a.rope_scale,
-        a.compute.notes()
+        a.compute.notes(&model)
     );
     for p in &points {
         println!(
@@ -113,7 +113,7 @@ pub fn run(a: Args) -> Result<()> {
             "rope_scale": format!("{:?}", a.rope_scale),
             "stride": a.stride,
             "score_last": a.score_last,
-            "logn": a.compute.logn,
+            "logn": model.logn(),
             "weights": a.compute.weights.to_string(),
             "points": points,
         });
