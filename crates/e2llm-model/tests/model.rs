@@ -291,11 +291,13 @@ fn reference_weights(
     use burn::tensor::{activation, Bool, Int, Tensor, TensorData};
     use e2llm_model::attention::repeat_kv;
     use e2llm_model::rope::RopeTables;
-    // Log-n scaling, written out here: query i sees i + 1 keys.
+    // Log-n scaling, written out here: a query at position p counts as the (p + 1)-th key
+    // (p before dividing by g, rounded down; in a plain prompt, the keys it sees).
     let base = model.config.max_position_embeddings as f64;
-    let factors: Vec<f32> = (1..=ids.len())
-        .map(|keys| match model.logn() && keys as f64 > base {
-            true => ((keys as f64).ln() / base.ln()) as f32,
+    let factors: Vec<f32> = (pos.iter())
+        .map(|&p| (p.floor() as f64 + 1.0, model.logn()))
+        .map(|(keys, on)| match on && keys > base {
+            true => (keys.ln() / base.ln()) as f32,
             false => 1.0,
         })
         .collect();
