@@ -411,13 +411,35 @@ fn attention_map_pools_the_softmax_weights_of_the_plain_path() {
     }
 }
 
+/// Every attention path log-n runs through: plain ops and the kernels' CPU twins on flex, and
+/// the WGSL kernel where a wgpu adapter exists.
+fn attention_paths() -> Vec<(Device, e2llm_model::Kernels)> {
+    use e2llm_model::Kernels;
+    let mut paths = vec![
+        (Device::flex(), Kernels::Reference),
+        (Device::flex(), Kernels::Fused),
+    ];
+    match e2llm_model::backend::open("wgpu") {
+        Ok(d) => paths.push((d, Kernels::Fused)),
+        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
+    }
+    paths
+}
+
+/// A one-layer model with its `q_proj` weight multiplied by `f`: its last token's logits are
+/// those of the same query scaled by `f`, log-n's definition written out.
+fn with_q_scaled(m: &Llama, f: f32) -> Llama {
+    let mut scaled = m.clone();
+    let w = scaled.layers[0].self_attn.q_proj.weight.val();
+    scaled.layers[0].self_attn.q_proj.weight = burn::module::Param::from_tensor(w * f);
+    scaled
+}
+
 /// Log-n scaling against its definition: in a one-layer model the last token's logits depend
 /// on its own query alone, so scaling that query by ln(n)/ln(L) equals scaling `q_proj`'s
 /// weight. Plain ops, the kernels' CPU twins, and the WGSL kernel where an adapter exists.
 #[test]
 fn logn_scaling_multiplies_a_querys_logits_by_ln_n_over_ln_l() {
-    use burn::module::Param;
-    use e2llm_model::Kernels;
     let mut cfg = small_config();
     cfg.num_hidden_layers = 1;
     cfg.max_position_embeddings = 16;
@@ -425,24 +447,13 @@ fn logn_scaling_multiplies_a_querys_logits_by_ln_n_over_ln_l() {
     let ids = ids(n);
     let vocab = cfg.vocab_size;
     let want_factor = ((n as f64).ln() / 16f64.ln()) as f32;
-    let mut devices = vec![
-        (Device::flex(), Kernels::Reference),
-        (Device::flex(), Kernels::Fused),
-    ];
-    match e2llm_model::backend::open("wgpu") {
-        Ok(d) => devices.push((d, Kernels::Fused)),
-        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
-    }
-    for (device, kernels) in devices {
+    for (device, kernels) in attention_paths() {
         let m = weights::init_random(cfg.clone(), 0.3, 7, &device).with_kernels(kernels);
         let pos = Positions::contiguous(1, n, 0, 2.0);
         let logits = |m: &Llama| to_vec(m.forward(&ids, &pos, None).expect("forward"));
         let off = logits(&m);
         let on = logits(&m.clone().with_logn(true));
-        let mut scaled = m.clone();
-        let w = scaled.layers[0].self_attn.q_proj.weight.val();
-        scaled.layers[0].self_attn.q_proj.weight = Param::from_tensor(w * want_factor);
-        let want = logits(&scaled);
+        let want = logits(&with_q_scaled(&m, want_factor));
         let last = (n - 1) * vocab..n * vocab;
         let d = max_diff(&on[last.clone()], &want[last.clone()]);
         assert!(
@@ -466,8 +477,6 @@ fn logn_scaling_multiplies_a_querys_logits_by_ln_n_over_ln_l() {
 /// scaled by `ln(p + 1) / ln(L)` for the row's last position `p`, written out here.
 #[test]
 fn logn_scaling_follows_each_rows_positions() {
-    use burn::module::Param;
-    use e2llm_model::Kernels;
     let mut cfg = small_config();
     cfg.num_hidden_layers = 1;
     cfg.max_position_embeddings = 16;
@@ -479,15 +488,7 @@ fn logn_scaling_follows_each_rows_positions() {
     let row1: Vec<f32> = (20..32).map(|p| p as f32).collect();
     let (g0, g1) = (5.0, 2.0);
     let factor = |last: f32| ((last as f64 + 1.0).ln() / 16f64.ln()) as f32;
-    let mut devices = vec![
-        (Device::flex(), Kernels::Reference),
-        (Device::flex(), Kernels::Fused),
-    ];
-    match e2llm_model::backend::open("wgpu") {
-        Ok(d) => devices.push((d, Kernels::Fused)),
-        Err(e) => eprintln!("wgpu part skipped: no adapter ({e})"),
-    }
-    for (device, kernels) in devices {
+    for (device, kernels) in attention_paths() {
         let m = weights::init_random(cfg.clone(), 0.3, 7, &device).with_kernels(kernels);
         let on = m.clone().with_logn(true);
         let batch = Positions {
@@ -497,9 +498,7 @@ fn logn_scaling_follows_each_rows_positions() {
         };
         let both = to_vec(on.forward(&ids, &batch, None).expect("batch"));
         for (r, (pos, g)) in [(&row0, g0), (&row1, g1)].into_iter().enumerate() {
-            let mut scaled = m.clone();
-            let w = scaled.layers[0].self_attn.q_proj.weight.val();
-            scaled.layers[0].self_attn.q_proj.weight = Param::from_tensor(w * factor(pos[n - 1]));
+            let scaled = with_q_scaled(&m, factor(pos[n - 1]));
             let row_ids = &ids[r * n..(r + 1) * n];
             let want = to_vec(
                 (scaled.forward(row_ids, &Positions::row(pos.clone(), g), None)).expect("row"),
