@@ -458,6 +458,41 @@ fn experiment_ci_preset_runs_end_to_end() {
         arm_state.contains(base_dir.to_str().expect("utf-8")),
         "{arm_state}"
     );
+    // An arm trained with log-n (`--set-extend logn=true`) is read with it as trained, and its
+    // second row is the one without.
+    let out3 = tmp("experiment-logn");
+    let l3 = e2llm(&[
+        "experiment",
+        "--preset",
+        "ci",
+        "--out",
+        out3.to_str().expect("utf-8 path"),
+        "--arms",
+        "e2llm-g4",
+        "--base",
+        base_dir.to_str().expect("utf-8"),
+        "--set-extend",
+        "logn=true",
+    ]);
+    assert!(l3.status.success(), "stderr: {}", stderr(&l3));
+    let json3: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out3.join("results.json")).expect("results.json written"),
+    )
+    .expect("results.json parses");
+    let names3: Vec<&str> = (json3["results"].as_array().expect("results").iter())
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names3,
+        ["base", "base + log-n", "e2llm-g4", "e2llm-g4 without log-n"]
+    );
+    let inference = |name: &str| row(&json3, name)["inference"].as_str().map(str::to_owned);
+    assert!(inference("e2llm-g4").expect("inference").contains("log-n"));
+    assert!(!(inference("e2llm-g4 without log-n").expect("inference")).contains("log-n"));
+    let arm_cfg = std::fs::read_to_string(out3.join("e2llm-g4/checkpoint/config.json"))
+        .expect("arm config.json");
+    assert!(arm_cfg.contains("use_logn_attn"), "{arm_cfg}");
+    std::fs::remove_dir_all(&out3).ok();
     // A directory that is not a checkpoint is one clear error naming it.
     let bad = e2llm(&[
         "experiment",

@@ -251,6 +251,13 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The method in words with what this run adds to it, as run headers print it
+    /// (`E²-LLM (g ~ U{1..20}, per row, 128 sinks), log-n attention`).
+    pub fn method_label(&self) -> String {
+        let logn = if self.logn { ", log-n attention" } else { "" };
+        format!("{}{logn}", self.method)
+    }
+
     /// Parses TOML text; `file` names the source in errors.
     pub fn from_toml(file: &str, text: &str) -> Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config {

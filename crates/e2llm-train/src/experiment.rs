@@ -64,7 +64,8 @@ pub struct EvalPlan {
     /// length; [`Scoring::LastTokens`]).
     pub ppl_windows: usize,
     /// Also evaluate every model with log-n attention scaling (an extra `… + log-n` row each;
-    /// see [`e2llm_core::logn_scale`]) beside plain PI.
+    /// see [`e2llm_core::logn_scale`]) beside plain PI — or, for a model trained with it
+    /// (`logn = true`), without it (`… without log-n`).
     pub logn: bool,
 }
 
@@ -596,17 +597,19 @@ pub fn run(
     })?;
     // The cores are shared between the arms running at once.
     let eval_threads = (crate::eval::default_threads(&plan.extend.backend) / jobs.max(1)).max(1);
-    // Each model is evaluated as trained (plain PI), then, when the plan asks, with log-n
-    // (the same loaded weights).
+    // Each model is evaluated as trained (plain PI; with log-n for a model trained with it),
+    // then, when the plan asks, the other way (the same loaded weights).
     let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {
         let device = backend::device(backend)?;
         let (model, tok) = hf::load_with_tokenizer(ckpt, &device)?;
         let final_loss = final_loss(ckpt)?;
         let mut out = Vec::new();
-        for logn in std::iter::once(false).chain(plan.eval.logn.then_some(true)) {
-            let label = match logn {
-                true => format!("{name} + log-n"),
-                false => name.to_string(),
+        let trained = model.logn();
+        for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
+            let label = match (logn, trained) {
+                (true, false) => format!("{name} + log-n"),
+                (false, true) => format!("{name} without log-n"),
+                _ => name.to_string(),
             };
             let (cells, ppl) = evaluate(
                 &label,

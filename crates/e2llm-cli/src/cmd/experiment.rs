@@ -219,7 +219,8 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
     let table = rep.markdown();
     let logn = if rep.plan.eval.logn {
         " Rows `… + log-n` read the same checkpoint with log-n attention scaling (each query's \
-         logits × ln(n)/ln(L) past L; an inference option, not part of E²-LLM)."
+         logits × ln(n)/ln(L) past L; an inference option, not part of E²-LLM); a model trained \
+         with it (`logn = true`) is read with it, and its `… without log-n` row without."
     } else {
         ""
     };
@@ -316,7 +317,10 @@ fn dry_run(plan: &Plan, out: &Path) -> Result<()> {
             ok &= good;
             println!(
                 "  {:<18} {}, {} steps at L = {}: {s}",
-                "base", plan.base.method, plan.base.steps, plan.base.orig_len
+                "base",
+                plan.base.method_label(),
+                plan.base.steps,
+                plan.base.orig_len
             );
             dir.join("checkpoint")
         }
@@ -327,7 +331,9 @@ fn dry_run(plan: &Plan, out: &Path) -> Result<()> {
         ok &= good;
         println!(
             "  {:<18} {}, {} steps: {s}",
-            arm.name, arm.method, cfg.steps
+            arm.name,
+            cfg.method_label(),
+            cfg.steps
         );
     }
     let e = &plan.eval;
@@ -384,7 +390,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
          Output: {}",
         plan.arms
             .iter()
-            .map(|a| a.method.to_string())
+            .map(|a| plan.arm_config(a, Path::new("")).method_label())
             .collect::<Vec<_>>()
             .join(", "),
         plan.extend.steps,

@@ -50,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("writing {}", a.run_dir.join("config.toml").display()))?;
     eprintln!(
         "train: {}, L = {}, R = {}, {} × {} tokens per step, from {}, to step {} → {}",
-        cfg.method,
+        cfg.method_label(),
         cfg.orig_len,
         cfg.train_len,
         cfg.batch_size * cfg.grad_accum,
