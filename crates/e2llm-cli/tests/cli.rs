@@ -642,6 +642,9 @@ fn a_model_trained_with_logn_is_read_with_it() {
         (v, stdout(&o))
     };
     let ppl = |v: &serde_json::Value| v["points"][0]["ppl"].as_f64().expect("ppl");
+    let info = |m: &Path| stdout(&e2llm(&["info", "--model", m.to_str().expect("utf-8")]));
+    assert!(info(&logn_model).contains("log-n attention"));
+    assert!(!info(&case("tokenizer_demo")).contains("log-n"));
     let (trained, header) = run(&logn_model, &[]);
     let (flag, _) = run(&case("tokenizer_demo"), &["--logn"]);
     let (plain, plain_header) = run(&case("tokenizer_demo"), &[]);

@@ -61,6 +61,9 @@ pub fn run(a: Args) -> Result<()> {
         ),
         None => println!("rope scaling     {}", cfg.rope.scaling.rope_type()),
     }
+    if cfg.logn_attn {
+        println!("log-n attention  trained with it (use_logn_attn): e2llm reads it with log-n");
+    }
     println!("tied embeddings  {}", cfg.tie_word_embeddings);
     let files: Vec<String> = [
         checkpoint::WEIGHTS_FILE,
