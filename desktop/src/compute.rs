@@ -191,8 +191,7 @@ pub fn passkey(
     let per = eval.lengths.len() * eval.depths.len() * eval.trials;
     for (k, c) in ckpts.iter().enumerate() {
         let (model, tok) = load(Path::new(c), backend_name)?;
-        let on = s.logn || model.logn();
-        let model = model.with_logn(on);
+        let model = model.with_logn_requested(s.logn);
         let cells = passkey_grid(&model, &tok, &eval, |d, _| {
             p.report(k * per + d, ckpts.len() * per)
         })
@@ -219,8 +218,7 @@ pub fn ppl(
     let mut out = EvalResult::default();
     for (k, c) in ckpts.iter().enumerate() {
         let (model, tok) = load(Path::new(c), backend_name)?;
-        let on = s.logn || model.logn();
-        let model = model.with_logn(on);
+        let model = model.with_logn_requested(s.logn);
         let tokens = tok
             .encode(text_for_windows(&heldout, &lengths, max_windows), false)
             .map_err(|e| e.to_string())?;

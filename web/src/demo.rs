@@ -258,6 +258,8 @@ impl Demo {
                 budget >> 20
             )));
         }
+        // A model trained with log-n reads with it whatever the page's checkbox says.
+        let logn = req.logn || self.model.logn();
         let key_tokens = [
             self.tok.count(&prompt.text[..prompt.key_line.start]),
             self.tok.count(&prompt.text[..prompt.key_line.end]),
@@ -272,7 +274,7 @@ impl Demo {
                 ids: ids.clone(),
                 key: prompt.key,
                 g,
-                logn: req.logn || self.model.logn(),
+                logn,
                 key_tokens,
                 chunk,
                 estimate_bytes: estimate,
@@ -280,7 +282,7 @@ impl Demo {
             ids,
             prompt,
             g,
-            logn: req.logn || self.model.logn(),
+            logn,
             chunk,
             max_new_tokens: req.max_new_tokens,
         })

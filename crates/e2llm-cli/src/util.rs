@@ -134,10 +134,9 @@ impl Compute {
                 dir.display()
             );
         }
-        let logn = self.logn || model.logn();
         model
             .with_kernels(self.kernels)
-            .with_logn(logn)
+            .with_logn_requested(self.logn)
             .with_kv_cache(self.kv_cache)
             .with_context(|| format!("--kv-cache {} on backend `{}`", self.kv_cache, self.backend))
     }

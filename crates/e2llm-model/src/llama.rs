@@ -354,6 +354,13 @@ impl Llama {
         self
     }
 
+    /// This model with log-n attention scaling on when `asked` (`--logn`, a checkbox); a model
+    /// trained with it (its config's `use_logn_attn`) keeps it either way.
+    pub fn with_logn_requested(self, asked: bool) -> Self {
+        let on = asked || self.logn();
+        self.with_logn(on)
+    }
+
     /// Whether log-n attention scaling is on (see [`Self::with_logn`]).
     pub fn logn(&self) -> bool {
         self.config.logn_attn
