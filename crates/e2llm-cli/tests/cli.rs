@@ -241,7 +241,7 @@ fn is_png(path: &Path) -> bool {
 fn experiment_ci_preset_runs_end_to_end() {
     let out = tmp("experiment");
     let out_s = out.to_str().expect("utf-8 path");
-    let o = e2llm(&[
+    let args = [
         "experiment",
         "--preset",
         "ci",
@@ -249,8 +249,28 @@ fn experiment_ci_preset_runs_end_to_end() {
         out_s,
         "--jobs",
         "2",
-    ]);
+    ];
+    // `--train-only` trains every stage and evaluates nothing; the run after it reuses them.
+    let t = e2llm(&[&args[..], &["--train-only"]].concat());
+    assert!(t.status.success(), "stderr: {}", stderr(&t));
+    let trained = out.join("e2llm-no-g/checkpoint/trainer_state.json");
+    assert!(trained.exists(), "--train-only left no finished arm");
+    assert!(
+        !out.join("results.json").exists(),
+        "--train-only wrote results"
+    );
+    let trained_at = std::fs::metadata(&trained)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let o = e2llm(&args);
     assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(&trained)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        trained_at,
+        "the run after --train-only trained again"
+    );
     let json: serde_json::Value = serde_json::from_slice(
         &std::fs::read(out.join("results.json")).expect("results.json written"),
     )

@@ -71,6 +71,11 @@ pub struct Common {
     /// config (an error) — then stop without training or evaluating.
     #[arg(long)]
     dry_run: bool,
+    /// Train every stage (resuming or reusing what the output holds), then stop without
+    /// evaluating: e.g. train the arms on a machine with many cores, copy the output back and
+    /// run the same command without this flag to evaluate them.
+    #[arg(long, conflicts_with = "dry_run")]
+    train_only: bool,
 }
 
 fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
@@ -359,16 +364,22 @@ fn dry_run(plan: &Plan, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str) -> Result<Report> {
+fn execute(plan: &Plan, out: &Path, jobs: usize, title: &str, train_only: bool) -> Result<()> {
     let corpus = Corpus::embedded()?;
     let bars = Bars {
         multi: MultiProgress::new(),
         bars: Mutex::new(HashMap::new()),
         plain: !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let rep = experiment::run(plan, out, &corpus, jobs, &bars)?;
-    report(&rep, out, title)?;
-    Ok(rep)
+    let rep = experiment::run(plan, out, &corpus, jobs, !train_only, &bars)?;
+    if train_only {
+        println!(
+            "trained every stage in {}; the same command without --train-only evaluates them",
+            out.display()
+        );
+        return Ok(());
+    }
+    report(&rep, out, title)
 }
 
 /// `e2llm quickstart`.
@@ -405,8 +416,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     if a.common.dry_run {
         return dry_run(&plan, &a.out);
     }
-    execute(&plan, &a.out, 1, "E²-LLM quickstart")?;
-    Ok(())
+    execute(&plan, &a.out, 1, "E²-LLM quickstart", a.common.train_only)
 }
 
 /// `e2llm experiment`.
@@ -438,6 +448,5 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
     if a.common.dry_run {
         return dry_run(&plan, &out);
     }
-    execute(&plan, &out, a.jobs, &title)?;
-    Ok(())
+    execute(&plan, &out, a.jobs, &title, a.common.train_only)
 }
