@@ -250,6 +250,11 @@ fn experiment_ci_preset_runs_end_to_end() {
         "--jobs",
         "2",
     ];
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
     // `--train-only` trains every stage and evaluates nothing; the run after it reuses them.
     let t = e2llm(&[&args[..], &["--train-only"]].concat());
     assert!(t.status.success(), "stderr: {}", stderr(&t));
@@ -259,15 +264,11 @@ fn experiment_ci_preset_runs_end_to_end() {
         !out.join("results.json").exists(),
         "--train-only wrote results"
     );
-    let trained_at = std::fs::metadata(&trained)
-        .and_then(|m| m.modified())
-        .expect("mtime");
+    let trained_at = mtime(&trained);
     let o = e2llm(&args);
     assert!(o.status.success(), "stderr: {}", stderr(&o));
     assert_eq!(
-        std::fs::metadata(&trained)
-            .and_then(|m| m.modified())
-            .expect("mtime"),
+        mtime(&trained),
         trained_at,
         "the run after --train-only trained again"
     );
@@ -370,11 +371,6 @@ fn experiment_ci_preset_runs_end_to_end() {
     // A second run reuses all of it (the stages finished, nothing is rewritten) and writes
     // the same table.
     let state = out.join("e2llm-g4/checkpoint/trainer_state.json");
-    let mtime = |p: &Path| {
-        std::fs::metadata(p)
-            .and_then(|m| m.modified())
-            .expect("mtime")
-    };
     let before = mtime(&state);
     let again = e2llm(&["experiment", "--preset", "ci", "--out", out_s]);
     assert!(again.status.success(), "stderr: {}", stderr(&again));
