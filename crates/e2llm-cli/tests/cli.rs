@@ -290,6 +290,7 @@ fn experiment_ci_preset_runs_end_to_end() {
         "e2llm-g4-4sinks",
         "e2llm-no-t",
         "e2llm-no-g",
+        "e2llm-no-g4",
     ]
     .iter()
     .flat_map(|n| [n.to_string(), format!("{n} + log-n")])
@@ -359,7 +360,9 @@ fn experiment_ci_preset_runs_end_to_end() {
     let g = g_of("e2llm-g4");
     assert!(g[1] > g[0] && g[0] >= 4.0, "{g:?}");
     assert_eq!(g_of("e2llm-g4 + log-n"), g, "log-n reads at the same g");
-    assert_eq!(g_of("e2llm-no-g"), vec![4.0, 4.0]);
+    // The paper's no-g (g fixed 2) is read as E²-LLM is; the target-scale one at its g.
+    assert_eq!(g_of("e2llm-no-g"), g);
+    assert_eq!(g_of("e2llm-no-g4"), vec![4.0, 4.0]);
     assert_eq!(g_of("none"), vec![1.0, 1.0]);
     assert!(is_png(&out.join("passkey_vs_length.png")));
     assert!(is_png(&out.join("ppl_vs_length.png")));
@@ -388,7 +391,13 @@ fn experiment_ci_preset_runs_end_to_end() {
     let dry = e2llm(&["experiment", "--preset", "ci", "--out", out_s, "--dry-run"]);
     assert!(dry.status.success(), "stderr: {}", stderr(&dry));
     let listing = String::from_utf8_lossy(&dry.stdout);
-    for n in ["base", "none", "e2llm-g4-4sinks", "e2llm-no-g"] {
+    for n in [
+        "base",
+        "none",
+        "e2llm-g4-4sinks",
+        "e2llm-no-g",
+        "e2llm-no-g4",
+    ] {
         assert!(
             listing
                 .lines()
