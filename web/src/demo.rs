@@ -107,6 +107,9 @@ pub struct ModelInfo {
     pub weight_bytes: u64,
     /// The attention path: `fused` (attention.wgsl on WebGPU) or `reference` (plain burn ops).
     pub attention: String,
+    /// The model was trained with log-n attention scaling (`use_logn_attn` in its config.json)
+    /// and is always read with it: the page shows its log-n box checked and fixed.
+    pub logn_trained: bool,
 }
 
 /// A prepared trial, as reported to the page.
@@ -203,6 +206,7 @@ impl Demo {
                 "reference"
             }
             .into(),
+            logn_trained: self.model.logn(),
         }
     }
 

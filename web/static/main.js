@@ -232,6 +232,21 @@ function applyLoaded(m, source) {
     `This device holds contexts up to about ${i.max_length.toLocaleString()} tokens with this ` +
     `model (estimate); longer requests are refused with a message.`;
   $("length").max = String(Math.min(MAX_LENGTH, i.max_length));
+  // A model trained with log-n (use_logn_attn) is always read with it: say so on the box.
+  const logn = $("logn");
+  if (i.logn_trained) {
+    state.lognAsked = state.lognAsked ?? logn.checked;
+    logn.checked = true;
+  } else if (logn.disabled) {
+    logn.checked = state.lognAsked ?? false;
+    state.lognAsked = undefined;
+  }
+  logn.disabled = i.logn_trained;
+  state.lognTitle = state.lognTitle ?? logn.parentElement.title;
+  logn.parentElement.title = i.logn_trained
+    ? "This model was trained with log-n attention scaling (use_logn_attn in its config.json) " +
+      "and is always read with it."
+    : state.lognTitle;
   fillSelect($("layer"), i.layers, i.layers - 1);
   fillSelect($("head"), i.heads, 0);
   setStatus("ready");

@@ -15,7 +15,9 @@
 5. The sweep mode fills its length x depth heatmap (CPU run).
 6. Bad model files dropped on the page (truncated safetensors; a config whose shapes disagree
    with the weights; a config that is not JSON) each show a readable error naming the file,
-   the worker stays alive (the previous model is kept and answers another prompt).
+   the worker stays alive (the previous model is kept and answers another prompt). A copy of
+   the model whose config says `use_logn_attn` (a model trained with log-n) ticks and fixes the
+   log-n box and is read with it; the plain model after it frees the box again.
 7. Any SEVERE browser console message fails the test. Screenshots go to --out.
 """
 
@@ -153,7 +155,8 @@ def set_value(driver, elem_id, value):
 
 
 def run_trial(driver, length, depth, max_new, timeout, logn=False):
-    driver.execute_script("document.getElementById('logn').checked = arguments[0];", logn)
+    if logn is not None:  # None: leave the box as the page set it
+        driver.execute_script("document.getElementById('logn').checked = arguments[0];", logn)
     set_value(driver, "length", length)
     set_value(driver, "depth", depth)
     set_value(driver, "key", KEY)
@@ -302,6 +305,37 @@ def bad_model_cases(driver, model, work, out):
               f"bad model ({name}): the previous model is kept")
 
 
+def logn_model_case(driver, model, work, length):
+    """A model trained with log-n (`use_logn_attn` in config.json) is always read with it: the
+    page ticks its log-n box and fixes it, the trial reads with log-n, and the next model without
+    the key gets the box back as it was."""
+    d = os.path.join(work, "logn-trained")
+    os.makedirs(d)
+    with open(os.path.join(model, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(dict(cfg, use_logn_attn=True), f)
+    for f in ("model.safetensors", "tokenizer.json"):
+        shutil.copy(os.path.join(model, f), d)
+    box = "const b = document.getElementById('logn'); return [b.checked, b.disabled];"
+
+    def load(src, trained):
+        driver.execute_script("window.e2llm.info = null; window.e2llm.errors.length = 0;")
+        drop_files(driver, [os.path.join(src, f) for f in ("config.json", "model.safetensors", "tokenizer.json")])
+        wait(driver, "return window.e2llm.status === 'ready' && !!window.e2llm.info && "
+             f"window.e2llm.info.logn_trained === {'true' if trained else 'false'};", 120,
+             f"the {'log-n-trained' if trained else 'plain'} model to load")
+
+    load(d, True)
+    check(driver.execute_script(box) == [True, True],
+          "log-n-trained model: the log-n box is ticked and fixed")
+    r = run_trial(driver, length, 0.5, 2, 600, logn=None)
+    check(r["prompt"].get("logn") is True, "log-n-trained model: the trial read with log-n scaling")
+    load(model, False)
+    check(driver.execute_script(box) == [False, False],
+          "back to the plain model: the log-n box is unticked and free again")
+
+
 def session(cli, url, model, work, out, webgpu, length, tag, extra):
     profile = tempfile.mkdtemp(prefix=f"chromium-{tag}-", dir=work)
     driver = browser(webgpu, profile)
@@ -389,7 +423,8 @@ def main():
               f"webgpu-gpu-build: the page ran the GPU build ({gpu2['backend']})")
         check(gpu2["answer"]["ids"] == gpu["answer"]["ids"], "WebGPU CPU-rasteriser and GPU builds: same answer")
         cpu = session(a.cli, url, model, work, a.out, False, a.length, "cpu",
-                      lambda d: bad_model_cases(d, model, work, a.out))
+                      lambda d: (bad_model_cases(d, model, work, a.out),
+                                 logn_model_case(d, model, work, a.length)))
         check(gpu["prompt"]["ids"] == cpu["prompt"]["ids"] and gpu["answer"]["ids"] == cpu["answer"]["ids"],
               "WebGPU and CPU runs: same prompt ids and same answer")
         diff = max(abs(x - y) for s, t in zip(gpu["answer"]["top"], cpu["answer"]["top"]) for (_, x), (_, y) in zip(s, t))
