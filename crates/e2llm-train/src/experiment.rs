@@ -29,9 +29,6 @@ pub struct Arm {
     /// R / 2, the quickstart's split), and [`Plan::follow_window`] keeps it there when R
     /// changes; false for the published 4 sinks and for every other method.
     pub mid_window: bool,
-    /// Read at the method's one fixed `g` at every length (the no-g variant trained at the
-    /// target scale, as a PI model reads at its config's) instead of [`inference_scale`]'s rule.
-    pub read_at_own_g: bool,
 }
 
 impl Arm {
@@ -46,22 +43,9 @@ impl Arm {
                 sinks: window / 2,
             },
             mid_window: true,
-            read_at_own_g: false,
-        }
-    }
-
-    /// How this arm's model is read at each length: [`inference_scale`] of its method, or its
-    /// one `g` ([`Arm::read_at_own_g`]).
-    pub fn scale(&self) -> ScaleMode {
-        match (self.read_at_own_g, self.method) {
-            (true, Method::E2llmNoG { g, .. }) => ScaleMode::Fixed(g as f32),
-            _ => inference_scale(self.method),
         }
     }
 }
-
-/// The paper's "without g-augmentation" ablation fixes `g` at 2 (METHOD.md: "g fixed 2").
-pub const PAPER_NO_G: u32 = 2;
 
 /// What to evaluate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -124,17 +108,19 @@ impl std::str::FromStr for Preset {
     }
 }
 
+/// The paper's "without g-augmentation" ablation fixes `g` at 2 (METHOD.md: "g fixed 2").
+pub const PAPER_NO_G: u32 = 2;
+
 /// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max` keeping the
 /// first half of the `window` (R) at its positions, the published recipe (4 sinks) at the
 /// largest `g_max`, no-t at the largest `g_max`, and no-g with the half window twice: the
-/// paper's (`e2llm-no-g`, g fixed at [`PAPER_NO_G`], read as E²-LLM is) and one trained at
-/// the `target` scale and read at it (`e2llm-no-g{target}`, a stronger fixed-scale arm).
+/// paper's (`e2llm-no-g`, g fixed at [`PAPER_NO_G`]) and one at the `target` scale
+/// (`e2llm-no-g{target}`, a far stronger fixed-scale arm).
 pub fn ablation_arms(target: u32, g_maxes: &[u32], window: usize) -> Vec<Arm> {
     let arm = |name: &str, method, mid_window| Arm {
         name: name.into(),
         method,
         mid_window,
-        read_at_own_g: false,
     };
     let sinks = window / 2;
     let g_top = g_maxes.iter().copied().max().unwrap_or(target);
@@ -171,14 +157,11 @@ pub fn ablation_arms(target: u32, g_maxes: &[u32], window: usize) -> Vec<Arm> {
         },
         true,
     ));
-    arms.push(Arm {
-        read_at_own_g: true,
-        ..arm(
-            &format!("e2llm-no-g{target}"),
-            Method::E2llmNoG { g: target, sinks },
-            true,
-        )
-    });
+    arms.push(arm(
+        &format!("e2llm-no-g{target}"),
+        Method::E2llmNoG { g: target, sinks },
+        true,
+    ));
     arms
 }
 
@@ -350,13 +333,14 @@ impl Plan {
     }
 }
 
-/// How a model trained with `method` is read at length `ℓ`: E²-LLM and its two ablations pick
-/// `g` per length (METHOD.md's plain PI at inference, with the safe rule `(prompt + answer) /
-/// g ≤ L`); PI and YaRN carry their scaling in `config.json`; `none` and PoSE read plain
-/// positions. (An arm may read a no-g model at its one `g` instead: [`Arm::scale`].)
+/// How a model trained with `method` is read at length `ℓ`: E²-LLM picks `g` per length
+/// (METHOD.md's safe rule, `(prompt + answer) / g ≤ L`); the no-g ablation keeps its one `g`
+/// (read with the safe `g` per length, the paper's no-g at g = 2 finds no key even at L: it has
+/// forgotten g = 1; RESULTS.md, session 22); PI and YaRN carry their scaling in `config.json`; `none` and PoSE read plain positions.
 pub fn inference_scale(method: Method) -> ScaleMode {
     match method {
-        Method::E2llm { .. } | Method::E2llmNoT { .. } | Method::E2llmNoG { .. } => ScaleMode::Safe,
+        Method::E2llm { .. } | Method::E2llmNoT { .. } => ScaleMode::Safe,
+        Method::E2llmNoG { g, .. } => ScaleMode::Fixed(g as f32),
         Method::None | Method::Pi { .. } | Method::Pose { .. } | Method::Yarn { .. } => {
             ScaleMode::Fixed(1.0)
         }
@@ -552,12 +536,12 @@ pub fn train_stage(
     Ok((ckpt, mean))
 }
 
-/// Evaluates `model`, read with `scale` (passkey grid, `threads` prompts at once, and
+/// Evaluates `model`, trained with `method` (passkey grid, `threads` prompts at once, and
 /// perplexity), reporting progress under `name`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     name: &str,
-    scale: ScaleMode,
+    method: Method,
     model: &Llama,
     tok: &Tokenizer,
     plan: &EvalPlan,
@@ -566,6 +550,7 @@ pub fn evaluate(
     obs: &dyn Observer,
 ) -> Result<(Vec<Cell>, Vec<PplPoint>)> {
     let l = model.config.max_position_embeddings;
+    let scale = inference_scale(method);
     let eval = PasskeyEval {
         lengths: plan.passkey_multiples.iter().map(|k| k * l).collect(),
         depths: plan.depths.clone(),
@@ -639,50 +624,49 @@ pub fn run(
     let eval_threads = (crate::eval::default_threads(&plan.extend.backend) / jobs.max(1)).max(1);
     // Each model is evaluated as trained (plain PI; with log-n for a model trained with it),
     // then, when the plan asks, the other way (the same loaded weights).
-    let rows =
-        |name: &str, method: Method, scale: ScaleMode, ckpt: &Path, backend: &str, tps: f64| {
-            if !evaluate_models {
-                return Ok(Vec::new());
+    let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {
+        if !evaluate_models {
+            return Ok(Vec::new());
+        }
+        let device = backend::device(backend)?;
+        let (model, tok) = hf::load_with_tokenizer(ckpt, &device)?;
+        let final_loss = final_loss(ckpt)?;
+        let mut out = Vec::new();
+        let trained = model.logn();
+        for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
+            let label = match (logn, trained) {
+                (true, false) => format!("{name} + log-n"),
+                (false, true) => format!("{name} without log-n"),
+                _ => name.to_string(),
+            };
+            let (cells, ppl) = evaluate(
+                &label,
+                method,
+                &model.clone().with_logn(logn),
+                &tok,
+                &plan.eval,
+                &corpus.heldout,
+                eval_threads,
+                obs,
+            )?;
+            obs.done(&label);
+            let mut inference = scale_label(inference_scale(method));
+            if logn {
+                inference += ", log-n";
             }
-            let device = backend::device(backend)?;
-            let (model, tok) = hf::load_with_tokenizer(ckpt, &device)?;
-            let final_loss = final_loss(ckpt)?;
-            let mut out = Vec::new();
-            let trained = model.logn();
-            for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
-                let label = match (logn, trained) {
-                    (true, false) => format!("{name} + log-n"),
-                    (false, true) => format!("{name} without log-n"),
-                    _ => name.to_string(),
-                };
-                let (cells, ppl) = evaluate(
-                    &label,
-                    scale,
-                    &model.clone().with_logn(logn),
-                    &tok,
-                    &plan.eval,
-                    &corpus.heldout,
-                    eval_threads,
-                    obs,
-                )?;
-                obs.done(&label);
-                let mut inference = scale_label(scale);
-                if logn {
-                    inference += ", log-n";
-                }
-                out.push(ArmResult {
-                    name: label,
-                    method,
-                    inference,
-                    final_loss,
-                    checkpoint: ckpt.to_path_buf(),
-                    tokens_per_s: tps,
-                    passkey: cells,
-                    ppl,
-                });
-            }
-            Ok::<_, TrainError>(out)
-        };
+            out.push(ArmResult {
+                name: label,
+                method,
+                inference,
+                final_loss,
+                checkpoint: ckpt.to_path_buf(),
+                tokens_per_s: tps,
+                passkey: cells,
+                ppl,
+            });
+        }
+        Ok::<_, TrainError>(out)
+    };
     let (base_ckpt, base_tps) = match &plan.base_dir {
         Some(dir) => (dir.clone(), 0.0),
         None => train_stage("base", &plan.base, &out.join("base"), corpus, obs)?,
@@ -690,7 +674,6 @@ pub fn run(
     let base = rows(
         "base",
         Method::None,
-        inference_scale(Method::None),
         &base_ckpt,
         &plan.base.backend,
         base_tps,
@@ -700,7 +683,7 @@ pub fn run(
         let arm = &plan.arms[i];
         let cfg = plan.arm_config(arm, &base_ckpt);
         let (ckpt, tps) = train_stage(&arm.name, &cfg, &out.join(&arm.name), corpus, obs)?;
-        rows(&arm.name, arm.method, arm.scale(), &ckpt, &cfg.backend, tps)
+        rows(&arm.name, arm.method, &ckpt, &cfg.backend, tps)
     };
     // A failed arm stops new ones from starting; the ones running finish.
     crate::pool::for_each_index(plan.arms.len(), jobs, one, |i, r| results[i] = Some(r));
@@ -767,28 +750,20 @@ mod tests {
     fn the_no_g_arms_are_the_papers_and_one_at_the_target_scale() {
         let arms = ablation_arms(32, &[5, 10, 20], 256);
         let by = |n: &str| arms.iter().find(|a| a.name == n).expect(n).clone();
-        // The paper's ablation: g fixed at 2, read with PI's g per length as E²-LLM is.
-        let paper = by("e2llm-no-g");
-        assert!(matches!(
-            paper.method,
-            Method::E2llmNoG { g: 2, sinks: 128 }
-        ));
-        assert_eq!(paper.scale(), ScaleMode::Safe);
-        assert_eq!(paper.scale(), by("e2llm-g20").scale());
-        // The target-scale variant reads at its one g at every length.
-        let fixed = by("e2llm-no-g32");
-        assert!(matches!(
-            fixed.method,
-            Method::E2llmNoG { g: 32, sinks: 128 }
-        ));
-        assert_eq!(fixed.scale(), ScaleMode::Fixed(32.0));
-        // Its g follows a changed method (the CLI's `--set-extend method.g=…` on one arm).
-        let moved = Arm {
-            method: Method::E2llmNoG { g: 16, sinks: 128 },
-            ..fixed
-        };
-        assert_eq!(moved.scale(), ScaleMode::Fixed(16.0));
-        assert_eq!(by("pi").scale(), ScaleMode::Fixed(1.0));
+        // The paper's ablation (g fixed at 2) and the target-scale one, each read at its g.
+        for (name, g) in [("e2llm-no-g", 2), ("e2llm-no-g32", 32)] {
+            let arm = by(name);
+            assert_eq!(arm.method, Method::E2llmNoG { g, sinks: 128 }, "{name}");
+            assert!(arm.mid_window, "{name}");
+            assert_eq!(
+                inference_scale(arm.method),
+                ScaleMode::Fixed(g as f32),
+                "{name}"
+            );
+        }
+        assert_eq!(inference_scale(by("e2llm-g20").method), ScaleMode::Safe);
+        assert_eq!(inference_scale(by("e2llm-no-t").method), ScaleMode::Safe);
+        assert_eq!(inference_scale(by("pi").method), ScaleMode::Fixed(1.0));
     }
 
     #[test]
