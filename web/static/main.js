@@ -219,6 +219,9 @@ async function onFiles(list) {
   await loadModel({ config, weights, tokenizer }, "dropped files");
 }
 
+// The log-n box's own explanation, shown again when a plain model follows a log-n-trained one.
+const LOGN_TITLE = $("logn").parentElement.title;
+
 function applyLoaded(m, source) {
   const i = m.info;
   state.info = i;
@@ -242,11 +245,10 @@ function applyLoaded(m, source) {
     state.lognAsked = undefined;
   }
   logn.disabled = i.logn_trained;
-  state.lognTitle = state.lognTitle ?? logn.parentElement.title;
   logn.parentElement.title = i.logn_trained
     ? "This model was trained with log-n attention scaling (use_logn_attn in its config.json) " +
       "and is always read with it."
-    : state.lognTitle;
+    : LOGN_TITLE;
   fillSelect($("layer"), i.layers, i.layers - 1);
   fillSelect($("head"), i.heads, 0);
   setStatus("ready");

@@ -38,6 +38,7 @@ from selenium.webdriver.common.by import By
 
 TOL = 1e-3
 KEY = 27182
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # an HF model directory
 FAILURES = []
 
 
@@ -97,7 +98,7 @@ def make_model(cli, work):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     model = os.path.join(work, "model")
     os.makedirs(model)
-    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+    for f in MODEL_FILES:
         shutil.copy(os.path.join(run, "checkpoint", f), model)
     return model
 
@@ -258,7 +259,7 @@ def drop_files(driver, paths):
 
 
 def bad_model_cases(driver, model, work, out):
-    good = {f: os.path.join(model, f) for f in ("config.json", "model.safetensors", "tokenizer.json")}
+    good = {f: os.path.join(model, f) for f in MODEL_FILES}
     with open(good["config.json"]) as f:
         cfg = json.load(f)
     cases = []
@@ -292,7 +293,7 @@ def bad_model_cases(driver, model, work, out):
 
     for name, d, needles in cases:
         driver.execute_script("window.e2llm.errors.length = 0;")
-        drop_files(driver, [os.path.join(d, f) for f in ("config.json", "model.safetensors", "tokenizer.json")])
+        drop_files(driver, [os.path.join(d, f) for f in MODEL_FILES])
         wait(driver, "return window.e2llm.errors.length > 0 && window.e2llm.status === 'ready';", 120,
              f"the error for a {name}")
         shown = driver.find_element(By.ID, "error").text
@@ -321,7 +322,7 @@ def logn_model_case(driver, model, work, length):
 
     def load(src, trained):
         driver.execute_script("window.e2llm.info = null; window.e2llm.errors.length = 0;")
-        drop_files(driver, [os.path.join(src, f) for f in ("config.json", "model.safetensors", "tokenizer.json")])
+        drop_files(driver, [os.path.join(src, f) for f in MODEL_FILES])
         wait(driver, "return window.e2llm.status === 'ready' && !!window.e2llm.info && "
              f"window.e2llm.info.logn_trained === {'true' if trained else 'false'};", 120,
              f"the {'log-n-trained' if trained else 'plain'} model to load")
