@@ -336,7 +336,8 @@ impl Plan {
 /// How a model trained with `method` is read at length `ℓ`: E²-LLM picks `g` per length
 /// (METHOD.md's safe rule, `(prompt + answer) / g ≤ L`); the no-g ablation keeps its one `g`
 /// (read with the safe `g` per length, the paper's no-g at g = 2 finds no key even at L: it has
-/// forgotten g = 1; RESULTS.md, session 22); PI and YaRN carry their scaling in `config.json`; `none` and PoSE read plain positions.
+/// forgotten g = 1; RESULTS.md, session 22); PI and YaRN carry their scaling in `config.json`;
+/// `none` and PoSE read plain positions.
 pub fn inference_scale(method: Method) -> ScaleMode {
     match method {
         Method::E2llm { .. } | Method::E2llmNoT { .. } => ScaleMode::Safe,
