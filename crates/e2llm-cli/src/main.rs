@@ -33,6 +33,8 @@ enum Command {
     Train(cmd::train::Args),
     /// The main job: pretrain a tiny Llama, extend it with E²-LLM, find passkeys at 1×..32× L.
     Quickstart(cmd::experiment::QuickstartArgs),
+    /// Average the weights of checkpoints of one architecture (e.g. one run's kept steps).
+    Average(cmd::average::Args),
     /// Benchmarks (training throughput per backend), as a table and JSON.
     Bench(cmd::bench::Args),
     /// The paper's ablation at small scale: one base, every method, one results table.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Passkey(a) => cmd::passkey::run(a),
         Command::Ppl(a) => cmd::ppl::run(a),
+        Command::Average(a) => cmd::average::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Quickstart(a) => cmd::experiment::quickstart(a),
         Command::Experiment(a) => cmd::experiment::experiment(a),

@@ -57,6 +57,7 @@ fn help_is_available_everywhere() {
         &["ppl"],
         &["quickstart"],
         &["experiment"],
+        &["average"],
         &["bench", "train"],
         &["bench", "kernels"],
     ] {
@@ -229,6 +230,88 @@ fn bad_input_gives_one_clear_error() {
         "hi",
     ]);
     assert_clear_error(&o, "tokenizer.json");
+}
+
+#[test]
+fn average_of_copies_is_the_model_and_mismatches_are_clear_errors() {
+    // The mean of two copies of a transformers checkpoint is that checkpoint: its logits still
+    // match the golden file transformers wrote.
+    let src = case("linear_positions");
+    let root = tmp("average");
+    let (a, b, out) = (root.join("a"), root.join("b"), root.join("mean"));
+    copy_dir(&src, &a);
+    copy_dir(&src, &b);
+    let models = format!("{},{}", a.display(), b.display());
+    let o = e2llm(&[
+        "average",
+        "--models",
+        &models,
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("mean of 2 checkpoints"),
+        "{}",
+        stdout(&o)
+    );
+    copy_dir_files(&src, &out, &["golden.safetensors"]);
+    let g = read_golden(&out.join("golden.safetensors"));
+    let join = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{}", *x as i64))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let logits = root.join("logits.safetensors");
+    let o = e2llm(&[
+        "logits",
+        "--model",
+        out.to_str().expect("utf8"),
+        "--ids",
+        &join(&g["input_ids"].values),
+        "--positions",
+        &join(&g["position_ids"].values),
+        "--out",
+        logits.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<f32> = read_golden(&logits)["logits"]
+        .values
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let err = max_abs_diff(&got, &g["logits"].values);
+    assert!(
+        err <= 1e-4,
+        "the average's logits differ from transformers by {err}"
+    );
+
+    // One model, and two of different shapes, are one clear error each.
+    let o = e2llm(&[
+        "average",
+        "--models",
+        a.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_clear_error(&o, "at least two");
+    let other = case("gqa_tied_headdim");
+    let mixed = format!("{},{}", a.display(), other.display());
+    let o = e2llm(&[
+        "average",
+        "--models",
+        &mixed,
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_clear_error(&o, "gqa_tied_headdim");
+}
+
+fn copy_dir_files(from: &Path, to: &Path, names: &[&str]) {
+    for n in names {
+        std::fs::copy(from.join(n), to.join(n)).expect("copy");
+    }
 }
 
 fn is_png(path: &Path) -> bool {

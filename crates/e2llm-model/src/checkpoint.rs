@@ -94,6 +94,13 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Llama> {
 /// (rounded once at load; checkpoints in f16 or bf16 lose nothing or little), the forward widens
 /// each weight where it is used and computes in f32.
 pub fn load_dir_as(dir: &Path, device: &Device, precision: Precision) -> Result<Llama> {
+    let (config, host, source) = load_host(dir)?;
+    weights::from_host_as(config, host, &source, device, precision)
+}
+
+/// Reads `dir`'s config and weights into host memory (f32), without building a model: the
+/// config, the weights by HF name, and the file names read (for messages).
+pub fn load_host(dir: &Path) -> Result<(LlamaConfig, HostWeights, String)> {
     let config = load_config(dir)?;
     let single = dir.join(WEIGHTS_FILE);
     let index = dir.join(INDEX_FILE);
@@ -123,7 +130,54 @@ pub fn load_dir_as(dir: &Path, device: &Device, precision: Precision) -> Result<
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    weights::from_host_as(config, host, &source, device, precision)
+    Ok((config, host, source))
+}
+
+/// The element-wise mean of the weights in `dirs` (checkpoint averaging, a "model soup" of one
+/// run's checkpoints), built on `device` with the first directory's config. Every directory
+/// must describe the same tensors (names and shapes); otherwise an error names the directory
+/// and what differs.
+pub fn average_dirs(dirs: &[&Path], device: &Device) -> Result<Llama> {
+    let (first, rest) = dirs.split_first().ok_or_else(|| ModelError::Average {
+        path: Default::default(),
+        reason: "no model directories given".into(),
+    })?;
+    let (config, mut sum, source) = load_host(first)?;
+    for dir in rest {
+        let bad = |reason: String| ModelError::Average {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let (cfg, host, _) = load_host(dir)?;
+        if weights::tensor_specs(&cfg) != weights::tensor_specs(&config) {
+            return Err(bad(format!(
+                "its config.json describes other tensors than {}'s (a different size or shape \
+                 of model); only checkpoints of one architecture can be averaged",
+                first.display()
+            )));
+        }
+        for (name, (shape, values)) in host {
+            let (s, acc) = sum
+                .get_mut(&name)
+                .ok_or_else(|| bad(format!("tensor `{name}` is not in {}", first.display())))?;
+            if *s != shape {
+                return Err(bad(format!(
+                    "tensor `{name}` has shape {shape:?}, {} has {s:?}",
+                    first.display()
+                )));
+            }
+            for (a, v) in acc.iter_mut().zip(values) {
+                *a += v;
+            }
+        }
+    }
+    let n = dirs.len() as f32;
+    for (_, values) in sum.values_mut() {
+        for v in values.iter_mut() {
+            *v /= n;
+        }
+    }
+    weights::from_host(config, sum, &source, device)
 }
 
 /// Writes `model` as an HF directory (`config.json`, `model.safetensors`), each file

@@ -67,6 +67,14 @@ pub enum ModelError {
         /// The dtype found.
         dtype: String,
     },
+    /// Checkpoints that cannot be averaged together.
+    #[error("{path}: cannot average this checkpoint with the others: {reason}")]
+    Average {
+        /// The directory that does not fit (empty when none was given).
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// The sharded index is malformed.
     #[error("{file}: invalid safetensors index ({reason})")]
     Index {

@@ -786,3 +786,52 @@ fn a_paged_kv_cache_equals_one_tensor() {
         }
     }
 }
+
+#[test]
+fn averaging_checkpoints_is_the_mean_of_their_weights() {
+    let cfg = small_config();
+    let seeds = [3u64, 5, 11];
+    let root = std::env::temp_dir().join(format!("e2llm-average-{}", std::process::id()));
+    let dirs: Vec<std::path::PathBuf> = seeds.iter().map(|s| root.join(format!("m{s}"))).collect();
+    let models: Vec<Llama> = seeds
+        .iter()
+        .map(|&s| weights::init_random(cfg.clone(), 0.2, s, &Device::flex()))
+        .collect();
+    for (m, d) in models.iter().zip(&dirs) {
+        checkpoint::save_dir(m, d).expect("save");
+    }
+    let refs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let avg = checkpoint::average_dirs(&refs, &Device::flex()).expect("average");
+
+    // The reference: every tensor's mean computed here from the models themselves.
+    let hosts: Vec<_> = models
+        .iter()
+        .map(|m| weights::to_host(m).expect("host"))
+        .collect();
+    let got = weights::to_host(&avg).expect("host");
+    assert_eq!(got.len(), hosts[0].len());
+    for (i, (name, shape, values)) in got.iter().enumerate() {
+        assert_eq!((name, shape), (&hosts[0][i].0, &hosts[0][i].1));
+        let mean: Vec<f32> = (0..values.len())
+            .map(|k| hosts.iter().map(|h| h[i].2[k]).sum::<f32>() / 3.0)
+            .collect();
+        assert!(max_diff(values, &mean) < 1e-6, "{name}");
+        // Not one of the inputs where they differ (random weights; the norms start at 1).
+        if max_diff(&hosts[0][i].2, &hosts[1][i].2) > 0.0 {
+            assert!(max_diff(values, &hosts[0][i].2) > 1e-3, "{name}");
+        }
+    }
+    assert_eq!(avg.config, models[0].config);
+
+    // A checkpoint of another shape is one clear error naming it.
+    let mut other = cfg.clone();
+    other.intermediate_size = 40;
+    let odd = root.join("odd");
+    checkpoint::save_dir(&model(other), &odd).expect("save");
+    let e = checkpoint::average_dirs(&[refs[0], &odd], &Device::flex()).expect_err("shape");
+    assert!(matches!(e, ModelError::Average { .. }), "{e}");
+    assert!(e.to_string().contains("odd"), "{e}");
+    let e = checkpoint::average_dirs(&[], &Device::flex()).expect_err("none");
+    assert!(e.to_string().contains("no model directories"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+}
