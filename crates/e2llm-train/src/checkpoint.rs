@@ -109,6 +109,37 @@ pub fn keep(run_dir: &Path, step: usize) -> Result<PathBuf> {
     Ok(dst)
 }
 
+/// The directory of a run's averaged model ([`average`]).
+pub fn average_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("average")
+}
+
+/// Writes `run_dir/average/`, the mean of the kept models `run_dir/step-N/` for each of
+/// `steps` (an HF directory: config.json and tokenizer.json of the last), atomically (a temp
+/// directory renamed into place).
+pub fn average(run_dir: &Path, steps: &[usize]) -> Result<PathBuf> {
+    let dirs: Vec<PathBuf> = steps
+        .iter()
+        .map(|s| run_dir.join(format!("step-{s}")))
+        .collect();
+    let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let model = hf::average_dirs(&refs, &Device::flex())?;
+    let dst = average_dir(run_dir);
+    let tmp = run_dir.join("average.tmp");
+    for d in [&tmp, &dst] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(io(d))?;
+        }
+    }
+    hf::save_dir(&model, &tmp)?;
+    let last = refs.last().expect("at least one step");
+    let from = last.join(hf::TOKENIZER_FILE);
+    let bytes = std::fs::read(&from).map_err(io(&from))?;
+    write_atomic(&tmp.join(hf::TOKENIZER_FILE), &bytes)?;
+    std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
+    Ok(dst)
+}
+
 fn moments_bytes(opt: &AdamW) -> Result<Vec<u8>> {
     let mut names: Vec<&String> = opt.moments.keys().collect();
     names.sort();

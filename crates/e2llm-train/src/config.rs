@@ -204,6 +204,11 @@ pub struct TrainConfig {
     /// directory: config.json, model.safetensors, tokenizer.json; no optimizer state), so it
     /// can be evaluated along the run. 0 = off (only the rolling `checkpoint/`).
     pub keep_every: usize,
+    /// At the end, also write `average/`: the mean of the last this many kept models
+    /// (`step-N/`, `keep_every` apart, the final step's among them) — checkpoint averaging, an
+    /// HF directory evaluated in place of `checkpoint/` by `quickstart`/`experiment`. 0 = off;
+    /// otherwise at least 2, with `keep_every` set and dividing `steps`.
+    pub average_last: usize,
     /// `cpu` or `wgpu`.
     pub backend: String,
     /// Attention: `auto` (fused WGSL kernel on wgpu, plain burn ops on cpu), `fused` or
@@ -243,6 +248,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 200,
             keep_every: 0,
+            average_last: 0,
             backend: "cpu".into(),
             kernels: Kernels::Auto,
             threads: 1,
@@ -251,11 +257,49 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The steps whose kept models `average/` is the mean of (`average_last` of them, the
+    /// last at `steps`); empty when averaging is off. Call on a validated config.
+    pub fn averaged_steps(&self) -> Vec<usize> {
+        self.averaged_steps_checked()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn averaged_steps_checked(&self) -> std::result::Result<Option<Vec<usize>>, String> {
+        let (k, every) = (self.average_last, self.keep_every);
+        if k == 0 {
+            return Ok(None);
+        }
+        if k == 1 {
+            return Err(
+                "`average_last` is 0 (off) or the number of kept models to average, at least 2"
+                    .into(),
+            );
+        }
+        if every == 0 || !self.steps.is_multiple_of(every) || k * every > self.steps {
+            return Err(format!(
+                "`average_last = {k}` averages the models kept every `keep_every` steps up to \
+                 `steps`: set `keep_every` to a divisor of `steps` ({}) with {k} × keep_every \
+                 ≤ steps (now keep_every = {every})",
+                self.steps
+            ));
+        }
+        Ok(Some((0..k).rev().map(|i| self.steps - i * every).collect()))
+    }
+
     /// The method in words with what this run adds to it, as run headers print it
     /// (`E²-LLM (g ~ U{1..20}, per row, 128 sinks), log-n attention`).
     pub fn method_label(&self) -> String {
         let logn = if self.logn { ", log-n attention" } else { "" };
-        format!("{}{logn}", self.method)
+        let avg = match self.average_last {
+            k if k >= 2 => format!(
+                ", mean of the last {k} models kept every {} steps",
+                self.keep_every
+            ),
+            _ => String::new(),
+        };
+        format!("{}{logn}{avg}", self.method)
     }
 
     /// Parses TOML text; `file` names the source in errors.
@@ -300,6 +344,7 @@ impl TrainConfig {
         pos(self.batch_size, "batch_size")?;
         pos(self.grad_accum, "grad_accum")?;
         pos(self.threads, "threads")?;
+        self.averaged_steps_checked()?;
         if self.threads > self.batch_size {
             return Err(format!(
                 "`threads` ({}) must not exceed `batch_size` ({}): each thread takes whole rows",

@@ -537,6 +537,21 @@ pub fn train_stage(
     Ok((ckpt, mean))
 }
 
+/// The model a finished stage in `dir` stands for: its `average/` when the config averages
+/// kept models (written here if a run stopped before it), else its final checkpoint `ckpt`.
+pub fn model_dir(cfg: &TrainConfig, dir: &Path, ckpt: &Path) -> Result<PathBuf> {
+    let steps = cfg.averaged_steps();
+    if steps.is_empty() {
+        return Ok(ckpt.to_path_buf());
+    }
+    let avg = checkpoint::average_dir(dir);
+    if avg.join(hf::WEIGHTS_FILE).exists() {
+        Ok(avg)
+    } else {
+        checkpoint::average(dir, &steps)
+    }
+}
+
 /// Evaluates `model`, trained with `method` (passkey grid, `threads` prompts at once, and
 /// perplexity), reporting progress under `name`.
 #[allow(clippy::too_many_arguments)]
@@ -625,49 +640,51 @@ pub fn run(
     let eval_threads = (crate::eval::default_threads(&plan.extend.backend) / jobs.max(1)).max(1);
     // Each model is evaluated as trained (plain PI; with log-n for a model trained with it),
     // then, when the plan asks, the other way (the same loaded weights).
-    let rows = |name: &str, method: Method, ckpt: &Path, backend: &str, tps: f64| {
-        if !evaluate_models {
-            return Ok(Vec::new());
-        }
-        let device = backend::device(backend)?;
-        let (model, tok) = hf::load_with_tokenizer(ckpt, &device)?;
-        let final_loss = final_loss(ckpt)?;
-        let mut out = Vec::new();
-        let trained = model.logn();
-        for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
-            let label = match (logn, trained) {
-                (true, false) => format!("{name} + log-n"),
-                (false, true) => format!("{name} without log-n"),
-                _ => name.to_string(),
-            };
-            let (cells, ppl) = evaluate(
-                &label,
-                method,
-                &model.clone().with_logn(logn),
-                &tok,
-                &plan.eval,
-                &corpus.heldout,
-                eval_threads,
-                obs,
-            )?;
-            obs.done(&label);
-            let mut inference = scale_label(inference_scale(method));
-            if logn {
-                inference += ", log-n";
+    // `model_dir` is the final checkpoint `ckpt`, or the run's average of kept models.
+    let rows =
+        |name: &str, method: Method, ckpt: &Path, model_dir: &Path, backend: &str, tps: f64| {
+            if !evaluate_models {
+                return Ok(Vec::new());
             }
-            out.push(ArmResult {
-                name: label,
-                method,
-                inference,
-                final_loss,
-                checkpoint: ckpt.to_path_buf(),
-                tokens_per_s: tps,
-                passkey: cells,
-                ppl,
-            });
-        }
-        Ok::<_, TrainError>(out)
-    };
+            let device = backend::device(backend)?;
+            let (model, tok) = hf::load_with_tokenizer(model_dir, &device)?;
+            let final_loss = final_loss(ckpt)?;
+            let mut out = Vec::new();
+            let trained = model.logn();
+            for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
+                let label = match (logn, trained) {
+                    (true, false) => format!("{name} + log-n"),
+                    (false, true) => format!("{name} without log-n"),
+                    _ => name.to_string(),
+                };
+                let (cells, ppl) = evaluate(
+                    &label,
+                    method,
+                    &model.clone().with_logn(logn),
+                    &tok,
+                    &plan.eval,
+                    &corpus.heldout,
+                    eval_threads,
+                    obs,
+                )?;
+                obs.done(&label);
+                let mut inference = scale_label(inference_scale(method));
+                if logn {
+                    inference += ", log-n";
+                }
+                out.push(ArmResult {
+                    name: label,
+                    method,
+                    inference,
+                    final_loss,
+                    checkpoint: model_dir.to_path_buf(),
+                    tokens_per_s: tps,
+                    passkey: cells,
+                    ppl,
+                });
+            }
+            Ok::<_, TrainError>(out)
+        };
     let (base_ckpt, base_tps) = match &plan.base_dir {
         Some(dir) => (dir.clone(), 0.0),
         None => train_stage("base", &plan.base, &out.join("base"), corpus, obs)?,
@@ -676,6 +693,7 @@ pub fn run(
         "base",
         Method::None,
         &base_ckpt,
+        &base_ckpt,
         &plan.base.backend,
         base_tps,
     )?;
@@ -683,8 +701,10 @@ pub fn run(
     let one = |i: usize| -> Result<Vec<ArmResult>> {
         let arm = &plan.arms[i];
         let cfg = plan.arm_config(arm, &base_ckpt);
-        let (ckpt, tps) = train_stage(&arm.name, &cfg, &out.join(&arm.name), corpus, obs)?;
-        rows(&arm.name, arm.method, &ckpt, &cfg.backend, tps)
+        let dir = out.join(&arm.name);
+        let (ckpt, tps) = train_stage(&arm.name, &cfg, &dir, corpus, obs)?;
+        let model_dir = model_dir(&cfg, &dir, &ckpt)?;
+        rows(&arm.name, arm.method, &ckpt, &model_dir, &cfg.backend, tps)
     };
     // A failed arm stops new ones from starting; the ones running finish.
     crate::pool::for_each_index(plan.arms.len(), jobs, one, |i, r| results[i] = Some(r));

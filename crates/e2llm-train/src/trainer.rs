@@ -331,8 +331,9 @@ impl Trainer {
         )
     }
 
-    /// Trains to `cfg.steps`, checkpointing every `checkpoint_every` steps and at the end, and
-    /// keeping the model as `step-N/` every `keep_every` steps.
+    /// Trains to `cfg.steps`, checkpointing every `checkpoint_every` steps and at the end,
+    /// keeping the model as `step-N/` every `keep_every` steps, and at the end writing
+    /// `average/` when `average_last` asks for it.
     /// A non-finite loss stops the run and leaves the last good checkpoint in place.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<PathBuf> {
         self.run_until(
@@ -373,6 +374,10 @@ impl Trainer {
         on_save(self.step, &dir);
         if self.due(self.cfg.keep_every) {
             checkpoint::keep(&self.run_dir, self.step)?;
+        }
+        let averaged = self.cfg.averaged_steps();
+        if !averaged.is_empty() {
+            checkpoint::average(&self.run_dir, &averaged)?;
         }
         Ok(dir)
     }

@@ -280,6 +280,68 @@ fn keep_every_leaves_the_model_of_each_kept_step() {
     );
 }
 
+/// `average_last = 2` with `keep_every = 2` over 6 steps: `average/` is the element-wise mean
+/// of `step-4/` and `step-6/` (computed here from the kept files), loadable with its tokenizer,
+/// and `quickstart`/`experiment` evaluate it ([`e2llm_train::experiment::model_dir`]), which
+/// rewrites it when a run stopped before writing it.
+#[test]
+fn average_last_writes_the_mean_of_the_last_kept_models() {
+    let dir = tmp("averaged");
+    let cfg = TrainConfig {
+        keep_every: 2,
+        average_last: 2,
+        ..tiny_run()
+    };
+    assert_eq!(cfg.averaged_steps(), [4, 6]);
+    let ckpt = Trainer::new(cfg.clone(), &dir, corpus())
+        .expect("trainer")
+        .run(|_| {})
+        .expect("run");
+    let host = |d: PathBuf| {
+        e2llm_model::checkpoint::load_host(&d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .1
+    };
+    let (a, b, avg) = (
+        host(dir.join("step-4")),
+        host(dir.join("step-6")),
+        host(dir.join("average")),
+    );
+    assert_eq!(avg.len(), a.len());
+    let mut moved = 0;
+    for (name, (shape, values)) in &avg {
+        let (sa, va) = &a[name];
+        let (_, vb) = &b[name];
+        assert_eq!(shape, sa, "{name}");
+        for ((m, x), y) in values.iter().zip(va).zip(vb) {
+            assert!(
+                (m - (x + y) / 2.0).abs() <= 1e-6,
+                "{name}: {m} vs mean of {x}, {y}"
+            );
+        }
+        moved += usize::from(va != vb);
+    }
+    assert!(
+        moved > 0,
+        "steps 4 and 6 hold the same weights: the test would prove nothing"
+    );
+    e2llm_model::checkpoint::load_with_tokenizer(&dir.join("average"), &Device::flex())
+        .expect("average/ is a loadable HF directory");
+    let model = e2llm_train::experiment::model_dir(&cfg, &dir, &ckpt).expect("model dir");
+    assert_eq!(model, dir.join("average"));
+    // A run killed before it wrote average/: the experiment writes it from the kept steps.
+    let before = std::fs::read(dir.join("average/model.safetensors")).expect("weights");
+    std::fs::remove_dir_all(dir.join("average")).expect("rm");
+    let model = e2llm_train::experiment::model_dir(&cfg, &dir, &ckpt).expect("model dir");
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).expect("weights"),
+        before
+    );
+    // Off: the final checkpoint.
+    let plain = e2llm_train::experiment::model_dir(&tiny_run(), &dir, &ckpt).expect("plain");
+    assert_eq!(plain, ckpt);
+}
+
 /// `logn = true` trains with log-n attention by each token's position: on an E²-LLM batch
 /// whose positions pass L the query weights get other gradients than without it (the factor
 /// reaches the forward and the backward),
@@ -437,6 +499,22 @@ fn bad_configs_are_clear_errors() {
     )
     .expect_err("head width 256");
     assert!(e.to_string().contains("at most 128"), "{e}");
+    // Averaging needs kept models at the steps it averages.
+    for (toml, needle) in [
+        ("steps = 6\naverage_last = 1", "at least 2"),
+        ("steps = 6\naverage_last = 2", "keep_every"),
+        ("steps = 6\nkeep_every = 4\naverage_last = 2", "divisor"),
+        (
+            "steps = 6\nkeep_every = 3\naverage_last = 3",
+            "average_last = 3",
+        ),
+    ] {
+        let e = TrainConfig::from_toml("run.toml", toml).expect_err(toml);
+        assert!(e.to_string().contains(needle), "{toml}: {e}");
+    }
+    let ok = TrainConfig::from_toml("run.toml", "steps = 6\nkeep_every = 3\naverage_last = 2")
+        .expect("two kept models");
+    assert_eq!(ok.averaged_steps(), [3, 6]);
 }
 
 #[test]
