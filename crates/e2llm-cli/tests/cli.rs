@@ -308,6 +308,35 @@ fn average_of_copies_is_the_model_and_mismatches_are_clear_errors() {
     assert_clear_error(&o, "gqa_tied_headdim");
 }
 
+#[test]
+fn quickstart_averages_its_last_three_quarters_at_any_step_count() {
+    // The default: models kept every 750 of 3,000 steps, the last three averaged.
+    let out = tmp("qs-dry");
+    let dry = |extra: &[&str]| {
+        let mut args = vec![
+            "quickstart",
+            "--dry-run",
+            "--out",
+            out.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(extra);
+        let o = e2llm(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    assert!(
+        dry(&[]).contains("mean of the last 3 models kept every 750 steps"),
+        "{}",
+        dry(&[])
+    );
+    // --steps moves the quarters; a count that has none reads the final model.
+    assert!(dry(&["--steps", "8"]).contains("mean of the last 3 models kept every 2 steps"));
+    assert!(!dry(&["--steps", "10"]).contains("mean of the last"));
+    // Averaging off by hand.
+    let off = dry(&["--set-extend", "average_last=0"]);
+    assert!(!off.contains("mean of the last"), "{off}");
+}
+
 fn copy_dir_files(from: &Path, to: &Path, names: &[&str]) {
     for n in names {
         std::fs::copy(from.join(n), to.join(n)).expect("copy");

@@ -224,6 +224,10 @@ impl Plan {
                     // paper preset below keeps the session-15 recipe its table was measured with.
                     extend.logn = true;
                     extend.answer_weight = 40.0;
+                    // Session 23: the model read is the mean of those kept at steps 1,500,
+                    // 2,250 and 3,000 (`average/`), not the last one (RESULTS.md, session 23).
+                    extend.keep_every = extend.steps / 4;
+                    extend.average_last = 3;
                     let arm = Arm::e2llm_mid_window("e2llm", 30, extend.train_len);
                     (vec![arm], quickstart_eval)
                 } else {
@@ -760,6 +764,11 @@ mod tests {
         for n in ["e2llm-no-t", "e2llm-no-g", "e2llm-no-g32"] {
             assert!(names.iter().any(|x| x == n), "paper preset lacks {n}");
         }
+        // The quickstart reads the mean of its models at steps 1,500, 2,250 and 3,000.
+        assert_eq!(
+            Plan::preset(Preset::Quickstart).extend.averaged_steps(),
+            [1500, 2250, 3000]
+        );
         // A quickstart run's base stage is the paper preset's (so either reuses the other's).
         assert_eq!(
             Plan::preset(Preset::Paper).base,

@@ -90,6 +90,17 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
     }
     if let Some(s) = c.steps {
         plan.extend.steps = s;
+        // A preset that averages kept models keeps them every quarter of the run: with other
+        // steps the quarters follow, and a count not divisible by 4 reads the final model.
+        if plan.extend.average_last > 0 {
+            let quarter = s / 4;
+            if s.is_multiple_of(4) && plan.extend.average_last * quarter <= s && quarter > 0 {
+                plan.extend.keep_every = quarter;
+            } else {
+                plan.extend.average_last = 0;
+                plan.extend.keep_every = 0;
+            }
+        }
     }
     if let Some(t) = c.trials {
         anyhow::ensure!(t > 0, "--trials must be at least 1");
@@ -301,6 +312,14 @@ fn dry_run(plan: &Plan, out: &Path) -> Result<()> {
     {
         Ok(StageState::New) => ("trains from the start".to_string(), true),
         Ok(StageState::Resume { step }) => (format!("resumes at step {step}"), true),
+        Ok(StageState::Done { checkpoint }) if !cfg.averaged_steps().is_empty() => (
+            format!(
+                "finished, reused ({}; the model read is {})",
+                checkpoint.display(),
+                e2llm_train::checkpoint::average_dir(dir).display()
+            ),
+            true,
+        ),
         Ok(StageState::Done { checkpoint }) => {
             (format!("finished, reused ({})", checkpoint.display()), true)
         }
