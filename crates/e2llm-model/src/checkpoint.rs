@@ -138,10 +138,9 @@ pub fn load_host(dir: &Path) -> Result<(LlamaConfig, HostWeights, String)> {
 /// must describe the same tensors (names and shapes); otherwise an error names the directory
 /// and what differs.
 pub fn average_dirs(dirs: &[&Path], device: &Device) -> Result<Llama> {
-    let (first, rest) = dirs.split_first().ok_or_else(|| ModelError::Average {
-        path: Default::default(),
-        reason: "no model directories given".into(),
-    })?;
+    let (first, rest) = dirs
+        .split_first()
+        .ok_or_else(|| ModelError::Input("no model directories given to average".into()))?;
     let (config, mut sum, source) = load_host(first)?;
     for dir in rest {
         let bad = |reason: String| ModelError::Average {
@@ -153,6 +152,12 @@ pub fn average_dirs(dirs: &[&Path], device: &Device) -> Result<Llama> {
             return Err(bad(format!(
                 "its config.json describes other tensors than {}'s (a different size or shape \
                  of model); only checkpoints of one architecture can be averaged",
+                first.display()
+            )));
+        }
+        if let Some(name) = sum.keys().find(|n| !host.contains_key(*n)) {
+            return Err(bad(format!(
+                "tensor `{name}` of {} is missing here",
                 first.display()
             )));
         }
@@ -178,6 +183,24 @@ pub fn average_dirs(dirs: &[&Path], device: &Device) -> Result<Llama> {
         }
     }
     weights::from_host(config, sum, &source, device)
+}
+
+/// The top-level `config.json` keys whose values differ between `a` and `b` (e.g. RoPE scaling or
+/// `use_logn_attn` between checkpoints that [`average_dirs`] can still average).
+pub fn config_differences(a: &LlamaConfig, b: &LlamaConfig) -> Vec<String> {
+    let (a, b) = (a.to_json_value(), b.to_json_value());
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// Writes `model` as an HF directory (`config.json`, `model.safetensors`), each file

@@ -833,5 +833,46 @@ fn averaging_checkpoints_is_the_mean_of_their_weights() {
     assert!(e.to_string().contains("odd"), "{e}");
     let e = checkpoint::average_dirs(&[], &Device::flex()).expect_err("none");
     assert!(e.to_string().contains("no model directories"), "{e}");
+
+    // A later checkpoint that lacks a tensor (written by hand: one tensor left out).
+    let short = root.join("short");
+    std::fs::create_dir_all(&short).expect("mkdir");
+    std::fs::copy(dirs[1].join("config.json"), short.join("config.json")).expect("copy");
+    let host = weights::to_host(&models[1]).expect("host");
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = host
+        .iter()
+        .filter(|(n, _, _)| n != "model.norm.weight")
+        .map(|(n, sh, v)| {
+            (
+                n.clone(),
+                sh.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, sh, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), b)
+                .expect("view");
+            (n.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &short.join("model.safetensors")).expect("write");
+    let e = checkpoint::average_dirs(&[refs[0], &short], &Device::flex()).expect_err("missing");
+    assert!(matches!(e, ModelError::Average { .. }), "{e}");
+    assert!(
+        e.to_string().contains("model.norm.weight") && e.to_string().contains("short"),
+        "{e}"
+    );
+
+    // Configs that differ outside the tensors are listed.
+    let mut scaled = cfg.clone();
+    scaled.rope.scaling = RopeScaling::Linear { factor: 2.0 };
+    assert_eq!(
+        checkpoint::config_differences(&cfg, &scaled),
+        ["rope_scaling"]
+    );
+    assert!(checkpoint::config_differences(&cfg, &cfg).is_empty());
     std::fs::remove_dir_all(&root).ok();
 }

@@ -115,8 +115,8 @@ pub fn average_dir(run_dir: &Path) -> PathBuf {
 }
 
 /// Writes `run_dir/average/`, the mean of the kept models `run_dir/step-N/` for each of
-/// `steps` (an HF directory: config.json and tokenizer.json of the last), atomically (a temp
-/// directory renamed into place).
+/// `steps` (an HF directory: the first one's config.json, the last one's tokenizer.json — one
+/// run's, so the same), atomically (a temp directory renamed into place).
 pub fn average(run_dir: &Path, steps: &[usize]) -> Result<PathBuf> {
     let dirs: Vec<PathBuf> = steps
         .iter()

@@ -277,11 +277,12 @@ impl TrainConfig {
                     .into(),
             );
         }
-        if every == 0 || !self.steps.is_multiple_of(every) || k * every > self.steps {
+        if every == 0 || !self.steps.is_multiple_of(every) || k > self.steps / every {
             return Err(format!(
                 "`average_last = {k}` averages the models kept every `keep_every` steps up to \
                  `steps`: set `keep_every` to a divisor of `steps` ({}) with {k} × keep_every \
-                 ≤ steps (now keep_every = {every})",
+                 ≤ steps (now keep_every = {every}), or `average_last = 0` to read the last model \
+                 (`e2llm quickstart --steps N` moves keep_every itself)",
                 self.steps
             ));
         }

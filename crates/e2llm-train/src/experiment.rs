@@ -361,7 +361,8 @@ pub struct ArmResult {
     pub method: Method,
     /// How `g` was chosen at inference.
     pub inference: String,
-    /// Final checkpoint.
+    /// The model evaluated: the final checkpoint, or the run's `average/` when it averages kept
+    /// models.
     pub checkpoint: PathBuf,
     /// Mean training loss of the last 20 steps (none for a `--base` checkpoint not trained here).
     pub final_loss: Option<f32>,
@@ -550,10 +551,20 @@ pub fn model_dir(cfg: &TrainConfig, dir: &Path, ckpt: &Path) -> Result<PathBuf> 
     }
     let avg = checkpoint::average_dir(dir);
     if avg.join(hf::WEIGHTS_FILE).exists() {
-        Ok(avg)
-    } else {
-        checkpoint::average(dir, &steps)
+        return Ok(avg);
     }
+    // The final step's kept copy is the finished checkpoint (a run stopped between the two).
+    let last = dir.join(format!("step-{}", cfg.steps));
+    if !last.join(hf::WEIGHTS_FILE).exists() {
+        checkpoint::keep(dir, cfg.steps)?;
+    }
+    checkpoint::average(dir, &steps).map_err(|e| {
+        TrainError::Data(format!(
+            "{}: cannot write the mean of its kept models {steps:?} ({e}); retrain the stage \
+             (delete the directory) or read its last model with `average_last = 0`",
+            dir.display()
+        ))
+    })
 }
 
 /// Evaluates `model`, trained with `method` (passkey grid, `threads` prompts at once, and

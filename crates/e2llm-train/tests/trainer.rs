@@ -337,6 +337,20 @@ fn average_last_writes_the_mean_of_the_last_kept_models() {
         std::fs::read(model.join("model.safetensors")).expect("weights"),
         before
     );
+    // Killed before even the final step's copy: it is kept again from checkpoint/.
+    for d in ["average", "step-6"] {
+        std::fs::remove_dir_all(dir.join(d)).expect("rm");
+    }
+    let model = e2llm_train::experiment::model_dir(&cfg, &dir, &ckpt).expect("model dir");
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).expect("weights"),
+        before
+    );
+    // A kept model that is gone for good: one error that says what to do.
+    std::fs::remove_dir_all(dir.join("average")).expect("rm");
+    std::fs::remove_dir_all(dir.join("step-4")).expect("rm");
+    let e = e2llm_train::experiment::model_dir(&cfg, &dir, &ckpt).expect_err("no step-4");
+    assert!(e.to_string().contains("average_last = 0"), "{e}");
     // Off: the final checkpoint.
     let plain = e2llm_train::experiment::model_dir(&tiny_run(), &dir, &ckpt).expect("plain");
     assert_eq!(plain, ckpt);

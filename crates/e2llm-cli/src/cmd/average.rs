@@ -23,7 +23,12 @@ pub fn run(a: Args) -> Result<()> {
     if a.models.len() < 2 {
         bail!("--models: give at least two model directories to average");
     }
-    if a.models.iter().any(|m| m == &a.out) {
+    // Compared as the filesystem sees them (`./run/a` and `run/a` are one directory).
+    let same = |m: &PathBuf| match (m.canonicalize(), a.out.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => m == &a.out,
+    };
+    if a.models.iter().any(same) {
         bail!(
             "--out {} is one of the --models; write the average to a new directory",
             a.out.display()
@@ -32,6 +37,19 @@ pub fn run(a: Args) -> Result<()> {
     let device = backend::device("cpu")?;
     let dirs: Vec<&std::path::Path> = a.models.iter().map(PathBuf::as_path).collect();
     let model = checkpoint::average_dirs(&dirs, &device)?;
+    let first = checkpoint::load_config(&a.models[0])?;
+    for m in &a.models[1..] {
+        let diff = checkpoint::config_differences(&first, &checkpoint::load_config(m)?);
+        if !diff.is_empty() {
+            eprintln!(
+                "note: {} differs from {} in {}; the average takes {}'s",
+                m.display(),
+                a.models[0].display(),
+                diff.join(", "),
+                a.models[0].display()
+            );
+        }
+    }
     checkpoint::save_dir(&model, &a.out)?;
     let tok_src = a.models[0].join(checkpoint::TOKENIZER_FILE);
     if tok_src.exists() {

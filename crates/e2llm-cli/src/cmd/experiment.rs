@@ -97,6 +97,11 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
             if s.is_multiple_of(4) && plan.extend.average_last * quarter <= s && quarter > 0 {
                 plan.extend.keep_every = quarter;
             } else {
+                eprintln!(
+                    "note: --steps {s} has no quarters to keep, so the final model is read \
+                     instead of the mean of the last {} quarter-run models",
+                    plan.extend.average_last
+                );
                 plan.extend.average_last = 0;
                 plan.extend.keep_every = 0;
             }
