@@ -817,15 +817,22 @@ fn fused_and_reference_kernels_train_alike() {
         Ok(_) => backends.push("wgpu"),
         Err(e) => eprintln!("wgpu part skipped: {e}"),
     }
-    for backend in backends {
+    // Without and with log-n attention (the quickstart trains with it: the queries of positions
+    // past L scaled per token, forward and backward).
+    for (backend, logn) in backends.iter().flat_map(|b| [(*b, false), (*b, true)]) {
         let run = |kernels: Kernels| {
             let cfg = TrainConfig {
                 backend: backend.into(),
                 kernels,
+                logn,
                 ..tiny_run()
             };
-            let mut t = Trainer::new(cfg, &tmp(&format!("kern-{backend}-{kernels}")), corpus())
-                .expect("trainer");
+            let mut t = Trainer::new(
+                cfg,
+                &tmp(&format!("kern-{backend}-{kernels}-{logn}")),
+                corpus(),
+            )
+            .expect("trainer");
             assert_eq!(
                 (t.model.fused_attention(), t.model.fused_layers()),
                 (kernels == Kernels::Fused, kernels == Kernels::Fused),
@@ -851,16 +858,16 @@ fn fused_and_reference_kernels_train_alike() {
         };
         let (f, r) = (run(Kernels::Fused), run(Kernels::Reference));
         eprintln!(
-            "{backend}: loss fused {} / {} vs reference {} / {}",
+            "{backend} log-n {logn}: loss fused {} / {} vs reference {} / {}",
             f.0, f.1, r.0, r.1
         );
         assert!(
             (f.0 - r.0).abs() <= 1e-3 * r.0.abs(),
-            "{backend}: step 1 loss"
+            "{backend} log-n {logn}: step 1 loss"
         );
         assert!(
             (f.1 - r.1).abs() <= 1e-3 * r.1.abs(),
-            "{backend}: step 2 loss"
+            "{backend} log-n {logn}: step 2 loss"
         );
         assert_eq!(f.2.len(), r.2.len());
         // Relative to each parameter's largest gradient: at init attention is nearly uniform
@@ -880,14 +887,14 @@ fn fused_and_reference_kernels_train_alike() {
             let rel = err / top.max(1e-12);
             assert!(
                 rel <= 1e-3,
-                "{backend} {name}: max |Δ| {err:.2e} = {rel:.2e} of max |g|"
+                "{backend} log-n {logn} {name}: max |Δ| {err:.2e} = {rel:.2e} of max |g|"
             );
             if rel > worst.0 {
                 worst = (rel, name.clone());
             }
         }
         eprintln!(
-            "{backend}: {} gradients, worst max |Δ| / max |g| = {:.2e} ({})",
+            "{backend} log-n {logn}: {} gradients, worst max |Δ| / max |g| = {:.2e} ({})",
             f.2.len(),
             worst.0,
             worst.1
