@@ -113,27 +113,25 @@ fn an_unknown_kv_cache_type_is_one_clear_error() {
     assert!(e.contains("f8") && e.contains("f32, f16"), "{e}");
 }
 
-#[test]
-fn logits_match_the_transformers_golden_file() {
-    let dir = case("linear_positions");
-    let g = read_golden(&dir.join("golden.safetensors"));
+/// `e2llm logits` on `model` with the inputs of a transformers golden file: the largest
+/// difference from the logits transformers wrote there.
+fn cli_logits_error(model: &Path, golden: &Path, name: &str) -> f64 {
+    let g = read_golden(golden);
     let join = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{}", *x as i64))
             .collect::<Vec<_>>()
             .join(",")
     };
-    let ids = join(&g["input_ids"].values);
-    let pos = join(&g["position_ids"].values);
-    let out = tmp("logits").join("logits.safetensors");
+    let out = tmp(name).join("logits.safetensors");
     let o = e2llm(&[
         "logits",
         "--model",
-        dir.to_str().expect("utf8"),
+        model.to_str().expect("utf8"),
         "--ids",
-        &ids,
+        &join(&g["input_ids"].values),
         "--positions",
-        &pos,
+        &join(&g["position_ids"].values),
         "--out",
         out.to_str().expect("utf8"),
     ]);
@@ -142,7 +140,13 @@ fn logits_match_the_transformers_golden_file() {
     let logits = &got["logits"];
     assert_eq!(logits.shape, g["logits"].shape);
     let as_f32: Vec<f32> = logits.values.iter().map(|&v| v as f32).collect();
-    let err = max_abs_diff(&as_f32, &g["logits"].values);
+    max_abs_diff(&as_f32, &g["logits"].values)
+}
+
+#[test]
+fn logits_match_the_transformers_golden_file() {
+    let dir = case("linear_positions");
+    let err = cli_logits_error(&dir, &dir.join("golden.safetensors"), "logits");
     assert!(err <= 1e-4, "CLI logits differ from transformers by {err}");
 }
 
@@ -255,33 +259,7 @@ fn average_of_copies_is_the_model_and_mismatches_are_clear_errors() {
         "{}",
         stdout(&o)
     );
-    copy_dir_files(&src, &out, &["golden.safetensors"]);
-    let g = read_golden(&out.join("golden.safetensors"));
-    let join = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{}", *x as i64))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let logits = root.join("logits.safetensors");
-    let o = e2llm(&[
-        "logits",
-        "--model",
-        out.to_str().expect("utf8"),
-        "--ids",
-        &join(&g["input_ids"].values),
-        "--positions",
-        &join(&g["position_ids"].values),
-        "--out",
-        logits.to_str().expect("utf8"),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let got: Vec<f32> = read_golden(&logits)["logits"]
-        .values
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
-    let err = max_abs_diff(&got, &g["logits"].values);
+    let err = cli_logits_error(&out, &src.join("golden.safetensors"), "average-logits");
     assert!(
         err <= 1e-4,
         "the average's logits differ from transformers by {err}"
@@ -335,12 +313,6 @@ fn quickstart_averages_its_last_three_quarters_at_any_step_count() {
     // Averaging off by hand.
     let off = dry(&["--set-extend", "average_last=0"]);
     assert!(!off.contains("mean of the last"), "{off}");
-}
-
-fn copy_dir_files(from: &Path, to: &Path, names: &[&str]) {
-    for n in names {
-        std::fs::copy(from.join(n), to.join(n)).expect("copy");
-    }
 }
 
 fn is_png(path: &Path) -> bool {
