@@ -70,7 +70,7 @@ pub enum ModelError {
     /// Checkpoints that cannot be averaged together.
     #[error("{path}: cannot average this checkpoint with the others: {reason}")]
     Average {
-        /// The directory that does not fit (empty when none was given).
+        /// The directory that does not fit.
         path: PathBuf,
         /// What differs.
         reason: String,

@@ -87,25 +87,48 @@ pub fn save(
     Ok(dir)
 }
 
-/// Copies the model of `run_dir/checkpoint/` (config.json, model.safetensors, tokenizer.json:
-/// an HF directory, without optimizer or trainer state) to `run_dir/step-{step}/`, atomically
-/// (a temp directory renamed into place).
-pub fn keep(run_dir: &Path, step: usize) -> Result<PathBuf> {
-    let src = run_dir.join("checkpoint");
-    let dst = run_dir.join(format!("step-{step}"));
-    let tmp = run_dir.join(format!("step-{step}.tmp"));
-    for d in [&tmp, &dst] {
+/// The directory `keep` writes the model of `step` to: `run_dir/step-{step}/`.
+pub fn kept_dir(run_dir: &Path, step: usize) -> PathBuf {
+    run_dir.join(format!("step-{step}"))
+}
+
+/// Writes the directory `dst` atomically: `fill` writes its files into `dst.tmp/` (created
+/// empty, after any earlier `dst` and leftover temp directory are removed), which is then renamed
+/// into place.
+fn replace_dir(dst: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut name = dst.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dst.with_file_name(name);
+    for d in [&tmp, dst] {
         if d.exists() {
             std::fs::remove_dir_all(d).map_err(io(d))?;
         }
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    for f in [hf::CONFIG_FILE, hf::WEIGHTS_FILE, hf::TOKENIZER_FILE] {
-        let from = src.join(f);
-        let bytes = std::fs::read(&from).map_err(io(&from))?;
-        write_atomic(&tmp.join(f), &bytes)?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
+    fill(&tmp)?;
+    std::fs::rename(&tmp, dst).map_err(io(&tmp))
+}
+
+/// Copies `src/file` to `dst/file` (atomically).
+fn copy_file(src: &Path, dst: &Path, file: &str) -> Result<()> {
+    let from = src.join(file);
+    let bytes = std::fs::read(&from).map_err(io(&from))?;
+    write_atomic(&dst.join(file), &bytes)?;
+    Ok(())
+}
+
+/// Copies the model of `run_dir/checkpoint/` (config.json, model.safetensors, tokenizer.json:
+/// an HF directory, without optimizer or trainer state) to [`kept_dir`], atomically (a temp
+/// directory renamed into place).
+pub fn keep(run_dir: &Path, step: usize) -> Result<PathBuf> {
+    let src = run_dir.join("checkpoint");
+    let dst = kept_dir(run_dir, step);
+    replace_dir(&dst, |tmp| {
+        for f in [hf::CONFIG_FILE, hf::WEIGHTS_FILE, hf::TOKENIZER_FILE] {
+            copy_file(&src, tmp, f)?;
+        }
+        Ok(())
+    })?;
     Ok(dst)
 }
 
@@ -114,29 +137,19 @@ pub fn average_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("average")
 }
 
-/// Writes `run_dir/average/`, the mean of the kept models `run_dir/step-N/` for each of
-/// `steps` (an HF directory: the first one's config.json, the last one's tokenizer.json — one
-/// run's, so the same), atomically (a temp directory renamed into place).
+/// Writes `run_dir/average/`, the mean of the kept models ([`kept_dir`]) of each of `steps`
+/// (an HF directory: the first one's config.json, the last one's tokenizer.json — one run's, so
+/// the same), atomically (a temp directory renamed into place).
 pub fn average(run_dir: &Path, steps: &[usize]) -> Result<PathBuf> {
-    let dirs: Vec<PathBuf> = steps
-        .iter()
-        .map(|s| run_dir.join(format!("step-{s}")))
-        .collect();
+    let dirs: Vec<PathBuf> = steps.iter().map(|&s| kept_dir(run_dir, s)).collect();
     let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     let model = hf::average_dirs(&refs, &Device::flex())?;
-    let dst = average_dir(run_dir);
-    let tmp = run_dir.join("average.tmp");
-    for d in [&tmp, &dst] {
-        if d.exists() {
-            std::fs::remove_dir_all(d).map_err(io(d))?;
-        }
-    }
-    hf::save_dir(&model, &tmp)?;
     let last = refs.last().expect("at least one step");
-    let from = last.join(hf::TOKENIZER_FILE);
-    let bytes = std::fs::read(&from).map_err(io(&from))?;
-    write_atomic(&tmp.join(hf::TOKENIZER_FILE), &bytes)?;
-    std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
+    let dst = average_dir(run_dir);
+    replace_dir(&dst, |tmp| {
+        hf::save_dir(&model, tmp)?;
+        copy_file(last, tmp, hf::TOKENIZER_FILE)
+    })?;
     Ok(dst)
 }
 

@@ -108,6 +108,22 @@ impl std::str::FromStr for Preset {
     }
 }
 
+/// Keeps `cfg`'s model every quarter of its steps, so that `average_last` (at most 4) averages
+/// the last quarter-run models: the quickstart's rule, also when `--steps` changes the run.
+/// A step count without quarters (not a multiple of 4) turns averaging off; returns whether
+/// it stays on.
+pub fn keep_quarters(cfg: &mut TrainConfig) -> bool {
+    let quarter = cfg.steps / 4;
+    if cfg.steps.is_multiple_of(4) && quarter > 0 && cfg.average_last * quarter <= cfg.steps {
+        cfg.keep_every = quarter;
+        true
+    } else {
+        cfg.keep_every = 0;
+        cfg.average_last = 0;
+        false
+    }
+}
+
 /// The paper's "without g-augmentation" ablation fixes `g` at 2 (METHOD.md: "g fixed 2").
 pub const PAPER_NO_G: u32 = 2;
 
@@ -226,8 +242,8 @@ impl Plan {
                     extend.answer_weight = 40.0;
                     // Session 23: the model read is the mean of those kept at steps 1,500,
                     // 2,250 and 3,000 (`average/`), not the last one (RESULTS.md, session 23).
-                    extend.keep_every = extend.steps / 4;
                     extend.average_last = 3;
+                    keep_quarters(&mut extend);
                     let arm = Arm::e2llm_mid_window("e2llm", 30, extend.train_len);
                     (vec![arm], quickstart_eval)
                 } else {
@@ -554,8 +570,10 @@ pub fn model_dir(cfg: &TrainConfig, dir: &Path, ckpt: &Path) -> Result<PathBuf> 
         return Ok(avg);
     }
     // The final step's kept copy is the finished checkpoint (a run stopped between the two).
-    let last = dir.join(format!("step-{}", cfg.steps));
-    if !last.join(hf::WEIGHTS_FILE).exists() {
+    if !checkpoint::kept_dir(dir, cfg.steps)
+        .join(hf::WEIGHTS_FILE)
+        .exists()
+    {
         checkpoint::keep(dir, cfg.steps)?;
     }
     checkpoint::average(dir, &steps).map_err(|e| {

@@ -92,19 +92,12 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
         plan.extend.steps = s;
         // A preset that averages kept models keeps them every quarter of the run: with other
         // steps the quarters follow, and a count not divisible by 4 reads the final model.
-        if plan.extend.average_last > 0 {
-            let quarter = s / 4;
-            if s.is_multiple_of(4) && plan.extend.average_last * quarter <= s && quarter > 0 {
-                plan.extend.keep_every = quarter;
-            } else {
-                eprintln!(
-                    "note: --steps {s} has no quarters to keep, so the final model is read \
-                     instead of the mean of the last {} quarter-run models",
-                    plan.extend.average_last
-                );
-                plan.extend.average_last = 0;
-                plan.extend.keep_every = 0;
-            }
+        let k = plan.extend.average_last;
+        if k > 0 && !experiment::keep_quarters(&mut plan.extend) {
+            eprintln!(
+                "note: --steps {s} has no quarters to keep, so the final model is read instead \
+                 of the mean of the last {k} quarter-run models"
+            );
         }
     }
     if let Some(t) = c.trials {
