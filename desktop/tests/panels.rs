@@ -317,3 +317,38 @@ fn closing_mid_run_writes_a_checkpoint_at_the_last_step() {
     .expect("json");
     assert_eq!(state["step"].as_u64(), Some(step as u64));
 }
+
+#[test]
+fn a_run_that_averages_offers_its_averaged_model() {
+    let dir = tmp("average");
+    let mut h = harness(&dir, 4);
+    {
+        let c = &mut h.state_mut().settings.config;
+        c.keep_every = 2;
+        c.average_last = 2;
+    }
+    open(&mut h, Tab::Train);
+    h.get_by_label("Start").click();
+    h.step();
+    wait(&mut h, "the run to finish", 300, |a| {
+        a.run.state == RunState::Finished
+    });
+    let avg = dir.join("run/average");
+    assert!(
+        avg.join("model.safetensors").is_file(),
+        "no averaged model written"
+    );
+    assert!(
+        h.query_by_label_contains("steps [2, 4]").is_some(),
+        "the averaged model is not shown"
+    );
+    h.get_by_label("Read the averaged model").click();
+    h.step();
+    let s = &h.state().settings;
+    let shown = avg.display().to_string();
+    assert_eq!(s.attention.checkpoint, shown);
+    assert_eq!(s.eval.checkpoint_a, shown);
+    assert_eq!(s.export_from, shown);
+    let dev = e2llm_model::backend::device("cpu").expect("cpu");
+    e2llm_model::checkpoint::load_dir(&avg, &dev).expect("the averaged model loads");
+}

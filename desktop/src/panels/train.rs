@@ -1,6 +1,10 @@
 //! Training: start/pause/resume/stop, progress and ETA, live loss/lr/throughput plots,
-//! histograms of the sampled scale g and offset t, and the checkpoints as they are written.
+//! histograms of the sampled scale g and offset t, the checkpoints as they are written, and a
+//! finished run's averaged model (`average_last`).
 
+use std::path::Path;
+
+use e2llm_train::checkpoint;
 use eframe::egui;
 use egui_plot::{Bar, BarChart, Line, Plot};
 
@@ -113,6 +117,31 @@ impl DesktopApp {
         }
         for (step, dir) in self.run.checkpoints.iter().rev().take(8) {
             ui.label(format!("step {step}: {}", dir.display()));
+        }
+        self.averaged_model(ui);
+    }
+
+    /// A finished run that averages its last kept models: where the mean is, and a button that
+    /// makes it the model the other tabs read.
+    fn averaged_model(&mut self, ui: &mut egui::Ui) {
+        let Some(c) = &self.run.config else { return };
+        let steps = c.averaged_steps();
+        let dir = checkpoint::average_dir(Path::new(&self.settings.run_dir));
+        if self.run.state != RunState::Finished
+            || steps.is_empty()
+            || !dir.join(e2llm_model::checkpoint::WEIGHTS_FILE).is_file()
+        {
+            return;
+        }
+        let shown = dir.display().to_string();
+        ui.label(format!(
+            "averaged model: {shown} (the mean of the models at steps {steps:?})"
+        ));
+        if ui.button("Read the averaged model").clicked() {
+            let s = &mut self.settings;
+            s.attention.checkpoint = shown.clone();
+            s.eval.checkpoint_a = shown.clone();
+            s.export_from = shown;
         }
     }
 
