@@ -238,12 +238,13 @@ impl DesktopApp {
             ui.label("keep the model every (steps, 0 = off)");
             ui.add(DragValue::new(&mut c.keep_every).range(0..=1_000_000));
             ui.end_row();
-            ui.label("average the last kept models (0 = off)").on_hover_text(
-                "At the end, also write average/: the element-wise mean of the last this many \
+            ui.label("average the last kept models (0 = off)")
+                .on_hover_text(
+                    "At the end, also write average/: the element-wise mean of the last this many \
                  kept models (keep_every apart, the final step's among them). The quickstart \
                  reads the mean of its last 3 quarter-run models. Needs keep_every to divide \
                  steps.",
-            );
+                );
             ui.add(DragValue::new(&mut c.average_last).range(0..=64));
             ui.end_row();
             ui.label("seed");
