@@ -231,19 +231,18 @@ impl Plan {
                     ppl_windows: 0,
                     logn: true,
                 };
+                // Session 21 adopts the best recipe of sessions 19–20 (RESULTS.md): log-n
+                // attention in training (and so at inference), g_max 30, passkey answers
+                // weighted 40. Over five data seeds (one training thread) it read 99 / 95 / 90 /
+                // 83 / 82 / 58 % at 1×…32×, against 100 / 100 / 98 / 85 / 54 / 4 % for the
+                // session-15 recipe (plain PI, g_max 20, weight 20; four seeds).
+                extend.logn = true;
+                extend.answer_weight = 40.0;
+                // Session 23: the model read is the mean of those kept at steps 1,500, 2,250
+                // and 3,000 (`average/`), not the last one (RESULTS.md, session 23).
+                extend.average_last = 3;
+                keep_quarters(&mut extend);
                 let (arms, eval) = if p == Preset::Quickstart {
-                    // Session 21 adopts the best recipe of sessions 19–20 (RESULTS.md): log-n
-                    // attention in training (and so at inference), g_max 30, passkey answers
-                    // weighted 40. Over five data seeds (one training thread) it read 99 / 95 /
-                    // 90 / 83 / 82 / 58 % at 1×…32×, against 100 / 100 / 98 / 85 / 54 / 4 % for
-                    // the session-15 recipe (plain PI, g_max 20, weight 20; four seeds). The
-                    // paper preset below keeps the session-15 recipe its table was measured with.
-                    extend.logn = true;
-                    extend.answer_weight = 40.0;
-                    // Session 23: the model read is the mean of those kept at steps 1,500,
-                    // 2,250 and 3,000 (`average/`), not the last one (RESULTS.md, session 23).
-                    extend.average_last = 3;
-                    keep_quarters(&mut extend);
                     let arm = Arm::e2llm_mid_window("e2llm", 30, extend.train_len);
                     (vec![arm], quickstart_eval)
                 } else {
@@ -251,6 +250,10 @@ impl Plan {
                     // or a copy of that run in `<out>/base`, is reused as is), every method for
                     // the quickstart arm's 3,000 steps, E²-LLM with the quickstart's 128 kept
                     // tokens beside the published 4 sinks. ~10 minutes per arm on 2 cores.
+                    // Session 24: every arm trains with the quickstart's recipe above (sessions
+                    // 16–23 ran session 15's: no log-n, weight 20, the last model read, g_max up
+                    // to 20), and g_max 30 — the quickstart's arm — joins the g_max study; the
+                    // published 4 sinks and no-t draw g up to 30 as it does.
                     // Before session 16 (README's session-7 table): a 4,000-step base, 500
                     // steps per arm, 4 sinks, g_max up to 36. Evaluated as the quickstart is,
                     // with one more trial per cell and perplexity at every passkey length.
@@ -260,7 +263,7 @@ impl Plan {
                         ppl_windows: 4,
                         ..quickstart_eval
                     };
-                    (ablation_arms(32, &[5, 10, 20], extend.train_len), eval)
+                    (ablation_arms(32, &[5, 10, 20, 30], extend.train_len), eval)
                 };
                 Self {
                     base,
@@ -505,19 +508,40 @@ pub fn stage_state(cfg: &TrainConfig, dir: &Path) -> Result<StageState> {
     let Some(ckpt) = checkpoint::latest(dir) else {
         return Ok(StageState::New);
     };
-    let state = checkpoint::read_state(&ckpt)?;
+    let mut saved = checkpoint::read_state(&ckpt)?;
+    // Averaging happens after the last step (`model_dir` writes `average/` for a finished run
+    // that never did), so a run trained with another `average_last` is this stage's run.
+    saved.config.average_last = cfg.average_last;
+    let state = saved;
     if state.config != *cfg {
         return Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
-            reason: "holds a run with a different config; use another output \
-                     directory or delete this one"
-                .into(),
+            reason: format!(
+                "holds a run with a different config ({}); use another output directory or \
+                 delete this one",
+                config_changes(&state.config, cfg)
+            ),
         });
     }
     Ok(match state.step >= cfg.steps {
         true => StageState::Done { checkpoint: ckpt },
         false => StageState::Resume { step: state.step },
     })
+}
+
+/// The top-level fields where `saved` and `wanted` differ, as `field: saved → wanted`.
+fn config_changes(saved: &TrainConfig, wanted: &TrainConfig) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(saved), serde_json::to_value(wanted))
+    else {
+        return "its fields cannot be listed".into();
+    };
+    let null = serde_json::Value::Null;
+    b.iter()
+        .filter(|(k, v)| a.get(*k).unwrap_or(&null) != *v)
+        .map(|(k, v)| format!("{k}: {} → {v}", a.get(k).unwrap_or(&null)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Trains `cfg` in `dir`, or continues it, or reuses it when it already finished
@@ -786,7 +810,8 @@ mod tests {
             "e2llm-g5",
             "e2llm-g10",
             "e2llm-g20",
-            "e2llm-g20-4sinks",
+            "e2llm-g30",
+            "e2llm-g30-4sinks",
         ] {
             assert!(names.iter().any(|x| x == n), "paper preset lacks {n}");
         }
@@ -798,10 +823,15 @@ mod tests {
             Plan::preset(Preset::Quickstart).extend.averaged_steps(),
             [1500, 2250, 3000]
         );
-        // A quickstart run's base stage is the paper preset's (so either reuses the other's).
+        // A quickstart run's base stage is the paper preset's (so either reuses the other's),
+        // and every paper arm trains with the quickstart's recipe.
         assert_eq!(
             Plan::preset(Preset::Paper).base,
             Plan::preset(Preset::Quickstart).base
+        );
+        assert_eq!(
+            Plan::preset(Preset::Paper).extend,
+            Plan::preset(Preset::Quickstart).extend
         );
     }
 
@@ -863,8 +893,9 @@ mod tests {
             .expect("with_base");
         for arm in &paper.arms {
             let want = match arm.name.as_str() {
-                "e2llm-g20-4sinks" => Some(4),
-                "e2llm-no-g" | "e2llm-no-g32" | "e2llm-g5" | "e2llm-g10" | "e2llm-g20" => Some(32),
+                "e2llm-g30-4sinks" => Some(4),
+                "e2llm-no-g" | "e2llm-no-g32" | "e2llm-g5" | "e2llm-g10" | "e2llm-g20"
+                | "e2llm-g30" => Some(32),
                 _ => None,
             };
             let got = match arm.method {
