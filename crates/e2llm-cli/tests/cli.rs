@@ -506,7 +506,11 @@ fn experiment_ci_preset_runs_end_to_end() {
     let clash = e2llm(&clash);
     assert_clear_error(&clash, "different config");
     // It names the field that differs, with the saved and the wanted value.
-    assert!(stderr(&clash).contains("steps: 4 → 5"), "{}", stderr(&clash));
+    assert!(
+        stderr(&clash).contains("steps: 4 → 5"),
+        "{}",
+        stderr(&clash)
+    );
 
     // `--base DIR`: the arms start from an existing checkpoint; nothing is pretrained, and the
     // base row reads that checkpoint exactly as the run that trained it did.
