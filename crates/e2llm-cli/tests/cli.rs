@@ -471,6 +471,47 @@ fn experiment_ci_preset_runs_end_to_end() {
     assert_eq!(strip_tps(&md), strip_tps(&md2));
     assert_eq!(mtime(&state), before, "a finished stage was trained again");
 
+    // Every reading is kept in evals/ and reused while the model is the same: a kept count
+    // marked by hand comes back in the next run's results; new weights (the file rewritten
+    // with the same bytes) are read again and the mark is gone.
+    let kept = out.join("evals/pi.json");
+    let pi_first_cell = || -> serde_json::Value {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results"))
+                .expect("parses");
+        let pi = json["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .find(|r| r["name"] == "pi")
+            .expect("pi row")
+            .clone();
+        pi["passkey"][0].clone()
+    };
+    let mut saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kept).expect("evals/pi.json kept")).expect("parses");
+    assert_eq!(saved["passkey"][0]["correct"], pi_first_cell()["correct"]);
+    saved["passkey"][0]["correct"] = 7.into();
+    std::fs::write(&kept, serde_json::to_vec(&saved).expect("json")).expect("write");
+    let o = e2llm(&["experiment", "--preset", "ci", "--out", out_s]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert_eq!(
+        pi_first_cell()["correct"],
+        7,
+        "the kept reading was not reused"
+    );
+    let weights = out.join("pi/checkpoint/model.safetensors");
+    let bytes = std::fs::read(&weights).expect("pi weights");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::remove_file(&weights).expect("remove");
+    std::fs::write(&weights, bytes).expect("rewrite");
+    let o = e2llm(&["experiment", "--preset", "ci", "--out", out_s]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert!(
+        pi_first_cell()["correct"].as_u64().expect("count") <= 1,
+        "new weights were not read again"
+    );
+
     // --dry-run lists every stage as finished and trains nothing.
     let dry = e2llm(&["experiment", "--preset", "ci", "--out", out_s, "--dry-run"]);
     assert!(dry.status.success(), "stderr: {}", stderr(&dry));

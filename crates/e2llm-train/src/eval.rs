@@ -4,7 +4,7 @@
 use e2llm_core::passkey::{build_passkey, first_digits, score, Filler, PasskeySpec};
 use e2llm_model::generate::{generate, GenerateOptions};
 use e2llm_model::{Llama, Tokenizer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
@@ -49,7 +49,7 @@ pub fn default_threads(backend: &str) -> usize {
 }
 
 /// One cell's result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     /// Target prompt length (tokens).
     pub length: usize,
@@ -67,7 +67,7 @@ pub struct Cell {
 
 /// One trial: the hidden key and the generated text. Serialized with its [`AnswerKind`] as
 /// `kind` (the CLI's `--json`, the experiments' `results.json`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Answer {
     /// The pass key hidden in the prompt.
     pub key: u32,

@@ -8,13 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use e2llm_model::{backend, checkpoint as hf, Llama, Tokenizer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::config::{Method, TrainConfig};
 use crate::data::Corpus;
 use crate::error::{Result, TrainError};
 use crate::eval::{failure_summary, markdown_table, passkey_grid, Cell, PasskeyEval, ScaleMode};
+use crate::evalcache::{self, EvalKey};
 use crate::ppl::{perplexity, PplPoint, Scoring};
 use crate::trainer::{StepReport, Trainer};
 
@@ -48,7 +49,7 @@ impl Arm {
 }
 
 /// What to evaluate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalPlan {
     /// Passkey prompt lengths as multiples of `L`.
     pub passkey_multiples: Vec<usize>,
@@ -257,10 +258,14 @@ impl Plan {
                     // Before session 16 (README's session-7 table): a 4,000-step base, 500
                     // steps per arm, 4 sinks, g_max up to 36. Evaluated as the quickstart is,
                     // with one more trial per cell and perplexity at every passkey length.
+                    // Session 24: each model is read only as trained (every arm with log-n,
+                    // the base without), not also the other way, which doubled the reading
+                    // time (about 12 minutes per model and way on one core).
                     let eval = EvalPlan {
                         trials: 4,
                         ppl_multiples: quickstart_eval.passkey_multiples.clone(),
                         ppl_windows: 4,
+                        logn: false,
                         ..quickstart_eval
                     };
                     (ablation_arms(32, &[5, 10, 20, 30], extend.train_len), eval)
@@ -680,7 +685,8 @@ fn final_loss(ckpt: &Path) -> Result<Option<f32>> {
 
 /// Runs the plan in `out`: the base, then the arms (`jobs` at a time), each evaluated — or,
 /// with `evaluate_models` false, only trained (the report then holds no results; a later run reuses
-/// the finished stages and evaluates them).
+/// the finished stages and evaluates them). Each evaluation is kept in `out/evals/`
+/// ([`evalcache`]) and reused while the model and the plan stay the same.
 pub fn run(
     plan: &Plan,
     out: &Path,
@@ -706,7 +712,7 @@ pub fn run(
             let device = backend::device(backend)?;
             let (model, tok) = hf::load_with_tokenizer(model_dir, &device)?;
             let final_loss = final_loss(ckpt)?;
-            let mut out = Vec::new();
+            let mut read = Vec::new();
             let trained = model.logn();
             for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
                 let label = match (logn, trained) {
@@ -714,22 +720,35 @@ pub fn run(
                     (false, true) => format!("{name} without log-n"),
                     _ => name.to_string(),
                 };
-                let (cells, ppl) = evaluate(
-                    &label,
-                    method,
-                    &model.clone().with_logn(logn),
-                    &tok,
-                    &plan.eval,
-                    &corpus.heldout,
-                    eval_threads,
-                    obs,
-                )?;
+                // An evaluation kept from an earlier run of the same model, read the same way.
+                let key = EvalKey::new(model_dir, method, logn, backend, &plan.eval);
+                let kept = evalcache::path(out, &label);
+                let saved = key.as_ref().and_then(|k| evalcache::load(&kept, k));
+                let (cells, ppl) = match saved {
+                    Some(r) => r,
+                    None => {
+                        let r = evaluate(
+                            &label,
+                            method,
+                            &model.clone().with_logn(logn),
+                            &tok,
+                            &plan.eval,
+                            &corpus.heldout,
+                            eval_threads,
+                            obs,
+                        )?;
+                        if let Some(k) = &key {
+                            evalcache::save(&kept, k, &r.0, &r.1)?;
+                        }
+                        r
+                    }
+                };
                 obs.done(&label);
                 let mut inference = scale_label(inference_scale(method));
                 if logn {
                     inference += ", log-n";
                 }
-                out.push(ArmResult {
+                read.push(ArmResult {
                     name: label,
                     method,
                     inference,
@@ -740,32 +759,36 @@ pub fn run(
                     ppl,
                 });
             }
-            Ok::<_, TrainError>(out)
+            Ok::<_, TrainError>(read)
         };
     let (base_ckpt, base_tps) = match &plan.base_dir {
         Some(dir) => (dir.clone(), 0.0),
         None => train_stage("base", &plan.base, &out.join("base"), corpus, obs)?,
     };
-    let base = rows(
-        "base",
-        Method::None,
-        &base_ckpt,
-        &base_ckpt,
-        &plan.base.backend,
-        base_tps,
-    )?;
-    let mut results: Vec<Option<Result<Vec<ArmResult>>>> = plan.arms.iter().map(|_| None).collect();
+    // Job 0 reads the base; job i > 0 trains and reads arm i − 1. With `jobs` > 1 the base is
+    // read while the first arms train.
+    let mut results: Vec<Option<Result<Vec<ArmResult>>>> =
+        (0..=plan.arms.len()).map(|_| None).collect();
     let one = |i: usize| -> Result<Vec<ArmResult>> {
-        let arm = &plan.arms[i];
+        let Some(arm) = i.checked_sub(1).map(|a| &plan.arms[a]) else {
+            return rows(
+                "base",
+                Method::None,
+                &base_ckpt,
+                &base_ckpt,
+                &plan.base.backend,
+                base_tps,
+            );
+        };
         let cfg = plan.arm_config(arm, &base_ckpt);
         let dir = out.join(&arm.name);
         let (ckpt, tps) = train_stage(&arm.name, &cfg, &dir, corpus, obs)?;
         let model_dir = model_dir(&cfg, &dir, &ckpt)?;
         rows(&arm.name, arm.method, &ckpt, &model_dir, &cfg.backend, tps)
     };
-    // A failed arm stops new ones from starting; the ones running finish.
-    crate::pool::for_each_index(plan.arms.len(), jobs, one, |i, r| results[i] = Some(r));
-    let mut all = base;
+    // A failed job stops new ones from starting; the ones running finish.
+    crate::pool::for_each_index(results.len(), jobs, one, |i, r| results[i] = Some(r));
+    let mut all = Vec::new();
     for r in results {
         match r {
             Some(r) => all.extend(r?),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod evalcache;
 pub mod experiment;
 pub mod loss;
 pub mod method;

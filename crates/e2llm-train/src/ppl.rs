@@ -14,13 +14,13 @@
 use burn::tensor::activation;
 use e2llm_model::rope::Positions;
 use e2llm_model::Llama;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::eval::ScaleMode;
 
 /// Perplexity at one context length.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PplPoint {
     /// Context length `ℓ` in tokens.
     pub length: usize,
