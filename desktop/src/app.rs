@@ -42,6 +42,8 @@ pub struct RunView {
     pub started_from: Option<usize>,
     /// Checkpoints written: `(step, dir)`, newest last.
     pub checkpoints: Vec<(usize, PathBuf)>,
+    /// The run directory this run trains in (Setup's field may change while it runs).
+    pub dir: Option<PathBuf>,
     /// Why the run failed.
     pub error: Option<String>,
 }
@@ -62,6 +64,7 @@ impl Default for RunView {
             since: None,
             started_from: None,
             checkpoints: Vec::new(),
+            dir: None,
             error: None,
         }
     }
@@ -186,6 +189,7 @@ impl DesktopApp {
         }
         let dir = PathBuf::from(&self.settings.run_dir);
         let resume = dir.join("checkpoint").join("trainer_state.json").is_file();
+        self.run.dir = Some(dir.clone());
         let ctx = ctx.clone();
         self.run.handle = Some(TrainHandle::spawn(
             self.settings.config.clone(),

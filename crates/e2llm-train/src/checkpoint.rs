@@ -137,20 +137,37 @@ pub fn average_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("average")
 }
 
+/// The file in `average/` that lists the steps it is the mean of (a JSON array).
+pub const AVERAGED_STEPS_FILE: &str = "averaged_steps.json";
+
 /// Writes `run_dir/average/`, the mean of the kept models ([`kept_dir`]) of each of `steps`
 /// (an HF directory: the first one's config.json, the last one's tokenizer.json — one run's, so
-/// the same), atomically (a temp directory renamed into place).
+/// the same — and [`AVERAGED_STEPS_FILE`]), atomically (a temp directory renamed into place).
 pub fn average(run_dir: &Path, steps: &[usize]) -> Result<PathBuf> {
     let dirs: Vec<PathBuf> = steps.iter().map(|&s| kept_dir(run_dir, s)).collect();
     let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     let model = hf::average_dirs(&refs, &Device::flex())?;
     let last = refs.last().expect("at least one step");
     let dst = average_dir(run_dir);
+    let listed = serde_json::to_vec(steps).map_err(|e| TrainError::Data(e.to_string()))?;
     replace_dir(&dst, |tmp| {
         hf::save_dir(&model, tmp)?;
-        copy_file(last, tmp, hf::TOKENIZER_FILE)
+        copy_file(last, tmp, hf::TOKENIZER_FILE)?;
+        write_atomic(&tmp.join(AVERAGED_STEPS_FILE), &listed)?;
+        Ok(())
     })?;
     Ok(dst)
+}
+
+/// The steps `run_dir/average/` is the mean of, as it recorded them (`None`: no average, or one
+/// that does not say — written before session 24).
+pub fn averaged_steps(run_dir: &Path) -> Option<Vec<usize>> {
+    let dir = average_dir(run_dir);
+    if !dir.join(hf::WEIGHTS_FILE).is_file() {
+        return None;
+    }
+    let bytes = std::fs::read(dir.join(AVERAGED_STEPS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn moments_bytes(opt: &AdamW) -> Result<Vec<u8>> {

@@ -1,6 +1,7 @@
 //! Saved evaluations of an experiment's models (`<out>/evals/<row>.json`): a model read again
-//! the same way — the same weights file, method, log-n setting, backend and plan — is not
-//! evaluated again, so a stopped or repeated experiment evaluates only what it has not yet.
+//! the same way — the same weights (by content), method, log-n setting, backend, plan and
+//! [`EVAL_FORMAT`] — is not evaluated again, so a stopped or repeated experiment evaluates only
+//! what it has not yet.
 
 use std::path::{Path, PathBuf};
 
@@ -14,15 +15,20 @@ use crate::eval::Cell;
 use crate::experiment::EvalPlan;
 use crate::ppl::PplPoint;
 
+/// Bumped whenever evaluation itself changes (prompts, generation, scoring, the scale chosen),
+/// so readings kept by an earlier e2llm are not reused.
+pub const EVAL_FORMAT: u32 = 1;
+
 /// What one evaluation read, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalKey {
-    /// The weights file.
-    pub weights: PathBuf,
-    /// Its length in bytes.
+    /// [`EVAL_FORMAT`] of the e2llm that made the reading.
+    pub format: u32,
+    /// The weights file's length in bytes.
     pub weights_len: u64,
-    /// Its modification time (ns since the Unix epoch): a retrained or re-averaged model is new.
-    pub weights_modified_ns: u128,
+    /// Its XXH3-128 content hash, as hex: the same weights anywhere (a run directory copied
+    /// back from another machine, an average written again) are the same model.
+    pub weights_xxh3: String,
     /// The method it was trained with (it sets the inference scale).
     pub method: Method,
     /// Read with log-n attention scaling.
@@ -35,7 +41,7 @@ pub struct EvalKey {
 
 impl EvalKey {
     /// The key of reading the model in `model_dir`; `None` when its weights are not one
-    /// `model.safetensors` whose metadata can be read (such a model is always evaluated).
+    /// readable `model.safetensors` (such a model is always evaluated).
     pub fn new(
         model_dir: &Path,
         method: Method,
@@ -43,23 +49,35 @@ impl EvalKey {
         backend: &str,
         plan: &EvalPlan,
     ) -> Option<Self> {
-        let weights = model_dir.join(hf::WEIGHTS_FILE);
-        let meta = std::fs::metadata(&weights).ok()?;
-        let modified = meta.modified().ok()?;
-        let ns = modified
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
+        let (weights_len, weights_xxh3) = content_hash(&model_dir.join(hf::WEIGHTS_FILE)).ok()?;
         Some(Self {
-            weights: std::path::absolute(&weights).unwrap_or(weights),
-            weights_len: meta.len(),
-            weights_modified_ns: ns,
+            format: EVAL_FORMAT,
+            weights_len,
+            weights_xxh3,
             method,
             logn,
             backend: backend.to_string(),
             plan: plan.clone(),
         })
     }
+}
+
+/// Length and XXH3-128 hash (hex) of the file at `path`, read in 1 MiB pieces.
+fn content_hash(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, format!("{:032x}", h.digest128())))
 }
 
 #[derive(Serialize, Deserialize)]

@@ -488,6 +488,9 @@ pub trait Observer: Sync {
     fn eval(&self, name: &str, done: usize, total: usize);
     /// A stage finished (trained and evaluated).
     fn done(&self, name: &str);
+    /// Something the user should know about stage `name` that is not an error (a reading
+    /// reused, a reading that could not be kept).
+    fn note(&self, _name: &str, _msg: &str) {}
 }
 
 /// What a stage's run directory holds for the config `cfg`.
@@ -594,9 +597,10 @@ pub fn model_dir(cfg: &TrainConfig, dir: &Path, ckpt: &Path) -> Result<PathBuf> 
     if steps.is_empty() {
         return Ok(ckpt.to_path_buf());
     }
-    let avg = checkpoint::average_dir(dir);
-    if avg.join(hf::WEIGHTS_FILE).exists() {
-        return Ok(avg);
+    // An average of other steps (another `average_last`, or one that does not say) is
+    // written again.
+    if checkpoint::averaged_steps(dir).as_deref() == Some(&steps[..]) {
+        return Ok(checkpoint::average_dir(dir));
     }
     // The final step's kept copy is the finished checkpoint (a run stopped between the two).
     if !checkpoint::kept_dir(dir, cfg.steps)
@@ -725,7 +729,13 @@ pub fn run(
                 let kept = evalcache::path(out, &label);
                 let saved = key.as_ref().and_then(|k| evalcache::load(&kept, k));
                 let (cells, ppl) = match saved {
-                    Some(r) => r,
+                    Some(r) => {
+                        obs.note(
+                            &label,
+                            &format!("read earlier, reused ({})", kept.display()),
+                        );
+                        r
+                    }
                     None => {
                         let r = evaluate(
                             &label,
@@ -737,8 +747,11 @@ pub fn run(
                             eval_threads,
                             obs,
                         )?;
-                        if let Some(k) = &key {
-                            evalcache::save(&kept, k, &r.0, &r.1)?;
+                        // Not keeping it costs a rerun some time, never a result.
+                        if let Some(Err(e)) =
+                            key.as_ref().map(|k| evalcache::save(&kept, k, &r.0, &r.1))
+                        {
+                            obs.note(&label, &format!("this reading could not be kept: {e}"));
                         }
                         r
                     }

@@ -329,6 +329,24 @@ fn average_last_writes_the_mean_of_the_last_kept_models() {
         .expect("average/ is a loadable HF directory");
     let model = e2llm_train::experiment::model_dir(&cfg, &dir, &ckpt).expect("model dir");
     assert_eq!(model, dir.join("average"));
+    assert_eq!(
+        e2llm_train::checkpoint::averaged_steps(&dir),
+        Some(vec![4, 6])
+    );
+    // Read with another `average_last` (the same kept models): the mean of those steps is
+    // written instead of reading the old one, and back again.
+    let three = TrainConfig {
+        average_last: 3,
+        ..cfg.clone()
+    };
+    e2llm_train::experiment::model_dir(&three, &dir, &ckpt).expect("model dir");
+    assert_eq!(
+        e2llm_train::checkpoint::averaged_steps(&dir),
+        Some(vec![2, 4, 6])
+    );
+    assert_ne!(host(dir.join("average")), avg, "still the mean of two");
+    e2llm_train::experiment::model_dir(&cfg, &dir, &ckpt).expect("model dir");
+    assert_eq!(host(dir.join("average")), avg);
     // A run killed before it wrote average/: the experiment writes it from the kept steps.
     let before = std::fs::read(dir.join("average/model.safetensors")).expect("weights");
     std::fs::remove_dir_all(dir.join("average")).expect("rm");

@@ -2,8 +2,6 @@
 //! histograms of the sampled scale g and offset t, the checkpoints as they are written, and a
 //! finished run's averaged model (`average_last`).
 
-use std::path::Path;
-
 use e2llm_train::checkpoint;
 use eframe::egui;
 use egui_plot::{Bar, BarChart, Line, Plot};
@@ -124,15 +122,17 @@ impl DesktopApp {
     /// A finished run that averages its last kept models: where the mean is, and a button that
     /// makes it the model the other tabs read.
     fn averaged_model(&mut self, ui: &mut egui::Ui) {
-        let Some(c) = &self.run.config else { return };
+        let (Some(c), Some(run_dir)) = (&self.run.config, &self.run.dir) else {
+            return;
+        };
         let steps = c.averaged_steps();
-        let dir = checkpoint::average_dir(Path::new(&self.settings.run_dir));
         if self.run.state != RunState::Finished
             || steps.is_empty()
-            || !dir.join(e2llm_model::checkpoint::WEIGHTS_FILE).is_file()
+            || checkpoint::averaged_steps(run_dir).as_ref() != Some(&steps)
         {
             return;
         }
+        let dir = checkpoint::average_dir(run_dir);
         let shown = dir.display().to_string();
         ui.label(format!(
             "averaged model: {shown} (the mean of the models at steps {steps:?})"

@@ -221,6 +221,12 @@ impl Observer for Bars {
             b.finish();
         }
     }
+    fn note(&self, name: &str, msg: &str) {
+        let line = format!("{name:>12} {msg}");
+        if self.plain || self.multi.println(&line).is_err() {
+            eprintln!("{line}");
+        }
+    }
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
