@@ -31,7 +31,9 @@ pub struct ExperimentArgs {
     /// Output directory (default: runs/experiment-<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Extension arms trained at the same time (each takes one training thread).
+    /// Jobs at the same time: the base's reading and the arms (each trains with its config's
+    /// `threads`, 2 in the paper preset: add `--set-extend threads=1` to give each arm one core).
+    /// Every model is read with cores / jobs threads.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
     /// Only these arms, comma-separated (default: all of the preset's).
