@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use eframe::egui;
 
-use e2llm_train::{StepReport, TrainConfig};
+use e2llm_train::{checkpoint, StepReport, TrainConfig};
 
 use crate::compute::{AttentionResult, EvalResult};
 use crate::state::{RunCmd, RunState, Settings, Tab};
@@ -42,8 +42,8 @@ pub struct RunView {
     pub started_from: Option<usize>,
     /// Checkpoints written: `(step, dir)`, newest last.
     pub checkpoints: Vec<(usize, PathBuf)>,
-    /// The run directory this run trains in (Setup's field may change while it runs).
-    pub dir: Option<PathBuf>,
+    /// A finished run's averaged model (`average/`) and the steps it is the mean of.
+    pub averaged: Option<(PathBuf, Vec<usize>)>,
     /// Why the run failed.
     pub error: Option<String>,
 }
@@ -64,7 +64,7 @@ impl Default for RunView {
             since: None,
             started_from: None,
             checkpoints: Vec::new(),
-            dir: None,
+            averaged: None,
             error: None,
         }
     }
@@ -189,7 +189,6 @@ impl DesktopApp {
         }
         let dir = PathBuf::from(&self.settings.run_dir);
         let resume = dir.join("checkpoint").join("trainer_state.json").is_file();
-        self.run.dir = Some(dir.clone());
         let ctx = ctx.clone();
         self.run.handle = Some(TrainHandle::spawn(
             self.settings.config.clone(),
@@ -214,9 +213,16 @@ impl DesktopApp {
                 }
                 TrainEvent::Step(r) => self.run.record(&r),
                 TrainEvent::Saved { step, dir } => self.run.checkpoints.push((step, dir)),
-                TrainEvent::Done(_) => {
+                TrainEvent::Done(ckpt) => {
                     self.run.command(RunCmd::Done);
                     self.run.handle = None;
+                    self.run.averaged = self.run.config.as_ref().and_then(|c| {
+                        let run_dir = ckpt.parent()?;
+                        let steps = c.averaged_steps();
+                        (!steps.is_empty()
+                            && checkpoint::averaged_steps(run_dir).as_ref() == Some(&steps))
+                        .then(|| (checkpoint::average_dir(run_dir), steps))
+                    });
                 }
                 TrainEvent::Failed(msg) => {
                     self.run.command(RunCmd::Fail);

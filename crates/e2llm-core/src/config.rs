@@ -179,6 +179,23 @@ pub struct LlamaConfig {
 
 const TOP: &str = "config.json";
 
+/// The top-level keys of two JSON objects whose values differ (a key one of them lacks reads as
+/// `null` there), sorted, each with its value in `a` and in `b`; empty when either is not an
+/// object. Used to say how two configs differ.
+pub fn json_differences(a: &Value, b: &Value) -> Vec<(String, Value, Value)> {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let at = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).cloned().unwrap_or(Value::Null);
+    keys.into_iter()
+        .map(|k| (k.clone(), at(a, k), at(b, k)))
+        .filter(|(_, x, y)| x != y)
+        .collect()
+}
+
 impl LlamaConfig {
     /// Parses a `config.json` text (hub layout or transformers v5 layout) and validates it.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {

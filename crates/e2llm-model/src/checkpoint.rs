@@ -188,19 +188,10 @@ pub fn average_dirs(dirs: &[&Path], device: &Device) -> Result<Llama> {
 /// The top-level `config.json` keys whose values differ between `a` and `b` (e.g. RoPE scaling or
 /// `use_logn_attn` between checkpoints that [`average_dirs`] can still average).
 pub fn config_differences(a: &LlamaConfig, b: &LlamaConfig) -> Vec<String> {
-    let (a, b) = (a.to_json_value(), b.to_json_value());
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return Vec::new();
-    };
-    let mut keys: Vec<String> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    e2llm_core::config::json_differences(&a.to_json_value(), &b.to_json_value())
+        .into_iter()
+        .map(|(key, _, _)| key)
+        .collect()
 }
 
 /// Writes `model` as an HF directory (`config.json`, `model.safetensors`), each file

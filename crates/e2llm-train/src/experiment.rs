@@ -516,11 +516,10 @@ pub fn stage_state(cfg: &TrainConfig, dir: &Path) -> Result<StageState> {
     let Some(ckpt) = checkpoint::latest(dir) else {
         return Ok(StageState::New);
     };
-    let mut saved = checkpoint::read_state(&ckpt)?;
+    let mut state = checkpoint::read_state(&ckpt)?;
     // Averaging happens after the last step (`model_dir` writes `average/` for a finished run
     // that never did), so a run trained with another `average_last` is this stage's run.
-    saved.config.average_last = cfg.average_last;
-    let state = saved;
+    state.config.average_last = cfg.average_last;
     if state.config != *cfg {
         return Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
@@ -539,15 +538,12 @@ pub fn stage_state(cfg: &TrainConfig, dir: &Path) -> Result<StageState> {
 
 /// The top-level fields where `saved` and `wanted` differ, as `field: saved → wanted`.
 fn config_changes(saved: &TrainConfig, wanted: &TrainConfig) -> String {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(saved), serde_json::to_value(wanted))
-    else {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(saved), serde_json::to_value(wanted)) else {
         return "its fields cannot be listed".into();
     };
-    let null = serde_json::Value::Null;
-    b.iter()
-        .filter(|(k, v)| a.get(*k).unwrap_or(&null) != *v)
-        .map(|(k, v)| format!("{k}: {} → {v}", a.get(k).unwrap_or(&null)))
+    e2llm_core::config::json_differences(&a, &b)
+        .into_iter()
+        .map(|(k, x, y)| format!("{k}: {x} → {y}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -718,6 +714,8 @@ pub fn run(
             let final_loss = final_loss(ckpt)?;
             let mut read = Vec::new();
             let trained = model.logn();
+            // The weights are hashed once per model; each reading's key differs in `logn`.
+            let model_key = EvalKey::new(model_dir, method, trained, backend, &plan.eval);
             for logn in std::iter::once(trained).chain(plan.eval.logn.then_some(!trained)) {
                 let label = match (logn, trained) {
                     (true, false) => format!("{name} + log-n"),
@@ -725,7 +723,7 @@ pub fn run(
                     _ => name.to_string(),
                 };
                 // An evaluation kept from an earlier run of the same model, read the same way.
-                let key = EvalKey::new(model_dir, method, logn, backend, &plan.eval);
+                let key = model_key.clone().map(|k| EvalKey { logn, ..k });
                 let kept = evalcache::path(out, &label);
                 let saved = key.as_ref().and_then(|k| evalcache::load(&kept, k));
                 let (cells, ppl) = match saved {

@@ -2,7 +2,6 @@
 //! histograms of the sampled scale g and offset t, the checkpoints as they are written, and a
 //! finished run's averaged model (`average_last`).
 
-use e2llm_train::checkpoint;
 use eframe::egui;
 use egui_plot::{Bar, BarChart, Line, Plot};
 
@@ -122,17 +121,12 @@ impl DesktopApp {
     /// A finished run that averages its last kept models: where the mean is, and a button that
     /// makes it the model the other tabs read.
     fn averaged_model(&mut self, ui: &mut egui::Ui) {
-        let (Some(c), Some(run_dir)) = (&self.run.config, &self.run.dir) else {
+        let Some((dir, steps)) = &self.run.averaged else {
             return;
         };
-        let steps = c.averaged_steps();
-        if self.run.state != RunState::Finished
-            || steps.is_empty()
-            || checkpoint::averaged_steps(run_dir).as_ref() != Some(&steps)
-        {
+        if self.run.state != RunState::Finished {
             return;
         }
-        let dir = checkpoint::average_dir(run_dir);
         let shown = dir.display().to_string();
         ui.label(format!(
             "averaged model: {shown} (the mean of the models at steps {steps:?})"
