@@ -400,6 +400,12 @@ fn experiment_ci_preset_runs_end_to_end() {
             let answers = c["answers"].as_array().expect("answers");
             assert_eq!(answers.len() as u64, n, "{name}");
             assert!(answers.iter().all(|a| a["kind"].is_string()), "{name}");
+            assert!(
+                answers
+                    .iter()
+                    .all(|a| a["key_nll"].as_f64().is_some_and(|x| x >= 0.0)),
+                "{name}: {answers:?}"
+            );
             let right = answers.iter().filter(|a| a["kind"] == "correct").count();
             assert_eq!(right as u64, k, "{name}");
             wrong += n - k;
@@ -417,6 +423,16 @@ fn experiment_ci_preset_runs_end_to_end() {
             .unwrap_or_else(|| panic!("no table row for {name}"));
         // name, g, 2 passkey columns, 2 ppl columns, tok/s.
         assert_eq!(row.matches('|').count(), 8, "{row}");
+        // Then its row in the key NLL table: name and one mean per passkey length.
+        let rows: Vec<&&str> = (table.iter())
+            .filter(|x| x.starts_with(&format!("| {name} |")))
+            .collect();
+        assert_eq!(rows.len(), 2, "{name}: {rows:?}");
+        let nll: Vec<f64> = (rows[1].split('|').skip(2))
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        assert_eq!(nll.len(), 2, "{}", rows[1]);
+        assert!(nll.iter().all(|x| *x >= 0.0), "{}", rows[1]);
         assert!(
             is_png(&out.join(format!("passkey_{}.png", name.replace(" + ", "+")))),
             "{name} heatmap"

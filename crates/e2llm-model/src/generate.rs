@@ -141,17 +141,35 @@ pub fn generate(
     model: &Llama,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
+    let read = read_prompt(model, prompt, opts)?;
+    generate_after(model, read, opts, on_token)
+}
+
+/// A prompt run through a fresh KV cache: what [`generate_after`] and
+/// [`continuation_logprobs`] continue from (one prompt read serves both).
+#[derive(Debug, Clone)]
+pub struct ReadPrompt {
+    /// Keys and values of every prompt token.
+    pub cache: KvCache,
+    /// Logits `[vocab]` after the last prompt token.
+    pub logits: Vec<f32>,
+    /// Prompt tokens (the next token's position).
+    pub len: usize,
+}
+
+/// Runs `prompt` (positions `0..len` ÷ `opts.rope_scale`, in chunks of `opts.prefill_chunk`)
+/// through a fresh cache.
+pub fn read_prompt(model: &Llama, prompt: &[u32], opts: &GenerateOptions) -> Result<ReadPrompt> {
     if prompt.is_empty() {
         return Err(ModelError::Input(
             "the prompt is empty; give at least one token".into(),
         ));
     }
-    let mut sampler = Sampler::new(opts.sampling);
     let mut cache = KvCache::new(model.layers.len());
     let positions: Vec<f32> = (0..prompt.len()).map(|p| p as f32).collect();
-    let mut logits = read_f32(model.prefill(
+    let logits = read_f32(model.prefill(
         prompt,
         &positions,
         opts.rope_scale,
@@ -159,6 +177,26 @@ pub fn generate(
         opts.prefill_chunk,
         |_, _| {},
     )?)?;
+    Ok(ReadPrompt {
+        cache,
+        logits,
+        len: prompt.len(),
+    })
+}
+
+/// [`generate`] after a prompt already read.
+pub fn generate_after(
+    model: &Llama,
+    read: ReadPrompt,
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    let ReadPrompt {
+        mut cache,
+        mut logits,
+        len,
+    } = read;
+    let mut sampler = Sampler::new(opts.sampling);
     let mut out = Vec::new();
     for step in 0..opts.max_new_tokens {
         let next = sampler.sample(&logits);
@@ -169,14 +207,50 @@ pub fn generate(
         if !on_token(next) || step + 1 == opts.max_new_tokens {
             break;
         }
-        let l = decode_step(
-            model,
-            next,
-            prompt.len() + step,
-            opts.rope_scale,
-            &mut cache,
-        )?;
+        let l = decode_step(model, next, len + step, opts.rope_scale, &mut cache)?;
         logits = read_f32(l)?;
     }
+    Ok(out)
+}
+
+/// Natural log of `softmax(logits)[id]`, summed in f64.
+pub fn log_prob(logits: &[f32], id: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    logits[id as usize] as f64 - max - sum.ln()
+}
+
+/// Teacher-forced log-probabilities of `target` after a read prompt, one per token: the first
+/// from the prompt's last logits, the rest from one forward of `target[..n-1]` through a copy
+/// of the cache (`read` is left as it was, ready for [`generate_after`]).
+pub fn continuation_logprobs(
+    model: &Llama,
+    read: &ReadPrompt,
+    target: &[u32],
+    rope_scale: f32,
+) -> Result<Vec<f64>> {
+    let vocab = model.config.vocab_size;
+    if let Some(&bad) = target.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ModelError::Input(format!(
+            "token id {bad} is outside the vocabulary ({vocab} ids)"
+        )));
+    }
+    let Some((&first, rest)) = target.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![log_prob(&read.logits, first)];
+    if rest.is_empty() {
+        return Ok(out);
+    }
+    let fed = &target[..target.len() - 1];
+    let pos = (read.len..read.len + fed.len()).map(|p| p as f32).collect();
+    let mut cache = read.cache.clone();
+    let logits =
+        read_f32(model.forward(fed, &Positions::row(pos, rope_scale), Some(&mut cache))?)?;
+    out.extend(
+        rest.iter()
+            .zip(logits.chunks(vocab))
+            .map(|(&t, row)| log_prob(row, t)),
+    );
     Ok(out)
 }

@@ -876,3 +876,58 @@ fn averaging_checkpoints_is_the_mean_of_their_weights() {
     assert!(checkpoint::config_differences(&cfg, &cfg).is_empty());
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Teacher-forced log-probabilities through a read prompt's cache equal the log-softmax of one
+/// full forward over prompt + target, and scoring leaves the read prompt as it was: greedy
+/// generation after it equals `generate` from scratch.
+#[test]
+fn continuation_logprobs_equal_the_full_forwards_log_softmax() {
+    use e2llm_model::generate::{continuation_logprobs, generate_after, log_prob, read_prompt};
+    use e2llm_model::Kernels;
+    let mut cfg = small_config();
+    cfg.max_position_embeddings = 16;
+    let (n, k) = (30, 5);
+    let all = ids(n + k);
+    let (prompt, target) = all.split_at(n);
+    let vocab = cfg.vocab_size;
+    let g = 2.0;
+    for kernels in [Kernels::Reference, Kernels::Fused] {
+        let m = model(cfg.clone()).with_kernels(kernels).with_logn(true);
+        let full = to_vec(
+            m.forward(&all, &Positions::contiguous(1, n + k, 0, g), None)
+                .expect("forward"),
+        );
+        // Row i's logits predict token i + 1.
+        let want: Vec<f64> = (0..k)
+            .map(|j| {
+                let row = n - 1 + j;
+                log_prob(&full[row * vocab..(row + 1) * vocab], target[j])
+            })
+            .collect();
+        let opts = GenerateOptions {
+            max_new_tokens: 6,
+            rope_scale: g,
+            prefill_chunk: 8,
+            ..GenerateOptions::default()
+        };
+        let read = read_prompt(&m, prompt, &opts).expect("read");
+        let got = continuation_logprobs(&m, &read, target, g).expect("score");
+        assert_eq!(got.len(), k);
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-4, "{kernels}: token {j}: {a} vs {b}");
+            assert!(*a < 0.0, "a log-probability is negative");
+        }
+        assert_eq!(read.cache.len(), n, "{kernels}: scoring leaves the cache");
+        let after = generate_after(&m, read, &opts, |_| true).expect("generate");
+        let fresh = generate(&m, prompt, &opts, |_| true).expect("generate");
+        assert_eq!(after, fresh, "{kernels}: generation after scoring");
+        let err = continuation_logprobs(
+            &m,
+            &read_prompt(&m, prompt, &opts).expect("read"),
+            &[vocab as u32],
+            g,
+        )
+        .expect_err("out of vocabulary");
+        assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    }
+}

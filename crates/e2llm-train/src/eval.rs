@@ -2,7 +2,7 @@
 //! integer, exact match), with the RoPE scale chosen per length.
 
 use e2llm_core::passkey::{build_passkey, first_digits, score, Filler, PasskeySpec};
-use e2llm_model::generate::{generate, GenerateOptions};
+use e2llm_model::generate::{continuation_logprobs, generate_after, read_prompt, GenerateOptions};
 use e2llm_model::{Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -65,9 +65,10 @@ pub struct Cell {
     pub answers: Vec<Answer>,
 }
 
-/// One trial: the hidden key and the generated text. Serialized with its [`AnswerKind`] as
-/// `kind` (the CLI's `--json`, the experiments' `results.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One trial: the hidden key, the generated text and how likely the model found the key.
+/// Serialized with its [`AnswerKind`] as `kind` (the CLI's `--json`, the experiments'
+/// `results.json`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Answer {
     /// The pass key hidden in the prompt.
     pub key: u32,
@@ -75,6 +76,10 @@ pub struct Answer {
     pub text: String,
     /// Prompt length in tokens.
     pub prompt_tokens: usize,
+    /// `−ln p(" KEY." | prompt)` in nats, teacher-forced over the tokens of the answer as
+    /// training writes it (the key, then the period that ends it): graded where exact match is
+    /// all-or-nothing (0 = certain; a uniform guess over 1,024 tokens costs 6.9 per token).
+    pub key_nll: f64,
 }
 
 /// How an answer relates to its key.
@@ -117,10 +122,11 @@ impl Answer {
 impl Serialize for Answer {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Answer", 4)?;
+        let mut st = s.serialize_struct("Answer", 5)?;
         st.serialize_field("key", &self.key)?;
         st.serialize_field("text", &self.text)?;
         st.serialize_field("prompt_tokens", &self.prompt_tokens)?;
+        st.serialize_field("key_nll", &self.key_nll)?;
         st.serialize_field("kind", &self.kind())?;
         st.end()
     }
@@ -131,6 +137,15 @@ impl Cell {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.trials.max(1) as f64
     }
+}
+
+/// Mean key NLL (nats) over every answer of `cells` (NaN when there are none).
+pub fn mean_key_nll<'a>(cells: impl IntoIterator<Item = &'a Cell>) -> f64 {
+    let (sum, n) = cells
+        .into_iter()
+        .flat_map(|c| &c.answers)
+        .fold((0.0, 0usize), |(s, n), a| (s + a.key_nll, n + 1));
+    sum / n as f64
 }
 
 /// Runs the grid; `on_trial(done, total)` reports progress (from the calling thread).
@@ -220,11 +235,17 @@ fn run_trial(
         rope_scale: g,
         ..GenerateOptions::default()
     };
-    let out = generate(model, &ids, &opts, |_| true)?;
+    let read = read_prompt(model, &ids, &opts)?;
+    let key_ids = tok.encode(&format!(" {}.", prompt.key), false)?;
+    let key_nll = -continuation_logprobs(model, &read, &key_ids, g)?
+        .iter()
+        .sum::<f64>();
+    let out = generate_after(model, read, &opts, |_| true)?;
     let answer = Answer {
         key: prompt.key,
         text: tok.decode(&out)?,
         prompt_tokens: ids.len(),
+        key_nll,
     };
     Ok((g, answer))
 }
@@ -254,7 +275,8 @@ pub fn failure_summary(cells: &[Cell]) -> Option<String> {
     })
 }
 
-/// The grid as a markdown table: one row per length, one column per depth, accuracy in %.
+/// The grid as a markdown table: one row per length, one column per depth, accuracy in %, then
+/// the mean over depths and the row's mean key NLL (nats).
 pub fn markdown_table(cells: &[Cell]) -> String {
     let mut depths: Vec<f64> = cells.iter().map(|c| c.depth).collect();
     depths.dedup();
@@ -267,8 +289,8 @@ pub fn markdown_table(cells: &[Cell]) -> String {
     for d in &depths {
         s += &format!(" depth {d} |");
     }
-    s += " mean |\n|---:|---:|";
-    s += &"---:|".repeat(depths.len() + 1);
+    s += " mean | key NLL |\n|---:|---:|";
+    s += &"---:|".repeat(depths.len() + 2);
     s.push('\n');
     for l in lengths {
         let row: Vec<&Cell> = cells.iter().filter(|c| c.length == l).collect();
@@ -281,20 +303,21 @@ pub fn markdown_table(cells: &[Cell]) -> String {
             }
         }
         let mean = row.iter().map(|c| c.accuracy()).sum::<f64>() / row.len().max(1) as f64;
-        s += &format!(" {:.0}% |\n", 100.0 * mean);
+        s += &format!(" {:.0}% | {:.2} |\n", 100.0 * mean, mean_key_nll(row));
     }
     s
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{failure_summary, Answer, AnswerKind, Cell};
+    use super::{failure_summary, mean_key_nll, Answer, AnswerKind, Cell};
 
     fn answer(key: u32, text: &str) -> Answer {
         Answer {
             key,
             text: text.into(),
             prompt_tokens: 10,
+            key_nll: text.len() as f64 / 4.0,
         }
     }
 
@@ -321,7 +344,7 @@ mod tests {
             json,
             serde_json::json!({
                 "key": 31415, "text": " 31415154", "prompt_tokens": 10,
-                "kind": "key-then-more-digits",
+                "key_nll": 2.25, "kind": "key-then-more-digits",
             })
         );
         let cell = |answers: Vec<Answer>| Cell {
@@ -333,6 +356,13 @@ mod tests {
             answers,
         };
         assert_eq!(failure_summary(&[cell(vec![answer(5, "5")])]), None);
+        // The mean key NLL weighs answers, not cells: 2, 1 and 4 nats (the texts' length ÷ 4).
+        let two = [
+            cell(vec![answer(5, "55555555")]),
+            cell(vec![answer(5, "5555"), answer(5, "5".repeat(16).as_str())]),
+        ];
+        assert_eq!(mean_key_nll(&two), (2.0 + 1.0 + 4.0) / 3.0);
+        assert!(mean_key_nll(&[]).is_nan());
         let mixed = [
             cell(vec![answer(5, "55"), answer(5, "x")]),
             cell(vec![answer(12, "21"), answer(12, "123"), answer(12, "30")]),

@@ -17,7 +17,7 @@ use crate::ppl::PplPoint;
 
 /// Bumped whenever evaluation itself changes (prompts, generation, scoring, the scale chosen),
 /// so readings kept by an earlier e2llm are not reused.
-pub const EVAL_FORMAT: u32 = 1;
+pub const EVAL_FORMAT: u32 = 2;
 
 /// What one evaluation read, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ use crate::checkpoint;
 use crate::config::{Method, TrainConfig};
 use crate::data::Corpus;
 use crate::error::{Result, TrainError};
-use crate::eval::{failure_summary, markdown_table, passkey_grid, Cell, PasskeyEval, ScaleMode};
+use crate::eval::{
+    failure_summary, markdown_table, mean_key_nll, passkey_grid, Cell, PasskeyEval, ScaleMode,
+};
 use crate::evalcache::{self, EvalKey};
 use crate::ppl::{perplexity, PplPoint, Scoring};
 use crate::trainer::{StepReport, Trainer};
@@ -405,6 +407,12 @@ impl ArmResult {
         (!cells.is_empty())
             .then(|| cells.iter().map(|c| c.accuracy()).sum::<f64>() / cells.len() as f64)
     }
+
+    /// Mean key NLL (nats) at `length` over every prompt ([`crate::eval::Answer::key_nll`]).
+    pub fn key_nll_at(&self, length: usize) -> Option<f64> {
+        let cells: Vec<&Cell> = self.passkey.iter().filter(|c| c.length == length).collect();
+        (!cells.is_empty()).then(|| mean_key_nll(cells))
+    }
 }
 
 /// The whole experiment's results.
@@ -459,6 +467,31 @@ impl Report {
                 t if t > 0.0 => s += &format!(" {t:.0} |\n"),
                 _ => s += " – |\n",
             }
+        }
+        s
+    }
+
+    /// A row per model, its mean key NLL (nats) per passkey length: how far from the key each
+    /// model is, where accuracy alone ties at 0 % or 100 %.
+    pub fn key_nll_markdown(&self) -> String {
+        let l = self.orig_len;
+        let pk = &self.plan.eval.passkey_multiples;
+        let mut s = String::from("| model |");
+        for k in pk {
+            s += &format!(" key NLL {k}× |");
+        }
+        s += "\n|---|";
+        s += &"---:|".repeat(pk.len());
+        s.push('\n');
+        for r in &self.results {
+            s += &format!("| {} |", r.name);
+            for k in pk {
+                match r.key_nll_at(k * l) {
+                    Some(n) => s += &format!(" {n:.2} |"),
+                    None => s += " – |",
+                }
+            }
+            s.push('\n');
         }
         s
     }

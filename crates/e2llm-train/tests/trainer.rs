@@ -750,6 +750,14 @@ fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
             .answers
             .iter()
             .all(|a| a.prompt_tokens > 0 && a.prompt_tokens <= c.length));
+        // A 1-step model is far from every key: each of its tokens costs nats.
+        assert!(
+            c.answers
+                .iter()
+                .all(|a| a.key_nll.is_finite() && a.key_nll > 1.0),
+            "{:?}",
+            c.answers
+        );
         // L = 48: the smallest integer g with (prompt + 4) / g ≤ 48.
         let need = ((c.length as f32 + 4.0) / 48.0).ceil();
         assert!(
@@ -776,7 +784,7 @@ fn passkey_grid_reports_every_cell_with_the_chosen_scale() {
     let table = markdown_table(&cells);
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(
-        table.contains("| 200 |") && table.contains("depth 1"),
+        table.contains("| 200 |") && table.contains("depth 1") && table.contains("key NLL"),
         "{table}"
     );
     assert_eq!("auto".parse::<ScaleMode>(), Ok(ScaleMode::Auto));

@@ -108,8 +108,8 @@ fn answers(ui: &mut egui::Ui, name: &str, cells: &[Cell]) {
                         "✘"
                     };
                     ui.label(format!(
-                        "{mark} {} tok, depth {}, g {}: key {} → {:?}",
-                        c.length, c.depth, c.g, a.key, a.text
+                        "{mark} {} tok, depth {}, g {}: key {} → {:?} (key NLL {:.2})",
+                        c.length, c.depth, c.g, a.key, a.text, a.key_nll
                     ));
                 }
             }

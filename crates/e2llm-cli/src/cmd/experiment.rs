@@ -257,10 +257,14 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
     };
     let md = format!(
         "# {title}\n\nL = {} tokens; passkey: {} trials per (length, depth) cell, depths {:?}; \
-         values are accuracy averaged over depths.{ppl}{logn}\n\n{table}\n## Passkey grids\n\n{}",
+         values are accuracy averaged over depths.{ppl}{logn}\n\n{table}\n## Key NLL\n\n\
+         Mean −ln p(\" KEY.\" | prompt) in nats over each length's prompts, teacher-forced \
+         over the answer's tokens (lower is better): how close a model comes to the key where \
+         accuracy ties at 0 % or 100 %.\n\n{}\n## Passkey grids\n\n{}",
         rep.orig_len,
         rep.plan.eval.trials,
         rep.plan.eval.depths,
+        rep.key_nll_markdown(),
         rep.grids_markdown()
     );
     write(&out.join("results.md"), md.as_bytes())?;
