@@ -465,6 +465,7 @@ fn experiment_ci_preset_runs_end_to_end() {
     assert_eq!(g_of("e2llm-no-g4"), vec![4.0, 4.0]);
     assert_eq!(g_of("none"), vec![1.0, 1.0]);
     assert!(is_png(&out.join("passkey_vs_length.png")));
+    assert!(is_png(&out.join("key_nll_vs_length.png")));
     assert!(is_png(&out.join("ppl_vs_length.png")));
     // Every arm started from the base checkpoint.
     let arm_cfg = std::fs::read_to_string(out.join("pi/checkpoint/trainer_state.json"))

@@ -273,6 +273,7 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
         serde_json::to_string_pretty(rep)?.as_bytes(),
     )?;
     let mut curves = Vec::new();
+    let mut nll = Vec::new();
     let mut ppl = Vec::new();
     for r in &rep.results {
         plot::passkey_heatmap(
@@ -288,6 +289,12 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
                 .filter_map(|l| r.passkey_at(l).map(|a| (l, 100.0 * a)))
                 .collect(),
         });
+        nll.push(plot::Series {
+            name: r.name.clone(),
+            points: (rep.passkey_lengths().into_iter())
+                .filter_map(|l| r.key_nll_at(l).map(|n| (l, n)))
+                .collect(),
+        });
         ppl.push(plot::Series {
             name: r.name.clone(),
             points: r.ppl.iter().map(|p| (p.length, p.ppl)).collect(),
@@ -298,6 +305,12 @@ fn report(rep: &Report, out: &Path, title: &str) -> Result<()> {
         "passkey accuracy vs context length",
         "accuracy (%)",
         &out.join("passkey_vs_length.png"),
+    )?;
+    plot::curves(
+        &nll,
+        "key NLL vs context length (lower is better)",
+        "−ln p(key | prompt), nats",
+        &out.join("key_nll_vs_length.png"),
     )?;
     if ppl.iter().any(|s| !s.points.is_empty()) {
         plot::curves(
