@@ -9,7 +9,7 @@
 use burn::tensor::Tensor;
 use e2llm_core::passkey::{build_passkey, score, PasskeyPrompt, PasskeySpec, ScaleMode};
 use e2llm_core::LlamaConfig;
-use e2llm_model::generate::{argmax, decode_step};
+use e2llm_model::generate::{argmax, decode_step, target_logprobs, teacher_forced_logits};
 use e2llm_model::{
     checkpoint, AttentionImage, Device, KvCache, Llama, MapSpec, ModelError, Tokenizer,
 };
@@ -146,6 +146,9 @@ pub struct Answer {
     pub correct: bool,
     /// Top logits `(id, logit)` before each generated token (step 0 = the prompt's last token).
     pub top: Vec<Vec<(u32, f32)>>,
+    /// `−ln p(" KEY." | prompt)` in nats, teacher-forced (as `e2llm passkey` reports it): how
+    /// sure the model is of the right answer, right or wrong.
+    pub key_nll: f64,
 }
 
 /// Loaded model + tokenizer.
@@ -499,6 +502,18 @@ impl Run {
             }
         };
         let model = &*self.reading(model);
+        // The key's likelihood first, through a copy of the cache (the greedy loop extends it).
+        let key_ids = tok.encode(&format!(" {}.", self.prompt.key), false)?;
+        let rest = match teacher_forced_logits(model, &self.cache, n, &key_ids, self.g)? {
+            Some(l) => {
+                let len = l.shape().num_elements();
+                read(l.reshape([len])).await?
+            }
+            None => Vec::new(),
+        };
+        let key_nll = -target_logprobs(&logits, &rest, &key_ids)
+            .iter()
+            .sum::<f64>();
         let mut out = Vec::new();
         let mut tops = Vec::new();
         for step in 0..self.max_new_tokens {
@@ -520,6 +535,7 @@ impl Run {
             ids: out,
             text,
             top: tops,
+            key_nll,
         })
     }
 

@@ -329,9 +329,12 @@ function showAnswer(m, tps) {
   const verdict = document.createElement("span");
   verdict.className = a.correct ? "ok" : "bad";
   verdict.textContent = a.correct ? "✓ right" : "✗ wrong";
+  // How sure the model is of the right answer, whatever it said: p(" KEY." | prompt).
+  const pKey = Math.exp(-a.key_nll);
   el.append(
     `“${a.text.trim()}” (key ${a.key}) `,
     verdict,
+    ` — p(key) ${(100 * pKey).toFixed(pKey > 0.001 ? 1 : 4)} %`,
     ` — prefill ${(m.prefill_ms / 1000).toFixed(2)} s, ${tps.toFixed(0)} tokens/s; answer ${(m.answer_ms / 1000).toFixed(2)} s`,
   );
 }

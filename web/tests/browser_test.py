@@ -23,6 +23,7 @@
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -209,6 +210,9 @@ def compare_native(cli, model, result, work, tag):
     check(ok_argmax, f"{tag}: every answer token is the native argmax ({len(a['top'])} steps)")
     check(ok_top, f"{tag}: top-5 ids equal the native top-5")
     check(worst <= TOL, f"{tag}: top-5 logits equal native within {TOL} (max diff {worst:.2e})")
+    nll = a.get("key_nll")
+    check(isinstance(nll, (int, float)) and math.isfinite(nll) and nll >= 0,
+          f"{tag}: the key's NLL is a finite number of nats ({nll})")
     return worst
 
 

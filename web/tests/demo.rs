@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use e2llm_model::generate::{generate, GenerateOptions};
+use e2llm_model::generate::{continuation_logprobs, generate, read_prompt, GenerateOptions};
 use e2llm_model::{Device, Positions};
 use e2llm_web::demo::{max_length, plan_chunk, top_k, Demo, PromptRequest, ScaleChoice};
 
@@ -127,6 +127,18 @@ fn stepped_prefill_and_answer(logn: bool) {
     assert_eq!(
         answer.correct,
         e2llm_core::passkey::score(&answer.text, 31415)
+    );
+    // The key's likelihood: the library's teacher-forced scoring of the same prompt.
+    let read = read_prompt(&reference_model, &run.ids, &opts).expect("read");
+    let key_ids = d.tok.encode(" 31415.", false).expect("encode");
+    let want = -continuation_logprobs(&reference_model, &read, &key_ids, run.g)
+        .expect("score")
+        .iter()
+        .sum::<f64>();
+    assert!(
+        (answer.key_nll - want).abs() < 1e-4 && want > 0.0,
+        "key NLL {} vs the library's {want}",
+        answer.key_nll
     );
     // A second answer would read the answer as prompt: refused.
     assert!(block_on(run.answer(&d.model, &d.tok, 5)).is_err());

@@ -229,28 +229,56 @@ pub fn continuation_logprobs(
     target: &[u32],
     rope_scale: f32,
 ) -> Result<Vec<f64>> {
+    let rest = match teacher_forced_logits(model, &read.cache, read.len, target, rope_scale)? {
+        Some(l) => read_f32(l)?,
+        None => Vec::new(),
+    };
+    Ok(target_logprobs(&read.logits, &rest, target))
+}
+
+/// The forward of [`continuation_logprobs`], for callers that read back asynchronously (the
+/// browser): logits `[1, n − 1, vocab]` of `target[..n−1]` at positions `start..` (÷
+/// `rope_scale`) through a copy of `cache`, left unchanged; `None` for a target of one token or
+/// none. Errors if a target id is outside the vocabulary.
+pub fn teacher_forced_logits(
+    model: &Llama,
+    cache: &KvCache,
+    start: usize,
+    target: &[u32],
+    rope_scale: f32,
+) -> Result<Option<burn::tensor::Tensor<3>>> {
     let vocab = model.config.vocab_size;
     if let Some(&bad) = target.iter().find(|&&t| t as usize >= vocab) {
         return Err(ModelError::Input(format!(
             "token id {bad} is outside the vocabulary ({vocab} ids)"
         )));
     }
-    let Some((&first, rest)) = target.split_first() else {
-        return Ok(Vec::new());
-    };
-    let mut out = vec![log_prob(&read.logits, first)];
-    if rest.is_empty() {
-        return Ok(out);
+    if target.len() < 2 {
+        return Ok(None);
     }
     let fed = &target[..target.len() - 1];
-    let pos = (read.len..read.len + fed.len()).map(|p| p as f32).collect();
-    let mut cache = read.cache.clone();
-    let logits =
-        read_f32(model.forward(fed, &Positions::row(pos, rope_scale), Some(&mut cache))?)?;
-    out.extend(
-        rest.iter()
-            .zip(logits.chunks(vocab))
-            .map(|(&t, row)| log_prob(row, t)),
-    );
-    Ok(out)
+    let pos = (start..start + fed.len()).map(|p| p as f32).collect();
+    let mut cache = cache.clone();
+    Ok(Some(model.forward(
+        fed,
+        &Positions::row(pos, rope_scale),
+        Some(&mut cache),
+    )?))
+}
+
+/// Log-probabilities of `target`'s tokens: the first from `first` (the logits `[vocab]` before
+/// it), each later one from its row of `rest` (`[n − 1, vocab]` row-major, as
+/// [`teacher_forced_logits`] gives them).
+pub fn target_logprobs(first: &[f32], rest: &[f32], target: &[u32]) -> Vec<f64> {
+    let Some((&head, tail)) = target.split_first() else {
+        return Vec::new();
+    };
+    let vocab = first.len();
+    std::iter::once(log_prob(first, head))
+        .chain(
+            tail.iter()
+                .zip(rest.chunks(vocab))
+                .map(|(&t, row)| log_prob(row, t)),
+        )
+        .collect()
 }
