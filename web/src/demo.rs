@@ -7,7 +7,9 @@
 //! at once.
 
 use burn::tensor::Tensor;
-use e2llm_core::passkey::{build_passkey, score, PasskeyPrompt, PasskeySpec, ScaleMode};
+use e2llm_core::passkey::{
+    build_passkey, score, trained_answer, PasskeyPrompt, PasskeySpec, ScaleMode,
+};
 use e2llm_core::LlamaConfig;
 use e2llm_model::generate::{argmax, decode_step, target_logprobs, teacher_forced_logits};
 use e2llm_model::{
@@ -503,7 +505,7 @@ impl Run {
         };
         let model = &*self.reading(model);
         // The key's likelihood first, through a copy of the cache (the greedy loop extends it).
-        let key_ids = tok.encode(&format!(" {}.", self.prompt.key), false)?;
+        let key_ids = tok.encode(&trained_answer(self.prompt.key), false)?;
         let rest = match teacher_forced_logits(model, &self.cache, n, &key_ids, self.g)? {
             Some(l) => {
                 let len = l.shape().num_elements();

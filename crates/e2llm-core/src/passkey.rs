@@ -33,6 +33,12 @@ pub fn key_line(k: u32) -> String {
     format!("The pass key is {k}. Remember it. {k} is the pass key.")
 }
 
+/// The answer after [`PASSKEY_QUESTION`] as training writes it, `" {k}."`: the tokens a
+/// passkey training row weights, and the ones the key NLL of an evaluation scores.
+pub fn trained_answer(k: u32) -> String {
+    format!(" {k}.")
+}
+
 /// Errors of the prompt builder: what is wrong and what to do.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum PasskeyError {

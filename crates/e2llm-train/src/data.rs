@@ -1,7 +1,7 @@
 //! The embedded corpus, the in-process BPE tokenizer, and training rows: plain text windows
 //! and passkey-retrieval examples with varied filler.
 
-use e2llm_core::passkey::{build_passkey, Filler, PasskeyError, PasskeySpec};
+use e2llm_core::passkey::{build_passkey, trained_answer, Filler, PasskeyError, PasskeySpec};
 use e2llm_model::Tokenizer;
 use rand::Rng;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -152,7 +152,7 @@ impl DataSource {
     /// With `passkey_min_len` set, the prompt is drawn between that and `len` tokens long.
     pub fn passkey_row<R: Rng + ?Sized>(&self, len: usize, rng: &mut R) -> Result<Row> {
         let key: u32 = rng.random_range(1..=50_000);
-        let answer = self.tokenizer.encode(&format!(" {key}."), false)?;
+        let answer = self.tokenizer.encode(&trained_answer(key), false)?;
         let filler = if rng.random_bool(0.5) || self.sentences.is_empty() {
             Filler::Standard
         } else {

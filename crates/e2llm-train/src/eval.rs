@@ -1,7 +1,9 @@
 //! Passkey retrieval over a length × depth grid (METHOD.md's protocol: greedy decoding, first
 //! integer, exact match), with the RoPE scale chosen per length.
 
-use e2llm_core::passkey::{build_passkey, first_digits, score, Filler, PasskeySpec};
+use e2llm_core::passkey::{
+    build_passkey, first_digits, score, trained_answer, Filler, PasskeySpec,
+};
 use e2llm_model::generate::{continuation_logprobs, generate_after, read_prompt, GenerateOptions};
 use e2llm_model::{Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -236,7 +238,7 @@ fn run_trial(
         ..GenerateOptions::default()
     };
     let read = read_prompt(model, &ids, &opts)?;
-    let key_ids = tok.encode(&format!(" {}.", prompt.key), false)?;
+    let key_ids = tok.encode(&trained_answer(prompt.key), false)?;
     let key_nll = -continuation_logprobs(model, &read, &key_ids, g)?
         .iter()
         .sum::<f64>();

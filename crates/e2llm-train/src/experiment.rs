@@ -401,16 +401,21 @@ pub struct ArmResult {
 }
 
 impl ArmResult {
+    /// The passkey cells at `length` (one per depth).
+    fn cells_at(&self, length: usize) -> Vec<&Cell> {
+        self.passkey.iter().filter(|c| c.length == length).collect()
+    }
+
     /// Passkey accuracy at `length`, averaged over depths.
     pub fn passkey_at(&self, length: usize) -> Option<f64> {
-        let cells: Vec<&Cell> = self.passkey.iter().filter(|c| c.length == length).collect();
+        let cells = self.cells_at(length);
         (!cells.is_empty())
             .then(|| cells.iter().map(|c| c.accuracy()).sum::<f64>() / cells.len() as f64)
     }
 
     /// Mean key NLL (nats) at `length` over every prompt ([`crate::eval::Answer::key_nll`]).
     pub fn key_nll_at(&self, length: usize) -> Option<f64> {
-        let cells: Vec<&Cell> = self.passkey.iter().filter(|c| c.length == length).collect();
+        let cells = self.cells_at(length);
         (!cells.is_empty()).then(|| mean_key_nll(cells))
     }
 }
