@@ -27,6 +27,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Passkey retrieval accuracy over a length × depth grid (table + JSON).
     Passkey(cmd::passkey::Args),
+    /// Where the last token of a prompt looks: each layer's and head's most attended keys.
+    Attend(cmd::attend::Args),
     /// Sliding-window perplexity vs context length on held-out text.
     Ppl(cmd::ppl::Args),
     /// Train or extend a model (methods: none, pi, pose, yarn, e2llm and its ablations).
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Passkey(a) => cmd::passkey::run(a),
+        Command::Attend(a) => cmd::attend::run(a),
         Command::Ppl(a) => cmd::ppl::run(a),
         Command::Average(a) => cmd::average::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -58,6 +58,7 @@ fn help_is_available_everywhere() {
         &["quickstart"],
         &["experiment"],
         &["average"],
+        &["attend"],
         &["bench", "train"],
         &["bench", "kernels"],
     ] {
@@ -164,6 +165,131 @@ fn generate_streams_text() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("The pass key is"), "{}", stdout(&o));
     assert!(stderr(&o).contains("new"), "{}", stderr(&o));
+}
+
+/// `attend`: every head's row from the last token sums to 1 (all keys shown), largest first;
+/// `--passkey` rebuilds the very prompt and key of that trial in `e2llm passkey`'s grid; bad
+/// input is one clear error.
+#[test]
+fn attend_shows_each_heads_weights_and_the_grids_passkey() {
+    let model = case("tokenizer_demo");
+    let model = model.to_str().expect("utf8");
+    let dir = tmp("attend");
+    let json = dir.join("attend.json");
+    let prompt = "The grass is green. The pass key is 123. What is the pass key?";
+    let o = e2llm(&[
+        "attend",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--top",
+        "1000",
+        "--json",
+        json.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("| layer | head |"), "{}", stdout(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    let n = v["tokens"].as_u64().expect("tokens") as usize;
+    let heads = v["heads"].as_array().expect("heads");
+    assert_eq!(heads.len(), 2 * 4, "2 layers × 4 heads");
+    for h in heads {
+        let w: Vec<f64> = (h["top"].as_array().expect("top").iter())
+            .map(|t| t["weight"].as_f64().expect("weight"))
+            .collect();
+        assert_eq!(w.len(), n, "--top past the prompt shows every key");
+        assert!(w.windows(2).all(|p| p[0] >= p[1]), "{w:?}");
+        let sum: f64 = w.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{h}: sums to {sum}");
+    }
+    let next: f64 = (v["next"].as_array().expect("next").iter())
+        .map(|t| t["p"].as_f64().expect("p"))
+        .sum();
+    assert!(next > 0.0 && next <= 1.0 + 1e-6, "{next}");
+
+    // The grid's trial 1 at 200 tokens, depth 0.25, seed 7: the same key.
+    let grid = dir.join("grid.json");
+    let o = e2llm(&[
+        "passkey",
+        "--model",
+        model,
+        "--lengths",
+        "200",
+        "--depths",
+        "0.25",
+        "--trials",
+        "2",
+        "--seed",
+        "7",
+        "--rope-scale",
+        "safe",
+        "--json",
+        grid.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&grid).expect("grid")).expect("parse");
+    let cell = &g["cells"][0];
+    let o = e2llm(&[
+        "attend",
+        "--model",
+        model,
+        "--passkey",
+        "200",
+        "--depth",
+        "0.25",
+        "--trial",
+        "1",
+        "--seed",
+        "7",
+        "--rope-scale",
+        "safe",
+        "--answer-digits",
+        "2",
+        "--layers",
+        "1",
+        "--json",
+        json.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    assert_eq!(v["passkey"]["key"], cell["answers"][1]["key"], "{v}");
+    assert_eq!(v["g"], cell["g"]);
+    // The prompt as the grid read it, plus " " and two digits of the key.
+    let prompt_tokens = cell["answers"][1]["prompt_tokens"].as_u64().expect("n");
+    let tokens = v["tokens"].as_u64().expect("tokens");
+    assert!(
+        (prompt_tokens + 2..=prompt_tokens + 3).contains(&tokens),
+        "{tokens} vs {prompt_tokens}"
+    );
+    let span = v["passkey"]["key_line"].as_array().expect("key line");
+    assert!(span[0].as_u64() < span[1].as_u64(), "{span:?}");
+    let heads = v["heads"].as_array().expect("heads");
+    assert_eq!(heads.len(), 4, "layer 1 only");
+    assert!(heads
+        .iter()
+        .all(|h| h["layer"] == 1 && h["key_line"].as_f64().is_some()));
+
+    assert_clear_error(&e2llm(&["attend", "--model", model]), "--prompt");
+    assert_clear_error(
+        &e2llm(&["attend", "--model", model, "--prompt", "x", "--layers", "5"]),
+        "layer 5",
+    );
+    assert_clear_error(
+        &e2llm(&[
+            "attend",
+            "--model",
+            model,
+            "--passkey",
+            "100",
+            "--depth",
+            "2",
+        ]),
+        "--depth",
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -167,6 +167,33 @@ impl Llama {
         self.pool(&q, &k, positions, g, spec, backend)
     }
 
+    /// The last query's attention weights over every key, for each head of `layer`:
+    /// `[heads][n]`, each row summing to 1. One [`Llama::layer_qk`] pass serves every head
+    /// (`e2llm attend` prints the largest of them).
+    pub fn last_row_attention(
+        &self,
+        ids: &[u32],
+        positions: &[f32],
+        g: f32,
+        layer: usize,
+        chunk: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let n = ids.len();
+        let first = MapSpec::last_row(layer, 0, n, n);
+        self.check_map(n, g, &first)?;
+        let (q, k) = self.layer_qk(ids, positions, g, layer, chunk)?;
+        let q = read_f32(q)?;
+        let k = read_f32(k)?;
+        (0..self.config.num_attention_heads)
+            .map(|head| {
+                let spec = MapSpec { head, ..first };
+                Ok(self
+                    .pool(&q, &k, positions, g, &spec, MapBackend::Cpu)?
+                    .data)
+            })
+            .collect()
+    }
+
     /// [`Llama::attention_map`] with asynchronous read-back (WebGPU in a browser).
     pub async fn attention_map_async(
         &self,

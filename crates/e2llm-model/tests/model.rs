@@ -411,6 +411,42 @@ fn attention_map_pools_the_softmax_weights_of_the_plain_path() {
     }
 }
 
+/// `last_row_attention`: every head's last row, from one pass, equals the reference softmax
+/// (plain, and with log-n past a short L).
+#[test]
+fn last_row_attention_is_every_heads_softmax_row() {
+    let mut short = small_config();
+    short.max_position_embeddings = 16;
+    let n = 29;
+    let ids = ids(n);
+    let pos: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let g = 3.0;
+    for (model, layer) in [
+        (model(small_config()), 1),
+        (model(short).with_logn(true), 0),
+    ] {
+        let rows = model
+            .last_row_attention(&ids, &pos, g, layer, 8)
+            .expect("rows");
+        assert_eq!(rows.len(), model.config.num_attention_heads);
+        for (head, row) in rows.iter().enumerate() {
+            let full = reference_weights(&model, &ids, &pos, g, layer, head);
+            let want = &full[(n - 1) * n..];
+            assert_eq!(row.len(), n);
+            let err = row
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err < 1e-5, "layer {layer} head {head}: {err}");
+        }
+    }
+    let e = model(small_config())
+        .last_row_attention(&ids, &pos, g, 9, 8)
+        .expect_err("no layer 9");
+    assert!(e.to_string().contains("layer 9"), "{e}");
+}
+
 /// Every attention path log-n runs through: plain ops and the kernels' CPU twins on flex, and
 /// the WGSL kernel where a wgpu adapter exists.
 fn attention_paths() -> Vec<(Device, e2llm_model::Kernels)> {

@@ -205,6 +205,28 @@ pub fn passkey_grid(
     Ok(cells)
 }
 
+/// The prompt of trial `trial` in the grid's cell `(length, depth)` under `seed`: the same
+/// spec every time, so one trial of a grid can be looked at again (`e2llm attend --passkey`).
+pub fn trial_spec(
+    filler: &Filler,
+    seed: u64,
+    length: usize,
+    depth: f64,
+    trial: usize,
+) -> PasskeySpec {
+    PasskeySpec {
+        target_tokens: length,
+        depth,
+        key: None,
+        filler: filler.clone(),
+        seed: seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add((length as u64) << 20)
+            .wrapping_add(((depth * 1000.0) as u64) << 8)
+            .wrapping_add(trial as u64),
+    }
+}
+
 /// One passkey prompt: `(g, the answer)`.
 fn run_trial(
     model: &Llama,
@@ -215,18 +237,7 @@ fn run_trial(
     trial: usize,
 ) -> Result<(f32, Answer)> {
     let orig_len = model.config.max_position_embeddings;
-    let spec = PasskeySpec {
-        target_tokens: length,
-        depth,
-        key: None,
-        filler: eval.filler.clone(),
-        seed: eval
-            .seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add((length as u64) << 20)
-            .wrapping_add(((depth * 1000.0) as u64) << 8)
-            .wrapping_add(trial as u64),
-    };
+    let spec = trial_spec(&eval.filler, eval.seed, length, depth, trial);
     let count = |s: &str| tok.count(s);
     let prompt = build_passkey(&spec, &count)
         .map_err(|e| TrainError::Data(format!("passkey prompt at {length} tokens: {e}")))?;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod attend;
 pub mod average;
 pub mod bench;
 pub mod bench_kernels;
