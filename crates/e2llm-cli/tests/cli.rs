@@ -290,6 +290,13 @@ fn attend_shows_each_heads_weights_and_the_grids_passkey() {
         ]),
         "--depth",
     );
+    // A passkey option without --passkey is refused, not ignored.
+    assert_clear_error(
+        &e2llm(&[
+            "attend", "--model", model, "--prompt", "x", "--depth", "0.3",
+        ]),
+        "--passkey",
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -26,19 +26,19 @@ pub struct Args {
     /// same `--depth`, `--trial` and `--seed` give the same prompt and key as its grid).
     #[arg(long)]
     passkey: Option<usize>,
-    /// With --passkey: the key's depth in [0, 1].
-    #[arg(long, default_value_t = 0.5, requires = "passkey")]
-    depth: f64,
-    /// With --passkey: the trial's index in its (length, depth) cell.
-    #[arg(long, default_value_t = 0, requires = "passkey")]
-    trial: usize,
-    /// With --passkey: the grid's seed.
-    #[arg(long, default_value_t = 0, requires = "passkey")]
-    seed: u64,
+    /// With --passkey: the key's depth in [0, 1] (default 0.5).
+    #[arg(long)]
+    depth: Option<f64>,
+    /// With --passkey: the trial's index in its (length, depth) cell (default 0).
+    #[arg(long)]
+    trial: Option<usize>,
+    /// With --passkey: the grid's seed (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
     /// With --passkey: append the answer's first N digits, to see where the model looks for
-    /// the next one (0 = the query is the question's last token).
-    #[arg(long, default_value_t = 0, requires = "passkey")]
-    answer_digits: usize,
+    /// the next one (default 0: the query is the question's last token).
+    #[arg(long)]
+    answer_digits: Option<usize>,
     /// Text appended after the prompt (after any --answer-digits).
     #[arg(long, default_value = "")]
     append: String,
@@ -66,10 +66,27 @@ const NEW_TOKENS: usize = 8;
 /// Prints the next-token guess and each head's most-attended keys.
 pub fn run(a: Args) -> Result<()> {
     ensure!(a.top > 0, "--top must be at least 1");
+    // Checked here: clap drops `requires` when --prompt (which conflicts with it) is given.
+    let trial_flags = [
+        a.depth.is_some(),
+        a.trial.is_some(),
+        a.seed.is_some(),
+        a.answer_digits.is_some(),
+    ];
     ensure!(
-        (0.0..=1.0).contains(&a.depth),
+        a.passkey.is_some() || !trial_flags.contains(&true),
+        "--depth, --trial, --seed and --answer-digits describe a --passkey prompt; add --passkey TOKENS or drop them"
+    );
+    let trial = Trial {
+        depth: a.depth.unwrap_or(0.5),
+        index: a.trial.unwrap_or(0),
+        seed: a.seed.unwrap_or(0),
+        answer_digits: a.answer_digits.unwrap_or(0),
+    };
+    ensure!(
+        (0.0..=1.0).contains(&trial.depth),
         "--depth: {} is outside [0, 1]",
-        a.depth
+        trial.depth
     );
     let (model, tok) = a.compute.load_with_tokenizer(&a.model)?;
     let cfg = &model.config;
@@ -84,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
             cfg.num_hidden_layers
         );
     }
-    let (text, passkey) = prompt_text(&a, &tok)?;
+    let (text, passkey) = prompt_text(&a, &trial, &tok)?;
     let prompt_ids = tok.encode(&text, false)?;
     ensure!(
         !prompt_ids.is_empty(),
@@ -94,10 +111,10 @@ pub fn run(a: Args) -> Result<()> {
         .rope_scale
         .g(prompt_ids.len(), NEW_TOKENS, cfg.max_position_embeddings);
     let mut full = text.clone();
-    if let Some(p) = passkey.as_ref().filter(|_| a.answer_digits > 0) {
+    if let Some(p) = passkey.as_ref().filter(|_| trial.answer_digits > 0) {
         let answer = trained_answer(p.key);
         // " 48643." → " 486" for 3 digits.
-        full.push_str(&answer[..(1 + a.answer_digits).min(answer.len() - 1)]);
+        full.push_str(&answer[..(1 + trial.answer_digits).min(answer.len() - 1)]);
     }
     full.push_str(&a.append);
     let ids = tok.encode(&full, false)?;
@@ -141,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(p), Some(span)) = (&passkey, &key_span) {
         println!(
             "passkey {} at depth {} (trial {}, seed {}): key line at tokens {}..{}",
-            p.key, a.depth, a.trial, a.seed, span.start, span.end
+            p.key, trial.depth, trial.index, trial.seed, span.start, span.end
         );
     }
     let guesses: Vec<String> = next
@@ -167,8 +184,8 @@ pub fn run(a: Args) -> Result<()> {
             "g": g,
             "logn": model.logn(),
             "passkey": passkey.as_ref().map(|p| serde_json::json!({
-                "key": p.key, "length": a.passkey, "depth": a.depth, "trial": a.trial,
-                "seed": a.seed, "answer_digits": a.answer_digits,
+                "key": p.key, "length": a.passkey, "depth": trial.depth, "trial": trial.index,
+                "seed": trial.seed, "answer_digits": trial.answer_digits,
                 "key_line": key_span.as_ref().map(|r| [r.start, r.end]),
             })),
             "next": next.iter().map(|&(id, p)| serde_json::json!({
@@ -189,6 +206,14 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Which trial of the passkey grid --passkey rebuilds, and how much of its answer to append.
+struct Trial {
+    depth: f64,
+    index: usize,
+    seed: u64,
+    answer_digits: usize,
+}
+
 /// One head's view from the last token.
 struct Head {
     layer: usize,
@@ -200,9 +225,19 @@ struct Head {
 }
 
 /// The prompt, and the passkey it hides when built by --passkey.
-fn prompt_text(a: &Args, tok: &Tokenizer) -> Result<(String, Option<PasskeyPrompt>)> {
+fn prompt_text(
+    a: &Args,
+    trial: &Trial,
+    tok: &Tokenizer,
+) -> Result<(String, Option<PasskeyPrompt>)> {
     if let Some(length) = a.passkey {
-        let spec = trial_spec(&Filler::Standard, a.seed, length, a.depth, a.trial);
+        let spec = trial_spec(
+            &Filler::Standard,
+            trial.seed,
+            length,
+            trial.depth,
+            trial.index,
+        );
         let count = |s: &str| tok.count(s);
         let p = build_passkey(&spec, &count)
             .with_context(|| format!("--passkey {length}: building the prompt"))?;
