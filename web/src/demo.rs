@@ -396,13 +396,11 @@ pub fn max_length(c: &LlamaConfig, max_binding_bytes: u64, budget: u64, fused: b
     lo
 }
 
-/// The `k` largest values with their ids, largest first (ties: lower id first).
+/// The `k` largest logits with their token ids, largest first (ties: lower id first).
 pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    idx.into_iter()
-        .take(k)
-        .map(|i| (i as u32, values[i]))
+    e2llm_model::generate::top_k(values, k)
+        .into_iter()
+        .map(|(i, v)| (i as u32, v))
         .collect()
 }
 

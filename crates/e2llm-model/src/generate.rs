@@ -47,6 +47,14 @@ pub fn argmax(values: &[f32]) -> usize {
     best
 }
 
+/// The `k` largest values with their indices, largest first (ties: lower index first) — a
+/// token's top guesses from its logits, or a head's most attended keys.
+pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, values[i])).collect()
+}
+
 impl Sampler {
     /// A sampler seeded from `cfg.seed`.
     pub fn new(cfg: SamplingConfig) -> Self {
@@ -281,4 +289,18 @@ pub fn target_logprobs(first: &[f32], rest: &[f32], target: &[u32]) -> Vec<f64> 
                 .map(|(&t, row)| log_prob(row, t)),
         )
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    #[test]
+    fn top_k_orders_by_value_then_index() {
+        assert_eq!(
+            top_k(&[0.1, 0.4, 0.1, 0.4], 3),
+            vec![(1, 0.4), (3, 0.4), (0, 0.1)]
+        );
+        assert_eq!(top_k(&[0.5], 3), vec![(0, 0.5)]);
+    }
 }

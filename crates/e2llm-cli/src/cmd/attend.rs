@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use e2llm_core::passkey::{build_passkey, trained_answer, Filler, PasskeyPrompt};
-use e2llm_model::generate::{read_prompt, GenerateOptions};
+use e2llm_model::generate::{log_prob, read_prompt, top_k, GenerateOptions};
 use e2llm_model::Tokenizer;
 use e2llm_train::eval::{trial_spec, ScaleMode};
 
@@ -135,7 +135,12 @@ pub fn run(a: Args) -> Result<()> {
         rope_scale: g,
         ..GenerateOptions::default()
     };
-    let next = top_k(&softmax(&read_prompt(&model, &ids, &opts)?.logits), 3);
+    // The three likeliest next tokens (softmax keeps the logits' order) and their probabilities.
+    let logits = read_prompt(&model, &ids, &opts)?.logits;
+    let next: Vec<(usize, f64)> = top_k(&logits, 3)
+        .into_iter()
+        .map(|(id, _)| (id, log_prob(&logits, id as u32).exp()))
+        .collect();
     let mut heads = Vec::new();
     for &layer in &layers {
         let rows = model.last_row_attention(&ids, &positions, g, layer, opts.prefill_chunk)?;
@@ -254,22 +259,6 @@ fn prompt_text(
     }
 }
 
-/// `softmax(logits)` in f64 for the printed probabilities.
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = logits.iter().map(|&x| ((x - max) as f64).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|&x| (x / sum) as f32).collect()
-}
-
-/// The `k` largest values as `(index, value)`, largest first (ties: lower index first).
-fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut v: Vec<(usize, f32)> = values.iter().copied().enumerate().collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.truncate(k);
-    v
-}
-
 /// The markdown table: one row per (layer, head).
 fn table(heads: &[Head], key_line: bool, piece: &dyn Fn(usize) -> String) -> String {
     let mut s = String::from("| layer | head |");
@@ -294,19 +283,4 @@ fn table(heads: &[Head], key_line: bool, piece: &dyn Fn(usize) -> String) -> Str
         s.push_str(&format!(" {} |\n", top.join(" · ")));
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{softmax, top_k};
-
-    #[test]
-    fn top_k_orders_by_weight_then_position() {
-        assert_eq!(
-            top_k(&[0.1, 0.4, 0.1, 0.4], 3),
-            vec![(1, 0.4), (3, 0.4), (0, 0.1)]
-        );
-        let p = softmax(&[0.0, (2.0f32).ln()]);
-        assert!((p[0] - 1.0 / 3.0).abs() < 1e-6 && (p[1] - 2.0 / 3.0).abs() < 1e-6);
-    }
 }
