@@ -30,7 +30,7 @@
 //! let sampler = E2LlmSampler::new(20, cfg.max_position_embeddings, 128).unwrap();
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 //! let draw = sampler.sample(&mut rng);
-//! let positions = sampler.positions(128, draw.t);
+//! let positions = sampler.positions(128, draw);
 //! assert!(positions[127] / (draw.g as f32) < 128.0);
 //!
 //! // A passkey prompt of at most 512 "tokens" (here: whitespace words).

@@ -48,6 +48,17 @@ pub enum PositionError {
         /// R.
         train_len: usize,
     },
+    /// A kept-token range whose top is below its bottom.
+    #[error(
+        "sinks_max = {sinks_max} is below sinks = {sinks}; each row draws its kept tokens from \
+         U{{sinks..=sinks_max}}: set sinks_max >= sinks, or 0 for always `sinks`"
+    )]
+    SinksRange {
+        /// The smallest kept count.
+        sinks: usize,
+        /// The largest kept count.
+        sinks_max: usize,
+    },
     /// PoSE needs two non-empty chunks.
     #[error("PoSE needs train_len >= 2 to split the window into two chunks, got {train_len}")]
     PoseTooShort {
@@ -56,13 +67,17 @@ pub enum PositionError {
     },
 }
 
-/// One E²-LLM draw: the scale `g` and the offset `t` of the non-sink tokens.
+/// One E²-LLM draw: the scale `g`, the offset `t` of the non-sink tokens, and how many leading
+/// tokens keep their own positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct E2Sample {
     /// Position-interpolation scale; the model computes angles from `position / g`.
     pub g: u32,
     /// Offset added to the position of every non-sink token.
     pub t: usize,
+    /// Leading tokens that keep positions `0..sinks` (the sampler's `sinks`, or a draw from
+    /// its range).
+    pub sinks: usize,
 }
 
 /// How often a batch draws a new E²-LLM sample.
@@ -89,8 +104,13 @@ pub struct E2LlmSampler {
     pub orig_len: usize,
     /// `R`, the training sequence length.
     pub train_len: usize,
-    /// Tokens that keep their own positions (4).
+    /// Tokens that keep their own positions (4); the smallest count when `sinks_max` is above
+    /// it.
     pub sinks: usize,
+    /// When above `sinks`, each draw keeps `U{sinks..=sinks_max}` leading tokens (drawn after
+    /// `g` and `t`), so the gap `t` falls at a different token from row to row; 0 (or at most
+    /// `sinks`): always `sinks`, and no extra draw.
+    pub sinks_max: usize,
     /// Draw `g` (true) or fix it to `g_max` (false).
     pub vary_g: bool,
     /// Draw `t` (true) or use `t = 0` (false).
@@ -153,18 +173,28 @@ impl E2LlmSampler {
         Ok(s)
     }
 
+    /// This sampler with its kept-token count drawn from `U{sinks..=sinks_max}` per draw
+    /// (0 = fixed). Errors if `sinks_max` is below `sinks` or above `R`.
+    pub fn with_sinks_max(self, sinks_max: usize) -> Result<Self, PositionError> {
+        let s = E2LlmSampler { sinks_max, ..self };
+        s.validate()?;
+        Ok(s)
+    }
+
     fn unchecked(g_max: u32, orig_len: usize, train_len: usize) -> Self {
         E2LlmSampler {
             g_max,
             orig_len,
             train_len,
             sinks: DEFAULT_SINKS,
+            sinks_max: 0,
             vary_g: true,
             vary_t: true,
         }
     }
 
-    /// Checks the settings: positive sizes, `sinks ≤ R`, and `R ≤ g·L` for the smallest `g`
+    /// Checks the settings: positive sizes, `sinks ≤ R` (and `sinks ≤ sinks_max ≤ R` when a
+    /// range is set), and `R ≤ g·L` for the smallest `g`
     /// that can be drawn (1 when `vary_g`, else `g_max`).
     pub fn validate(&self) -> Result<(), PositionError> {
         for (what, v) in [
@@ -176,9 +206,16 @@ impl E2LlmSampler {
                 return Err(PositionError::Zero { what });
             }
         }
-        if self.sinks > self.train_len {
-            return Err(PositionError::TooManySinks {
+        if self.sinks_max != 0 && self.sinks_max < self.sinks {
+            return Err(PositionError::SinksRange {
                 sinks: self.sinks,
+                sinks_max: self.sinks_max,
+            });
+        }
+        let most = self.sinks.max(self.sinks_max);
+        if most > self.train_len {
+            return Err(PositionError::TooManySinks {
+                sinks: most,
                 train_len: self.train_len,
             });
         }
@@ -205,9 +242,18 @@ impl E2LlmSampler {
         (g as usize * self.orig_len).saturating_sub(self.train_len)
     }
 
-    /// One draw of `(g, t)`. Never panics; on settings that fail [`Self::validate`] the draw is
-    /// clamped (g ≥ 1, t ≥ 0) and meaningless.
+    /// One draw of `(g, t)` and the kept count. Never panics; on settings that fail
+    /// [`Self::validate`] the draw is clamped (g ≥ 1, t ≥ 0) and meaningless.
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> E2Sample {
+        let (g, t) = self.draw_g_t(rng);
+        E2Sample {
+            g,
+            t,
+            sinks: self.draw_sinks(rng),
+        }
+    }
+
+    fn draw_g_t<R: Rng + ?Sized>(&self, rng: &mut R) -> (u32, usize) {
         let g_max = self.g_max.max(1);
         let g = if self.vary_g {
             rng.random_range(1..=g_max)
@@ -219,10 +265,22 @@ impl E2LlmSampler {
         } else {
             0
         };
-        E2Sample { g, t }
+        (g, t)
     }
 
-    /// `batch` draws: independent per row, or one repeated for the whole batch.
+    /// `sinks`, or a draw from `U{sinks..=sinks_max}` when that is a range (no draw otherwise,
+    /// so a fixed count leaves the random stream as it was).
+    fn draw_sinks<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        if self.sinks_max > self.sinks {
+            rng.random_range(self.sinks..=self.sinks_max)
+        } else {
+            self.sinks
+        }
+    }
+
+    /// `batch` draws: independent per row, or one repeated for the whole batch. Per row, every
+    /// row's `(g, t)` is drawn first and then every row's kept count, so a batch's `(g, t)` do
+    /// not depend on whether the kept count is a range.
     pub fn sample_batch<R: Rng + ?Sized>(
         &self,
         batch: usize,
@@ -230,7 +288,16 @@ impl E2LlmSampler {
         rng: &mut R,
     ) -> Vec<E2Sample> {
         match granularity {
-            Granularity::PerExample => (0..batch).map(|_| self.sample(rng)).collect(),
+            Granularity::PerExample => {
+                let g_t: Vec<_> = (0..batch).map(|_| self.draw_g_t(rng)).collect();
+                g_t.into_iter()
+                    .map(|(g, t)| E2Sample {
+                        g,
+                        t,
+                        sinks: self.draw_sinks(rng),
+                    })
+                    .collect()
+            }
             Granularity::PerBatch => {
                 if batch == 0 {
                     return Vec::new();
@@ -240,10 +307,10 @@ impl E2LlmSampler {
         }
     }
 
-    /// Positions of a sequence of `len` tokens (normally `R`) under offset `t`; see
-    /// [`e2llm_positions`].
-    pub fn positions(&self, len: usize, t: usize) -> Vec<f32> {
-        e2llm_positions(len, self.sinks, t)
+    /// Positions of a sequence of `len` tokens (normally `R`) under one draw (its offset `t`
+    /// and kept count); see [`e2llm_positions`].
+    pub fn positions(&self, len: usize, draw: E2Sample) -> Vec<f32> {
+        e2llm_positions(len, draw.sinks, draw.t)
     }
 }
 

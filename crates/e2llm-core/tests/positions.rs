@@ -39,14 +39,16 @@ fn t_stays_in_range_and_hits_both_ends() {
     let mut hit_zero = [false; 4];
     let mut hit_max = [false; 4];
     for _ in 0..20_000 {
-        let E2Sample { g, t } = s.sample(&mut r);
+        let draw = s.sample(&mut r);
+        let E2Sample { g, t, sinks } = draw;
+        assert_eq!(sinks, 4);
         let max_t = g as usize * l - r_len;
         assert_eq!(s.max_offset(g), max_t);
         assert!(t <= max_t, "g {g} t {t} > {max_t}");
         hit_zero[g as usize] |= t == 0;
         hit_max[g as usize] |= t == max_t;
         // Largest rotated position stays below L.
-        let pos = s.positions(r_len, t);
+        let pos = s.positions(r_len, draw);
         let top = pos.iter().cloned().fold(f32::MIN, f32::max);
         assert_eq!(top as usize, r_len - 1 + t);
         assert!(top / (g as f32) < l as f32);
@@ -79,14 +81,92 @@ fn t_is_roughly_uniform() {
 #[test]
 fn sinks_keep_their_positions() {
     let s = E2LlmSampler::new(5, 64, 32).expect("valid");
-    let pos = s.positions(10, 100);
+    let draw = |t| E2Sample { g: 5, t, sinks: 4 };
+    let pos = s.positions(10, draw(100));
     assert_eq!(
         pos,
         vec![0.0, 1.0, 2.0, 3.0, 104.0, 105.0, 106.0, 107.0, 108.0, 109.0]
     );
     assert_eq!(e2llm_positions(3, 4, 50), vec![0.0, 1.0, 2.0]);
     assert_eq!(e2llm_positions(6, 0, 2), vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
-    assert_eq!(s.positions(6, 0), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(s.positions(6, draw(0)), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    // The draw's own kept count splits the row, not the sampler's.
+    let seven = E2Sample {
+        sinks: 7,
+        ..draw(100)
+    };
+    assert_eq!(s.positions(9, seven)[6..], [6.0, 107.0, 108.0]);
+}
+
+/// A kept-token range: each draw keeps `U{sinks..=sinks_max}` leading tokens, drawn after `g`
+/// and `t` (a batch: after every row's); without a range (0, or a top at `sinks`) no extra number is drawn, so the stream of
+/// `(g, t)` is the fixed sampler's exactly.
+#[test]
+fn kept_tokens_drawn_from_a_range() {
+    let (l, r_len) = (32, 16);
+    let fixed = E2LlmSampler::with_sinks(4, l, r_len, 3).expect("valid");
+    let ranged = fixed.clone().with_sinks_max(9).expect("3..=9 in R = 16");
+    let mut r = rng(13);
+    let n = 14_000;
+    let mut counts = [0usize; 10];
+    for _ in 0..n {
+        let draw = ranged.sample(&mut r);
+        assert!((3..=9).contains(&draw.sinks), "{draw:?}");
+        counts[draw.sinks] += 1;
+        assert!(draw.t <= ranged.max_offset(draw.g));
+        let pos = ranged.positions(r_len, draw);
+        for (i, &x) in pos.iter().enumerate() {
+            let want = if i < draw.sinks { i } else { i + draw.t };
+            assert_eq!(x as usize, want, "{draw:?} token {i}");
+        }
+    }
+    let expected = n as f64 / 7.0;
+    let chi2: f64 = counts[3..]
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    assert!(chi2 < 22.5, "chi² = {chi2} (6 dof, p = 0.001), {counts:?}");
+    // The kept counts come after the batch's (g, t): row for row the fixed sampler's.
+    let g_t = |s: &E2LlmSampler| {
+        s.sample_batch(50, Granularity::PerExample, &mut rng(5))
+            .iter()
+            .map(|d| (d.g, d.t))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(g_t(&fixed), g_t(&ranged));
+    let (a, b) = (fixed.sample(&mut rng(5)), ranged.sample(&mut rng(5)));
+    assert_eq!(
+        (a.g, a.t),
+        (b.g, b.t),
+        "one draw: g, t, then the kept count"
+    );
+    // No range, no extra draw: every draw of a long stream equals the fixed sampler's.
+    for off in [0, 3] {
+        let same = fixed.clone().with_sinks_max(off).expect("no range");
+        let draws = |s: &E2LlmSampler| s.sample_batch(200, Granularity::PerExample, &mut rng(6));
+        assert_eq!(draws(&same), draws(&fixed), "sinks_max {off}");
+    }
+    // Per batch: one draw, kept count included, for every row.
+    let batch = ranged.sample_batch(8, Granularity::PerBatch, &mut rng(8));
+    assert!(batch.iter().all(|d| *d == batch[0]));
+    // A top below the bottom, or past R, is refused with the fields named.
+    let e = fixed.clone().with_sinks_max(2).expect_err("2 < 3");
+    assert_eq!(
+        e,
+        PositionError::SinksRange {
+            sinks: 3,
+            sinks_max: 2
+        }
+    );
+    assert!(
+        e.to_string().contains("sinks_max = 2 is below sinks = 3"),
+        "{e}"
+    );
+    let e = fixed.with_sinks_max(17).expect_err("17 > R");
+    assert!(
+        e.to_string().contains("sinks = 17 exceeds train_len = 16"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -100,7 +180,15 @@ fn ablations() {
         assert_eq!(a.t, 0);
         gs.insert(a.g);
         let b = no_g.sample(&mut r);
-        assert_eq!(b, E2Sample { g: 2, t: 0 }, "R = g·L leaves only t = 0");
+        assert_eq!(
+            b,
+            E2Sample {
+                g: 2,
+                t: 0,
+                sinks: 4
+            },
+            "R = g·L leaves only t = 0"
+        );
     }
     assert_eq!(gs.len(), 10);
 }
@@ -208,8 +296,16 @@ fn invalid_settings_are_rejected() {
         orig_len: 0,
         train_len: 5,
         sinks: 4,
+        sinks_max: 0,
         vary_g: true,
         vary_t: true,
     };
-    assert_eq!(broken.sample(&mut rng(0)), E2Sample { g: 1, t: 0 });
+    assert_eq!(
+        broken.sample(&mut rng(0)),
+        E2Sample {
+            g: 1,
+            t: 0,
+            sinks: 4
+        }
+    );
 }

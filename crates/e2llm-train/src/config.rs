@@ -42,6 +42,11 @@ pub enum Method {
         /// density `1/g`, not only sink-to-token ones.
         #[serde(default = "default_sinks")]
         sinks: usize,
+        /// When above `sinks`, each row keeps `U{sinks..=sinks_max}` leading tokens instead
+        /// (drawn after its g and t), so the gap falls at a different token from row to row
+        /// (RESULTS.md, session 27). 0 = always `sinks`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sinks_max: usize,
     },
     /// Ablation: E²-LLM without the offset t (t = 0).
     E2llmNoT {
@@ -62,6 +67,10 @@ fn default_sinks() -> usize {
     e2llm_core::positions::DEFAULT_SINKS
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl Method {
     /// E²-LLM as published: `g ~ U{1..g_max}` per row, 4 sinks.
     pub fn e2llm(g_max: u32) -> Self {
@@ -69,19 +78,21 @@ impl Method {
             g_max,
             per_batch: false,
             sinks: default_sinks(),
+            sinks_max: 0,
         }
     }
 }
 
-/// `, N sinks` when an E²-LLM method keeps other than the paper's 4 leading tokens; nothing
-/// for the paper's.
-struct SinksNote(usize);
+/// `, N sinks` when an E²-LLM method keeps other than the paper's 4 leading tokens, `, sinks ~
+/// U{N..M}` for a drawn count; nothing for the paper's.
+struct SinksNote(usize, usize);
 
 impl std::fmt::Display for SinksNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 == default_sinks() {
-            true => Ok(()),
-            false => write!(f, ", {} sinks", self.0),
+        match (self.0, self.1) {
+            (lo, hi) if hi > lo => write!(f, ", sinks ~ U{{{lo}..{hi}}}"),
+            (n, _) if n == default_sinks() => Ok(()),
+            (n, _) => write!(f, ", {n} sinks"),
         }
     }
 }
@@ -98,15 +109,16 @@ impl std::fmt::Display for Method {
                 g_max,
                 per_batch,
                 sinks,
+                sinks_max,
             } => write!(
                 f,
                 "E²-LLM (g ~ U{{1..{g_max}}}, per {}{})",
                 if per_batch { "batch" } else { "row" },
-                SinksNote(sinks)
+                SinksNote(sinks, sinks_max)
             ),
             Method::E2llmNoT { g_max } => write!(f, "E²-LLM without t (g ~ U{{1..{g_max}}})"),
             Method::E2llmNoG { g, sinks } => {
-                write!(f, "E²-LLM without g (g = {g}{})", SinksNote(sinks))
+                write!(f, "E²-LLM without g (g = {g}{})", SinksNote(sinks, 0))
             }
         }
     }
@@ -409,7 +421,12 @@ impl TrainConfig {
             Method::Yarn { factor } if factor.is_nan() || factor < 1.0 => {
                 Err("yarn `factor` must be at least 1".into())
             }
-            _ => Ok(()),
+            // The samplers' own checks (window vs g·L, kept tokens vs R), before any training.
+            m => match crate::method::Placer::new(m, self.orig_len, self.train_len) {
+                Ok(_) => Ok(()),
+                Err(TrainError::Config { reason, .. }) => Err(reason),
+                Err(e) => Err(e.to_string()),
+            },
         }
     }
 }

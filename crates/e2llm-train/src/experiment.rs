@@ -44,6 +44,7 @@ impl Arm {
                 g_max,
                 per_batch: false,
                 sinks: window / 2,
+                sinks_max: 0,
             },
             mid_window: true,
         }

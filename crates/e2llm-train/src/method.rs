@@ -17,6 +17,9 @@ pub struct Placement {
     pub g: Vec<u32>,
     /// Offset `t` (E²-LLM) or skip (PoSE) of each row; 0 otherwise.
     pub t: Vec<usize>,
+    /// Leading tokens of each row that keep their positions (E²-LLM's sinks, PoSE's first
+    /// chunk); 0 otherwise.
+    pub sinks: Vec<usize>,
 }
 
 /// A method bound to its lengths, ready to place batches.
@@ -48,8 +51,11 @@ impl Placer {
                 g_max,
                 per_batch,
                 sinks,
+                sinks_max,
             } => Placer::E2(
-                E2LlmSampler::with_sinks(g_max, orig_len, train_len, sinks).map_err(bad)?,
+                E2LlmSampler::with_sinks(g_max, orig_len, train_len, sinks)
+                    .and_then(|s| s.with_sinks_max(sinks_max))
+                    .map_err(bad)?,
                 if per_batch {
                     Granularity::PerBatch
                 } else {
@@ -71,12 +77,14 @@ impl Placer {
     pub fn place<R: Rng + ?Sized>(&self, batch: usize, len: usize, rng: &mut R) -> Placement {
         let mut pos = Vec::with_capacity(batch * len);
         let (mut g, mut t) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+        let mut sinks = Vec::with_capacity(batch);
         match self {
             Placer::Plain => {
                 for _ in 0..batch {
                     pos.extend(contiguous_positions(len));
                     g.push(1);
                     t.push(0);
+                    sinks.push(0);
                 }
             }
             Placer::Pose(p) => {
@@ -85,13 +93,15 @@ impl Placer {
                     pos.extend(p.positions(s));
                     g.push(1);
                     t.push(s.skip);
+                    sinks.push(s.split);
                 }
             }
             Placer::E2(sampler, gran) => {
                 for s in sampler.sample_batch(batch, *gran, rng) {
-                    pos.extend(sampler.positions(len, s.t));
+                    pos.extend(sampler.positions(len, s));
                     g.push(s.g);
                     t.push(s.t);
+                    sinks.push(s.sinks);
                 }
             }
         }
@@ -103,6 +113,7 @@ impl Placer {
             },
             g,
             t,
+            sinks,
         }
     }
 }
@@ -195,6 +206,7 @@ mod tests {
             g_max: 8,
             per_batch: false,
             sinks: 16,
+            sinks_max: 0,
         };
         // The no-g ablation of the same variant: g fixed at 8, the same split.
         let no_g = Method::E2llmNoG { g: 8, sinks: 16 };
@@ -231,11 +243,82 @@ mod tests {
                 g_max: 8,
                 per_batch: false,
                 sinks: 33,
+                sinks_max: 0,
             },
             32,
             32,
         )
         .expect_err("33 sinks in a 32-token window");
         assert!(err.to_string().contains("sinks = 33"), "{err}");
+    }
+
+    /// `sinks_max` draws each row's kept count from `U{sinks..=sinks_max}`: every row splits at
+    /// its own count, the counts cover the range, the config says so in words and TOML, a
+    /// config without the field keeps the fixed count, and a bad range is refused before any
+    /// training.
+    #[test]
+    fn e2llm_kept_count_drawn_per_row() {
+        let ranged = Method::E2llm {
+            g_max: 8,
+            per_batch: false,
+            sinks: 4,
+            sinks_max: 28,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let p = Placer::new(ranged, 32, 32)
+            .expect("placer")
+            .place(400, 32, &mut rng);
+        for (row, (&k, &t)) in p.sinks.iter().zip(&p.t).enumerate() {
+            assert!((4..=28).contains(&k), "row {row}: {k}");
+            let pos = &p.positions.pos[row * 32..(row + 1) * 32];
+            for (i, &x) in pos.iter().enumerate() {
+                let want = if i < k { i } else { i + t };
+                assert_eq!(x, want as f32, "row {row} token {i}");
+            }
+        }
+        let seen: std::collections::BTreeSet<_> = p.sinks.iter().copied().collect();
+        assert_eq!(seen.len(), 25, "every count in 4..=28 drawn: {seen:?}");
+        assert_eq!(
+            ranged.to_string(),
+            "E²-LLM (g ~ U{1..8}, per row, sinks ~ U{4..28})"
+        );
+        let cfg: crate::config::TrainConfig = toml::from_str(
+            "method = { name = \"e2llm\", g_max = 8, sinks = 4, sinks_max = 28 }\n\
+             orig_len = 32\ntrain_len = 32",
+        )
+        .expect("toml");
+        assert_eq!(cfg.method, ranged);
+        assert_eq!(cfg.validate(), Ok(()));
+        // Without the field: the fixed count, and nothing new written back.
+        let fixed = Method::e2llm(8);
+        let text = toml::to_string(&crate::config::TrainConfig {
+            method: fixed,
+            ..Default::default()
+        })
+        .expect("toml");
+        assert!(!text.contains("sinks_max"), "{text}");
+        let p = Placer::new(fixed, 32, 32)
+            .expect("placer")
+            .place(8, 32, &mut rng);
+        assert!(p.sinks.iter().all(|&k| k == 4), "{:?}", p.sinks);
+        // A range below its bottom or past R: the config check names it.
+        for (lo, hi, says) in [
+            (8, 6, "sinks_max = 6 is below sinks = 8"),
+            (4, 40, "sinks = 40 exceeds train_len = 32"),
+        ] {
+            let bad = crate::config::TrainConfig {
+                method: Method::E2llm {
+                    g_max: 8,
+                    per_batch: false,
+                    sinks: lo,
+                    sinks_max: hi,
+                },
+                orig_len: 32,
+                train_len: 32,
+                ..Default::default()
+            };
+            let err = bad.validate().expect_err("bad range");
+            assert!(err.contains(says), "{err}");
+        }
     }
 }

@@ -185,12 +185,16 @@ impl DesktopApp {
                     g_max,
                     per_batch,
                     sinks,
+                    sinks_max,
                 } => {
                     scale_field(ui, "g_max", g_max);
                     ui.label("draw (g, t) per batch");
                     ui.checkbox(per_batch, "");
                     ui.end_row();
                     sinks_field(ui, sinks, c.train_len);
+                    ui.label("sink tokens drawn up to (0: fixed)");
+                    ui.add(DragValue::new(sinks_max).range(0..=c.train_len));
+                    ui.end_row();
                 }
                 Method::E2llmNoT { g_max } => scale_field(ui, "g_max", g_max),
             }
