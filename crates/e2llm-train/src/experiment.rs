@@ -28,9 +28,10 @@ pub struct Arm {
     pub name: String,
     /// The method.
     pub method: Method,
-    /// The method keeps the first half of the extension window at its positions (`sinks` =
-    /// R / 2, the quickstart's split), and [`Plan::follow_window`] keeps it there when R
-    /// changes; false for the published 4 sinks and for every other method.
+    /// The method's kept region is set by the extension window R, and [`Plan::follow_window`]
+    /// resets it when R changes: the first half (`sinks` = R / 2, the paper preset's E²-LLM
+    /// and no-g arms) or, for a drawn count, `U{R/8..R − R/8}` around the half (the
+    /// quickstart's). False for the published 4 sinks and for every other method.
     pub mid_window: bool,
 }
 
@@ -49,6 +50,25 @@ impl Arm {
             mid_window: true,
         }
     }
+
+    /// E²-LLM at `g_max` with each row's kept count drawn from `U{R/8..R − R/8}` of the
+    /// extension `window` R (32..224 at R = 256; the quickstart's since session 27), following
+    /// the window when it changes.
+    pub fn e2llm_spread(name: &str, g_max: u32, window: usize) -> Self {
+        let mut arm = Self::e2llm_mid_window(name, g_max, window);
+        if let Method::E2llm {
+            sinks, sinks_max, ..
+        } = &mut arm.method
+        {
+            (*sinks, *sinks_max) = spread(window);
+        }
+        arm
+    }
+}
+
+/// The quickstart's kept-token range for a window of `r`: `(r/8, r − r/8)`.
+fn spread(r: usize) -> (usize, usize) {
+    (r / 8, r - r / 8)
 }
 
 /// What to evaluate.
@@ -247,7 +267,9 @@ impl Plan {
                 extend.average_last = 3;
                 keep_quarters(&mut extend);
                 let (arms, eval) = if p == Preset::Quickstart {
-                    let arm = Arm::e2llm_mid_window("e2llm", 30, extend.train_len);
+                    // Session 27: each row keeps 32..224 tokens (R/8..7R/8), drawn, instead of
+                    // always 128 (RESULTS.md, session 27).
+                    let arm = Arm::e2llm_spread("e2llm", 30, extend.train_len);
                     (vec![arm], quickstart_eval)
                 } else {
                     // Session 16: the quickstart's base (`--base runs/quickstart/base/checkpoint`,
@@ -341,8 +363,12 @@ impl Plan {
     pub fn follow_window(&mut self) {
         let r = self.extend.train_len;
         for arm in self.arms.iter_mut().filter(|a| a.mid_window) {
-            if let Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } = &mut arm.method {
-                *sinks = r / 2;
+            match &mut arm.method {
+                Method::E2llm {
+                    sinks, sinks_max, ..
+                } if *sinks_max > 0 => (*sinks, *sinks_max) = spread(r),
+                Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } => *sinks = r / 2,
+                _ => {}
             }
         }
     }
@@ -948,9 +974,20 @@ mod tests {
         }
         let arm = plan.arm_config(&plan.arms[0], &dir);
         arm.validate().expect("arm config valid");
-        // The quickstart's split in the middle of the window (128 of 256) follows R = 64.
+        // The quickstart's kept range (32..224 of 256) follows R = 64.
+        assert_eq!(
+            Plan::preset(Preset::Quickstart).arms[0].method.to_string(),
+            "E²-LLM (g ~ U{1..30}, per row, sinks ~ U{32..224})"
+        );
         assert!(
-            matches!(arm.method, Method::E2llm { sinks: 32, .. }),
+            matches!(
+                arm.method,
+                Method::E2llm {
+                    sinks: 8,
+                    sinks_max: 56,
+                    ..
+                }
+            ),
             "{:?}",
             arm.method
         );
@@ -959,7 +996,14 @@ mod tests {
         let mut p = Plan::preset(Preset::Quickstart);
         p.extend.train_len = 100;
         p.follow_window();
-        assert!(matches!(p.arms[0].method, Method::E2llm { sinks: 50, .. }));
+        assert!(matches!(
+            p.arms[0].method,
+            Method::E2llm {
+                sinks: 12,
+                sinks_max: 88,
+                ..
+            }
+        ));
         // The paper preset: its long-gap arms (E²-LLM and no-g) follow; the published 4 stay.
         let paper = Plan::preset(Preset::Paper)
             .with_base(&dir)
