@@ -108,8 +108,8 @@ pub struct E2LlmSampler {
     /// it.
     pub sinks: usize,
     /// When above `sinks`, each draw keeps `U{sinks..=sinks_max}` leading tokens (drawn after
-    /// `g` and `t`), so the gap `t` falls at a different token from row to row; 0 (or at most
-    /// `sinks`): always `sinks`, and no extra draw.
+    /// `g` and `t`), so the gap `t` falls at a different token from row to row; 0 (or `sinks`
+    /// itself): always `sinks`, and no extra draw.
     pub sinks_max: usize,
     /// Draw `g` (true) or fix it to `g_max` (false).
     pub vary_g: bool,
