@@ -10,6 +10,15 @@ fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
+/// Pearson's chi² of `counts` against `n` draws spread evenly over them.
+fn chi2(counts: &[usize], n: usize) -> f64 {
+    let expected = n as f64 / counts.len() as f64;
+    counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
 #[test]
 fn g_is_uniform_over_1_to_g_max() {
     let s = E2LlmSampler::new(20, 128, 128).expect("valid");
@@ -22,11 +31,7 @@ fn g_is_uniform_over_1_to_g_max() {
         counts[g as usize] += 1;
     }
     assert_eq!(counts[0], 0);
-    let expected = n as f64 / 20.0;
-    let chi2: f64 = counts[1..]
-        .iter()
-        .map(|&c| (c as f64 - expected).powi(2) / expected)
-        .sum();
+    let chi2 = chi2(&counts[1..], n);
     // 19 degrees of freedom: P(chi² > 43.8) = 0.001.
     assert!(chi2 < 43.8, "chi² = {chi2}, counts {counts:?}");
 }
@@ -70,11 +75,7 @@ fn t_is_roughly_uniform() {
         assert_eq!(e.g, 2);
         counts[e.t] += 1;
     }
-    let expected = n as f64 / 9.0;
-    let chi2: f64 = counts
-        .iter()
-        .map(|&c| (c as f64 - expected).powi(2) / expected)
-        .sum();
+    let chi2 = chi2(&counts, n);
     assert!(chi2 < 26.1, "chi² = {chi2} (8 dof, p = 0.001), {counts:?}");
 }
 
@@ -120,11 +121,7 @@ fn kept_tokens_drawn_from_a_range() {
             assert_eq!(x as usize, want, "{draw:?} token {i}");
         }
     }
-    let expected = n as f64 / 7.0;
-    let chi2: f64 = counts[3..]
-        .iter()
-        .map(|&c| (c as f64 - expected).powi(2) / expected)
-        .sum();
+    let chi2 = chi2(&counts[3..], n);
     assert!(chi2 < 22.5, "chi² = {chi2} (6 dof, p = 0.001), {counts:?}");
     // The kept counts come after the batch's (g, t): row for row the fixed sampler's.
     let g_t = |s: &E2LlmSampler| {

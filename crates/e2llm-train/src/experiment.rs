@@ -55,14 +55,17 @@ impl Arm {
     /// extension `window` R (32..224 at R = 256; the quickstart's since session 27), following
     /// the window when it changes.
     pub fn e2llm_spread(name: &str, g_max: u32, window: usize) -> Self {
-        let mut arm = Self::e2llm_mid_window(name, g_max, window);
-        if let Method::E2llm {
-            sinks, sinks_max, ..
-        } = &mut arm.method
-        {
-            (*sinks, *sinks_max) = spread(window);
+        let (sinks, sinks_max) = spread(window);
+        Arm {
+            name: name.into(),
+            method: Method::E2llm {
+                g_max,
+                per_batch: false,
+                sinks,
+                sinks_max,
+            },
+            mid_window: true,
         }
-        arm
     }
 }
 
