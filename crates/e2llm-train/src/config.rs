@@ -60,6 +60,10 @@ pub enum Method {
         /// Leading tokens kept at `0..sinks`, as for [`Method::E2llm`] (the paper: 4).
         #[serde(default = "default_sinks")]
         sinks: usize,
+        /// A drawn kept count `U{sinks..=sinks_max}`, as for [`Method::E2llm`]. 0 = always
+        /// `sinks`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sinks_max: usize,
     },
 }
 
@@ -117,8 +121,16 @@ impl std::fmt::Display for Method {
                 SinksNote(sinks, sinks_max)
             ),
             Method::E2llmNoT { g_max } => write!(f, "E²-LLM without t (g ~ U{{1..{g_max}}})"),
-            Method::E2llmNoG { g, sinks } => {
-                write!(f, "E²-LLM without g (g = {g}{})", SinksNote(sinks, 0))
+            Method::E2llmNoG {
+                g,
+                sinks,
+                sinks_max,
+            } => {
+                write!(
+                    f,
+                    "E²-LLM without g (g = {g}{})",
+                    SinksNote(sinks, sinks_max)
+                )
             }
         }
     }

@@ -29,28 +29,14 @@ pub struct Arm {
     /// The method.
     pub method: Method,
     /// The method's kept region is set by the extension window R, and [`Plan::follow_window`]
-    /// resets it when R changes: the first half (`sinks` = R / 2, the paper preset's E²-LLM
-    /// and no-g arms) or, for a drawn count, `U{R/8..R − R/8}` around the half (the
-    /// quickstart's). False for the published 4 sinks and for every other method.
+    /// resets it when R changes: each row keeps `U{R/8..R − R/8}` leading tokens (32..224 at
+    /// R = 256; the quickstart's and, since session 28, the paper preset's E²-LLM and no-g
+    /// arms). False for the published 4 sinks, for every other method, and for a method the
+    /// user set (`--set-extend method.…`).
     pub mid_window: bool,
 }
 
 impl Arm {
-    /// E²-LLM at `g_max` keeping the first half of the extension `window` at its positions
-    /// (the quickstart's recipe), following the window when it changes.
-    pub fn e2llm_mid_window(name: &str, g_max: u32, window: usize) -> Self {
-        Arm {
-            name: name.into(),
-            method: Method::E2llm {
-                g_max,
-                per_batch: false,
-                sinks: window / 2,
-                sinks_max: 0,
-            },
-            mid_window: true,
-        }
-    }
-
     /// E²-LLM at `g_max` with each row's kept count drawn from `U{R/8..R − R/8}` of the
     /// extension `window` R (32..224 at R = 256; the quickstart's since session 27), following
     /// the window when it changes.
@@ -67,9 +53,24 @@ impl Arm {
             mid_window: true,
         }
     }
+
+    /// The no-g ablation at the fixed scale `g`, keeping the same drawn range as
+    /// [`Arm::e2llm_spread`].
+    pub fn no_g_spread(name: &str, g: u32, window: usize) -> Self {
+        let (sinks, sinks_max) = spread(window);
+        Arm {
+            name: name.into(),
+            method: Method::E2llmNoG {
+                g,
+                sinks,
+                sinks_max,
+            },
+            mid_window: true,
+        }
+    }
 }
 
-/// The quickstart's kept-token range for a window of `r`: `(r/8, r − r/8)`.
+/// The kept-token range for a window of `r`: `(r/8, r − r/8)`.
 fn spread(r: usize) -> (usize, usize) {
     (r / 8, r - r / 8)
 }
@@ -154,56 +155,39 @@ pub fn keep_quarters(cfg: &mut TrainConfig) -> bool {
 /// The paper's "without g-augmentation" ablation fixes `g` at 2 (METHOD.md: "g fixed 2").
 pub const PAPER_NO_G: u32 = 2;
 
-/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max` keeping the
-/// first half of the `window` (R) at its positions, the published recipe (4 sinks) at the
-/// largest `g_max`, no-t at the largest `g_max`, and no-g with the half window twice: the
-/// paper's (`e2llm-no-g`, g fixed at [`PAPER_NO_G`]) and one at the `target` scale
-/// (`e2llm-no-g{target}`, a far stronger fixed-scale arm).
+/// The ablation's arms: `none`, `pi`, `pose`, `yarn`, `e2llm` at each `g_max` with each row's
+/// kept count drawn from `U{R/8..R − R/8}` of the `window` R ([`Arm::e2llm_spread`]), the
+/// published recipe (4 sinks) at the largest `g_max`, no-t at the largest `g_max`, and no-g
+/// with the same kept range twice: the paper's (`e2llm-no-g`, g fixed at [`PAPER_NO_G`]) and
+/// one at the `target` scale (`e2llm-no-g{target}`, a far stronger fixed-scale arm).
 pub fn ablation_arms(target: u32, g_maxes: &[u32], window: usize) -> Vec<Arm> {
-    let arm = |name: &str, method, mid_window| Arm {
+    let arm = |name: &str, method| Arm {
         name: name.into(),
         method,
-        mid_window,
+        mid_window: false,
     };
-    let sinks = window / 2;
     let g_top = g_maxes.iter().copied().max().unwrap_or(target);
     let mut arms = vec![
-        arm("none", Method::None, false),
-        arm("pi", Method::Pi { g: target }, false),
-        arm("pose", Method::Pose { s: target }, false),
+        arm("none", Method::None),
+        arm("pi", Method::Pi { g: target }),
+        arm("pose", Method::Pose { s: target }),
         arm(
             "yarn",
             Method::Yarn {
                 factor: target as f64,
             },
-            false,
         ),
     ];
     for &g_max in g_maxes {
-        arms.push(Arm::e2llm_mid_window(
-            &format!("e2llm-g{g_max}"),
-            g_max,
-            window,
-        ));
+        arms.push(Arm::e2llm_spread(&format!("e2llm-g{g_max}"), g_max, window));
     }
-    arms.push(arm(
-        &format!("e2llm-g{g_top}-4sinks"),
-        Method::e2llm(g_top),
-        false,
-    ));
-    arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }, false));
-    arms.push(arm(
-        "e2llm-no-g",
-        Method::E2llmNoG {
-            g: PAPER_NO_G,
-            sinks,
-        },
-        true,
-    ));
-    arms.push(arm(
+    arms.push(arm(&format!("e2llm-g{g_top}-4sinks"), Method::e2llm(g_top)));
+    arms.push(arm("e2llm-no-t", Method::E2llmNoT { g_max: g_top }));
+    arms.push(Arm::no_g_spread("e2llm-no-g", PAPER_NO_G, window));
+    arms.push(Arm::no_g_spread(
         &format!("e2llm-no-g{target}"),
-        Method::E2llmNoG { g: target, sinks },
-        true,
+        target,
+        window,
     ));
     arms
 }
@@ -271,7 +255,8 @@ impl Plan {
                 keep_quarters(&mut extend);
                 let (arms, eval) = if p == Preset::Quickstart {
                     // Session 27: each row keeps 32..224 tokens (R/8..7R/8), drawn, instead of
-                    // always 128 (RESULTS.md, session 27).
+                    // always 128 (RESULTS.md, session 27); the paper preset's E²-LLM and no-g
+                    // arms since session 28.
                     let arm = Arm::e2llm_spread("e2llm", 30, extend.train_len);
                     (vec![arm], quickstart_eval)
                 } else {
@@ -282,7 +267,9 @@ impl Plan {
                     // Session 24: every arm trains with the quickstart's recipe above (sessions
                     // 16–23 ran session 15's: no log-n, weight 20, the last model read, g_max up
                     // to 20), and g_max 30 — the quickstart's arm — joins the g_max study; the
-                    // published 4 sinks and no-t draw g up to 30 as it does.
+                    // published 4 sinks and no-t draw g up to 30 as it does. Session 28: the
+                    // E²-LLM and no-g arms draw their kept tokens from 32..224 as the quickstart
+                    // has since session 27 (they kept 128 in sessions 16–27).
                     // Before session 16 (README's session-7 table): a 4,000-step base, 500
                     // steps per arm, 4 sinks, g_max up to 36. Evaluated as the quickstart is,
                     // with one more trial per cell and perplexity at every passkey length.
@@ -361,16 +348,18 @@ impl Plan {
         Ok(self)
     }
 
-    /// After the extension window changed to `extend.train_len`: the arms split in the middle
-    /// of the window ([`Arm::mid_window`]) are split in the middle of the new one.
+    /// After the extension window changed to `extend.train_len`: the arms whose kept range is
+    /// set by the window ([`Arm::mid_window`]) draw it from `U{R/8..R − R/8}` of the new one.
     pub fn follow_window(&mut self) {
         let r = self.extend.train_len;
         for arm in self.arms.iter_mut().filter(|a| a.mid_window) {
             match &mut arm.method {
                 Method::E2llm {
                     sinks, sinks_max, ..
-                } if *sinks_max > 0 => (*sinks, *sinks_max) = spread(r),
-                Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } => *sinks = r / 2,
+                }
+                | Method::E2llmNoG {
+                    sinks, sinks_max, ..
+                } => (*sinks, *sinks_max) = spread(r),
                 _ => {}
             }
         }
@@ -944,7 +933,15 @@ mod tests {
         // The paper's ablation (g fixed at 2) and the target-scale one, each read at its g.
         for (name, g) in [("e2llm-no-g", 2), ("e2llm-no-g32", 32)] {
             let arm = by(name);
-            assert_eq!(arm.method, Method::E2llmNoG { g, sinks: 128 }, "{name}");
+            assert_eq!(
+                arm.method,
+                Method::E2llmNoG {
+                    g,
+                    sinks: 32,
+                    sinks_max: 224
+                },
+                "{name}"
+            );
             assert!(arm.mid_window, "{name}");
             assert_eq!(
                 inference_scale(arm.method),
@@ -1007,35 +1004,46 @@ mod tests {
                 ..
             }
         ));
-        // The paper preset: its long-gap arms (E²-LLM and no-g) follow; the published 4 stay.
+        // The paper preset: its E²-LLM and no-g arms draw 8..56 of R = 64; the published 4 stay.
         let paper = Plan::preset(Preset::Paper)
             .with_base(&dir)
             .expect("with_base");
         for arm in &paper.arms {
             let want = match arm.name.as_str() {
-                "e2llm-g30-4sinks" => Some(4),
+                "e2llm-g30-4sinks" => Some((4, 0)),
                 "e2llm-no-g" | "e2llm-no-g32" | "e2llm-g5" | "e2llm-g10" | "e2llm-g20"
-                | "e2llm-g30" => Some(32),
+                | "e2llm-g30" => Some((8, 56)),
                 _ => None,
             };
             let got = match arm.method {
-                Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } => Some(sinks),
+                Method::E2llm {
+                    sinks, sinks_max, ..
+                }
+                | Method::E2llmNoG {
+                    sinks, sinks_max, ..
+                } => Some((sinks, sinks_max)),
                 _ => None,
             };
             assert_eq!(got, want, "{}", arm.name);
             let cfg = paper.arm_config(arm, &dir);
             crate::method::Placer::new(cfg.method, cfg.orig_len, cfg.train_len).expect("binds");
         }
-        // The published 4 sinks never move, even through R = 8, where half the window is 4.
+        // The published 4 sinks never move, even through R = 32, where R/8 is 4.
         let mut tiny = Plan::preset(Preset::Paper);
-        for r in [8, 6] {
+        for r in [32, 6] {
             tiny.extend.train_len = r;
             tiny.follow_window();
         }
         for arm in &tiny.arms {
-            if let Method::E2llm { sinks, .. } | Method::E2llmNoG { sinks, .. } = arm.method {
-                let want = if arm.mid_window { 3 } else { 4 };
-                assert_eq!(sinks, want, "{}", arm.name);
+            if let Method::E2llm {
+                sinks, sinks_max, ..
+            }
+            | Method::E2llmNoG {
+                sinks, sinks_max, ..
+            } = arm.method
+            {
+                let want = if arm.mid_window { (0, 6) } else { (4, 0) };
+                assert_eq!((sinks, sinks_max), want, "{}", arm.name);
             }
         }
         let e = Plan::preset(Preset::Ci)

@@ -66,8 +66,14 @@ impl Placer {
                 E2LlmSampler::without_t(g_max, orig_len, train_len).map_err(bad)?,
                 Granularity::PerExample,
             ),
-            Method::E2llmNoG { g, sinks } => Placer::E2(
-                E2LlmSampler::without_g_with_sinks(g, orig_len, train_len, sinks).map_err(bad)?,
+            Method::E2llmNoG {
+                g,
+                sinks,
+                sinks_max,
+            } => Placer::E2(
+                E2LlmSampler::without_g_with_sinks(g, orig_len, train_len, sinks)
+                    .and_then(|s| s.with_sinks_max(sinks_max))
+                    .map_err(bad)?,
                 Granularity::PerExample,
             ),
         })
@@ -177,7 +183,15 @@ mod tests {
             (Method::Pi { g: 4 }, 4.0, 1.0),
             (Method::Yarn { factor: 4.0 }, 4.0, 1.0),
             (Method::Pose { s: 4 }, 1.0, 1.0),
-            (Method::E2llmNoG { g: 4, sinks: 4 }, 1.0, 4.0),
+            (
+                Method::E2llmNoG {
+                    g: 4,
+                    sinks: 4,
+                    sinks_max: 0,
+                },
+                1.0,
+                4.0,
+            ),
         ];
         for (m, config_factor, placed) in cases {
             let p = Placer::new(m, 32, 32)
@@ -209,7 +223,11 @@ mod tests {
             sinks_max: 0,
         };
         // The no-g ablation of the same variant: g fixed at 8, the same split.
-        let no_g = Method::E2llmNoG { g: 8, sinks: 16 };
+        let no_g = Method::E2llmNoG {
+            g: 8,
+            sinks: 16,
+            sinks_max: 0,
+        };
         for m in [full, no_g] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let p = Placer::new(m, 32, 32)
@@ -264,31 +282,51 @@ mod tests {
             sinks: 4,
             sinks_max: 28,
         };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let p = Placer::new(ranged, 32, 32)
-            .expect("placer")
-            .place(400, 32, &mut rng);
-        for (row, (&k, &t)) in p.sinks.iter().zip(&p.t).enumerate() {
-            assert!((4..=28).contains(&k), "row {row}: {k}");
-            let pos = &p.positions.pos[row * 32..(row + 1) * 32];
-            for (i, &x) in pos.iter().enumerate() {
-                let want = if i < k { i } else { i + t };
-                assert_eq!(x, want as f32, "row {row} token {i}");
+        // The no-g ablation with the same range (the paper preset's since session 28).
+        let no_g = Method::E2llmNoG {
+            g: 8,
+            sinks: 4,
+            sinks_max: 28,
+        };
+        for m in [ranged, no_g] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+            let p = Placer::new(m, 32, 32)
+                .expect("placer")
+                .place(400, 32, &mut rng);
+            for (row, (&k, &t)) in p.sinks.iter().zip(&p.t).enumerate() {
+                assert!((4..=28).contains(&k), "{m}: row {row}: {k}");
+                let pos = &p.positions.pos[row * 32..(row + 1) * 32];
+                for (i, &x) in pos.iter().enumerate() {
+                    let want = if i < k { i } else { i + t };
+                    assert_eq!(x, want as f32, "{m}: row {row} token {i}");
+                }
+            }
+            let seen: std::collections::BTreeSet<_> = p.sinks.iter().copied().collect();
+            assert_eq!(seen.len(), 25, "{m}: every count in 4..=28 drawn: {seen:?}");
+            if m == no_g {
+                assert!(p.g.iter().all(|&g| g == 8), "{m}: g fixed: {:?}", p.g);
             }
         }
-        let seen: std::collections::BTreeSet<_> = p.sinks.iter().copied().collect();
-        assert_eq!(seen.len(), 25, "every count in 4..=28 drawn: {seen:?}");
         assert_eq!(
             ranged.to_string(),
             "E²-LLM (g ~ U{1..8}, per row, sinks ~ U{4..28})"
         );
-        let cfg: crate::config::TrainConfig = toml::from_str(
-            "method = { name = \"e2llm\", g_max = 8, sinks = 4, sinks_max = 28 }\n\
-             orig_len = 32\ntrain_len = 32",
-        )
-        .expect("toml");
-        assert_eq!(cfg.method, ranged);
-        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(
+            no_g.to_string(),
+            "E²-LLM without g (g = 8, sinks ~ U{4..28})"
+        );
+        for (text, want) in [
+            ("name = \"e2llm\", g_max = 8", ranged),
+            ("name = \"e2llm-no-g\", g = 8", no_g),
+        ] {
+            let cfg: crate::config::TrainConfig = toml::from_str(&format!(
+                "method = {{ {text}, sinks = 4, sinks_max = 28 }}\norig_len = 32\ntrain_len = 32"
+            ))
+            .expect("toml");
+            assert_eq!(cfg.method, want);
+            assert_eq!(cfg.validate(), Ok(()));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         // Without the field: the fixed count, and nothing new written back.
         let fixed = Method::e2llm(8);
         let text = toml::to_string(&crate::config::TrainConfig {

@@ -45,6 +45,7 @@ fn method_named(name: &str) -> Method {
         "e2llm-no-g" => Method::E2llmNoG {
             g: 4,
             sinks: e2llm_core::positions::DEFAULT_SINKS,
+            sinks_max: 0,
         },
         _ => Method::None,
     }
@@ -61,6 +62,13 @@ fn scale_field(ui: &mut egui::Ui, label: &str, value: &mut u32) {
 fn sinks_field(ui: &mut egui::Ui, sinks: &mut usize, train_len: usize) {
     ui.label("sink tokens (kept at 0..n)");
     ui.add(DragValue::new(sinks).range(0..=train_len));
+    ui.end_row();
+}
+
+/// The top of a drawn kept-token count `U{sinks..=sinks_max}` (0: always `sinks`).
+fn sinks_max_field(ui: &mut egui::Ui, sinks_max: &mut usize, train_len: usize) {
+    ui.label("sink tokens drawn up to (0: fixed)");
+    ui.add(DragValue::new(sinks_max).range(0..=train_len));
     ui.end_row();
 }
 
@@ -171,9 +179,14 @@ impl DesktopApp {
             match &mut c.method {
                 Method::None => {}
                 Method::Pi { g } => scale_field(ui, "g (fixed scale)", g),
-                Method::E2llmNoG { g, sinks } => {
+                Method::E2llmNoG {
+                    g,
+                    sinks,
+                    sinks_max,
+                } => {
                     scale_field(ui, "g (fixed scale)", g);
                     sinks_field(ui, sinks, c.train_len);
+                    sinks_max_field(ui, sinks_max, c.train_len);
                 }
                 Method::Pose { s } => scale_field(ui, "s (extension factor)", s),
                 Method::Yarn { factor } => {
@@ -192,9 +205,7 @@ impl DesktopApp {
                     ui.checkbox(per_batch, "");
                     ui.end_row();
                     sinks_field(ui, sinks, c.train_len);
-                    ui.label("sink tokens drawn up to (0: fixed)");
-                    ui.add(DragValue::new(sinks_max).range(0..=c.train_len));
-                    ui.end_row();
+                    sinks_max_field(ui, sinks_max, c.train_len);
                 }
                 Method::E2llmNoT { g_max } => scale_field(ui, "g_max", g_max),
             }
