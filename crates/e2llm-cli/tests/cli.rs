@@ -446,6 +446,21 @@ fn quickstart_averages_its_last_three_quarters_at_any_step_count() {
     // Averaging off by hand.
     let off = dry(&["--set-extend", "average_last=0"]);
     assert!(!off.contains("mean of the last"), "{off}");
+    // The kept tokens: drawn by default; `method.sinks=N` alone keeps N in every row (the
+    // paper's 4 sinks), with `method.sinks_max` a range of the user's.
+    assert!(dry(&[]).contains("sinks ~ U{32..224}"), "{}", dry(&[]));
+    let four = dry(&["--set-extend", "method.sinks=4"]);
+    assert!(four.contains("E²-LLM (g ~ U{1..30}, per row)"), "{four}");
+    assert!(!four.contains("sinks ~"), "{four}");
+    let fixed = dry(&["--set-extend", "method.sinks=128"]);
+    assert!(fixed.contains("per row, 128 sinks)"), "{fixed}");
+    let range = dry(&[
+        "--set-extend",
+        "method.sinks=16",
+        "--set-extend",
+        "method.sinks_max=64",
+    ]);
+    assert!(range.contains("sinks ~ U{16..64}"), "{range}");
 }
 
 fn is_png(path: &Path) -> bool {

@@ -66,6 +66,8 @@ pub struct Common {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Override a field of the extension stages only, e.g. `--set-extend lr=5e-4`.
+    /// `method.…` fields go to the one arm (`method.sinks=N` without `method.sinks_max` keeps
+    /// N tokens in every row: `method.sinks=4` is the paper's 4 sinks).
     #[arg(long = "set-extend", value_name = "KEY=VALUE")]
     set_extend: Vec<String>,
     /// Print each stage (method, steps) and what its directory under the output holds —
@@ -126,7 +128,7 @@ fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
         let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
         key == "method" || key.starts_with("method.")
     };
-    let overrides: Vec<String> = c
+    let mut overrides: Vec<String> = c
         .set
         .iter()
         .chain(&c.set_extend)
@@ -135,6 +137,13 @@ fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
         .collect();
     if overrides.is_empty() {
         return Ok(());
+    }
+    // `method.sinks=N` alone means N kept tokens in every row, as it did before the arms drew
+    // a range (`method.sinks=4` is the paper's 4 sinks, not U{4..224}).
+    let key = |o: &String| o.split_once('=').map(|(k, _)| k.trim().to_string());
+    let sets = |k: &str| overrides.iter().any(|o| key(o).as_deref() == Some(k));
+    if sets("method.sinks") && !sets("method.sinks_max") {
+        overrides.push("method.sinks_max=0".into());
     }
     let [arm] = plan.arms.as_mut_slice() else {
         anyhow::bail!(
