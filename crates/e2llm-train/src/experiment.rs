@@ -33,7 +33,7 @@ pub struct Arm {
     /// R = 256; the quickstart's and, since session 28, the paper preset's E²-LLM and no-g
     /// arms). False for the published 4 sinks, for every other method, and for a method the
     /// user set (`--set-extend method.…`).
-    pub mid_window: bool,
+    pub follows_window: bool,
 }
 
 impl Arm {
@@ -50,7 +50,7 @@ impl Arm {
                 sinks,
                 sinks_max,
             },
-            mid_window: true,
+            follows_window: true,
         }
     }
 
@@ -65,7 +65,7 @@ impl Arm {
                 sinks,
                 sinks_max,
             },
-            mid_window: true,
+            follows_window: true,
         }
     }
 }
@@ -164,7 +164,7 @@ pub fn ablation_arms(target: u32, g_maxes: &[u32], window: usize) -> Vec<Arm> {
     let arm = |name: &str, method| Arm {
         name: name.into(),
         method,
-        mid_window: false,
+        follows_window: false,
     };
     let g_top = g_maxes.iter().copied().max().unwrap_or(target);
     let mut arms = vec![
@@ -349,10 +349,10 @@ impl Plan {
     }
 
     /// After the extension window changed to `extend.train_len`: the arms whose kept range is
-    /// set by the window ([`Arm::mid_window`]) draw it from `U{R/8..R − R/8}` of the new one.
+    /// set by the window ([`Arm::follows_window`]) draw it from `U{R/8..R − R/8}` of the new one.
     pub fn follow_window(&mut self) {
         let r = self.extend.train_len;
-        for arm in self.arms.iter_mut().filter(|a| a.mid_window) {
+        for arm in self.arms.iter_mut().filter(|a| a.follows_window) {
             match &mut arm.method {
                 Method::E2llm {
                     sinks, sinks_max, ..
@@ -942,7 +942,7 @@ mod tests {
                 },
                 "{name}"
             );
-            assert!(arm.mid_window, "{name}");
+            assert!(arm.follows_window, "{name}");
             assert_eq!(
                 inference_scale(arm.method),
                 ScaleMode::Fixed(g as f32),
@@ -1042,7 +1042,7 @@ mod tests {
                 sinks, sinks_max, ..
             } = arm.method
             {
-                let want = if arm.mid_window { (0, 6) } else { (4, 0) };
+                let want = if arm.follows_window { (0, 6) } else { (4, 0) };
                 assert_eq!((sinks, sinks_max), want, "{}", arm.name);
             }
         }

@@ -162,7 +162,7 @@ fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
         .map_err(|r| anyhow::anyhow!("arm `{}`: invalid method: {r}", arm.name))?;
     arm.method = cfg.method;
     // The user's method is taken as given: its kept tokens no longer follow the window.
-    arm.mid_window = false;
+    arm.follows_window = false;
     Ok(())
 }
 
