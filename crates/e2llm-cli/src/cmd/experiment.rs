@@ -119,13 +119,18 @@ fn apply(mut plan: Plan, c: &Common) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The field a `KEY=VALUE` override names: `method.sinks` of `method.sinks=4`.
+fn override_key(o: &str) -> &str {
+    o.split_once('=').map_or(o, |(k, _)| k).trim()
+}
+
 /// `--set method.…` / `--set-extend method.…` on the extension: each arm carries its own method
 /// (the stage config's is replaced by it), so such an override goes to the arm — when there is
 /// exactly one (the quickstart's, or one picked with `--arms`); with several it is an error
 /// rather than silently ignored.
 fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
     let is_method = |o: &&String| {
-        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+        let key = override_key(o);
         key == "method" || key.starts_with("method.")
     };
     let mut overrides: Vec<String> = c
@@ -140,8 +145,7 @@ fn apply_method_overrides(plan: &mut Plan, c: &Common) -> Result<()> {
     }
     // `method.sinks=N` alone means N kept tokens in every row, as it did before the arms drew
     // a range (`method.sinks=4` is the paper's 4 sinks, not U{4..224}).
-    let key = |o: &String| o.split_once('=').map(|(k, _)| k.trim().to_string());
-    let sets = |k: &str| overrides.iter().any(|o| key(o).as_deref() == Some(k));
+    let sets = |k: &str| overrides.iter().any(|o| override_key(o) == k);
     if sets("method.sinks") && !sets("method.sinks_max") {
         overrides.push("method.sinks_max=0".into());
     }
